@@ -1,0 +1,52 @@
+"""Async etcd v3 client with endpoint failover.
+
+>>> async with Client(["127.0.0.1:2379"]) as client:
+...     await client.put("greeting", "hello")
+...     resp = await client.get("greeting")
+"""
+
+from kvstore.client import txn
+from kvstore.client.client import Client
+from kvstore.client.errors import (
+    CompactedError,
+    DeadlineExceededError,
+    EtcdError,
+    FutureRevisionError,
+    InvalidRequestError,
+    KeyNotFoundError,
+    LeaseExistsError,
+    LeaseNotFoundError,
+    NoLeaderError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+    RevisionError,
+    UnavailableError,
+    WatchCanceledError,
+)
+from kvstore.client.lease import LeaseKeepAlive
+from kvstore.client.txn import Txn, prefix_end
+from kvstore.client.watch import Watch, WatchBatch
+
+__all__ = [
+    "Client",
+    "CompactedError",
+    "DeadlineExceededError",
+    "EtcdError",
+    "FutureRevisionError",
+    "InvalidRequestError",
+    "KeyNotFoundError",
+    "LeaseExistsError",
+    "LeaseKeepAlive",
+    "LeaseNotFoundError",
+    "NoLeaderError",
+    "PermissionDeniedError",
+    "ResourceExhaustedError",
+    "RevisionError",
+    "Txn",
+    "UnavailableError",
+    "Watch",
+    "WatchBatch",
+    "WatchCanceledError",
+    "prefix_end",
+    "txn",
+]

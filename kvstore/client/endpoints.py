@@ -1,0 +1,78 @@
+"""Channels to a list of endpoints, and which one we currently talk to."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+import grpc.aio
+
+log = logging.getLogger(__name__)
+
+# Transport settings shared by every channel. Reconnect backoff is kept short so
+# a restarted member is used again within a second or two (gRPC's default
+# backoff grows to two minutes). Keepalive pings notice a silent peer (a
+# paused process, a dropped link) on streams that would otherwise hang; 10 s
+# stays above etcd's default minimum ping interval of 5 s.
+CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.max_receive_message_length", -1),
+    ("grpc.max_send_message_length", -1),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 0),
+    ("grpc.enable_retries", 0),
+]
+
+
+def normalize_endpoint(endpoint: str) -> str:
+    """Accept ``host:port``, ``http://host:port`` or ``https://host:port``; return ``host:port``."""
+    for scheme in ("http://", "https://"):
+        if endpoint.startswith(scheme):
+            endpoint = endpoint[len(scheme) :]
+    endpoint = endpoint.rstrip("/")
+    if not endpoint or ":" not in endpoint:
+        raise ValueError(f"endpoint {endpoint!r} is not host:port")
+    return endpoint
+
+
+class EndpointPool:
+    """One lazily created gRPC channel per endpoint, and a current endpoint.
+
+    Calls go to the current endpoint; when it fails, :meth:`fail_over` moves
+    to the next one in the list (round robin), the way etcd's clientv3 does.
+    """
+
+    def __init__(self, endpoints: Sequence[str]) -> None:
+        if not endpoints:
+            raise ValueError("at least one endpoint is required")
+        self.endpoints: list[str] = [normalize_endpoint(e) for e in endpoints]
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._current = 0
+
+    @property
+    def current(self) -> str:
+        return self.endpoints[self._current]
+
+    def channel(self, endpoint: str) -> grpc.aio.Channel:
+        channel = self._channels.get(endpoint)
+        if channel is None:
+            channel = grpc.aio.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
+            self._channels[endpoint] = channel
+        return channel
+
+    def fail_over(self, failed: str) -> str:
+        """Move past ``failed`` if it is still the current endpoint; return the new current one."""
+        if self.current == failed and len(self.endpoints) > 1:
+            self._current = (self._current + 1) % len(self.endpoints)
+            log.info("endpoint %s failed; switching to %s", failed, self.current)
+        return self.current
+
+    async def close(self) -> None:
+        channels, self._channels = self._channels, {}
+        for channel in channels.values():
+            await channel.close(grace=None)

@@ -1,0 +1,152 @@
+"""The client's exceptions: one small tree, mapped from gRPC status and etcd's messages.
+
+etcd reports most failures as a gRPC status whose details carry a fixed
+message (``etcdserver: no leader``, ``mvcc: required revision has been
+compacted``...). :func:`from_rpc_error` turns those into the typed exceptions
+below so callers can ``except CompactedError`` instead of parsing strings.
+Our server sends the same codes and messages (see ``ERROR_MESSAGES``).
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class EtcdError(Exception):
+    """Base of every error the client raises. ``code`` is the gRPC status code."""
+
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class UnavailableError(EtcdError):
+    """No endpoint could serve the call (connection refused, member stopped, ...).
+
+    For a write this is ambiguous: the write may or may not have been applied.
+    """
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class NoLeaderError(UnavailableError):
+    """The member has no Raft leader (``etcdserver: no leader``)."""
+
+
+class DeadlineExceededError(EtcdError):
+    """The per-call deadline passed; the operation may or may not have been applied."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class RevisionError(EtcdError):
+    """Base for revisions the store can no longer or not yet serve."""
+
+    code = grpc.StatusCode.OUT_OF_RANGE
+
+
+class CompactedError(RevisionError):
+    """The requested revision was compacted away. ``compact_revision`` is set for watches."""
+
+    def __init__(self, message: str, compact_revision: int = 0) -> None:
+        super().__init__(message)
+        self.compact_revision = compact_revision
+
+
+class FutureRevisionError(RevisionError):
+    """The requested revision is newer than the store's current revision."""
+
+
+class LeaseNotFoundError(EtcdError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class LeaseExistsError(EtcdError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class KeyNotFoundError(EtcdError):
+    """A put with ignore_value/ignore_lease named a key that does not exist."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class InvalidRequestError(EtcdError):
+    """The request was malformed: too large, too many txn ops, duplicate key, empty key..."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class ResourceExhaustedError(EtcdError):
+    """Space quota exceeded or too many requests."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class PermissionDeniedError(EtcdError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class WatchCanceledError(EtcdError):
+    """The server cancelled a watch for a reason other than compaction."""
+
+    code = grpc.StatusCode.CANCELLED
+
+
+# etcd's messages for the errors both sides must agree on (etcd's api/v3rpc/rpctypes).
+ERR_NO_LEADER = "etcdserver: no leader"
+ERR_COMPACTED = "etcdserver: mvcc: required revision has been compacted"
+ERR_FUTURE_REV = "etcdserver: mvcc: required revision is a future revision"
+ERR_LEASE_NOT_FOUND = "etcdserver: requested lease not found"
+ERR_LEASE_EXISTS = "etcdserver: lease already exists"
+ERR_LEASE_TTL_TOO_LARGE = "etcdserver: too large lease TTL"
+ERR_KEY_NOT_FOUND = "etcdserver: key not found"
+ERR_EMPTY_KEY = "etcdserver: key is not provided"
+ERR_VALUE_PROVIDED = "etcdserver: value is provided"
+ERR_LEASE_PROVIDED = "etcdserver: lease is provided"
+ERR_TOO_MANY_OPS = "etcdserver: too many operations in txn request"
+ERR_DUPLICATE_KEY = "etcdserver: duplicate key given in txn request"
+ERR_REQUEST_TOO_LARGE = "etcdserver: request is too large"
+ERR_TIMEOUT = "etcdserver: request timed out"
+ERR_LEADER_CHANGED = "etcdserver: leader changed"
+ERR_NO_SPACE = "etcdserver: mvcc: database space exceeded"
+ERR_TOO_MANY_REQUESTS = "etcdserver: too many requests"
+ERR_MEMBER_NOT_FOUND = "etcdserver: member not found"
+
+_BY_MESSAGE: dict[str, type[EtcdError]] = {
+    ERR_NO_LEADER: NoLeaderError,
+    ERR_COMPACTED: CompactedError,
+    ERR_FUTURE_REV: FutureRevisionError,
+    ERR_LEASE_NOT_FOUND: LeaseNotFoundError,
+    ERR_LEASE_EXISTS: LeaseExistsError,
+    ERR_KEY_NOT_FOUND: KeyNotFoundError,
+    ERR_TIMEOUT: UnavailableError,
+    ERR_LEADER_CHANGED: UnavailableError,
+}
+
+_BY_CODE: dict[grpc.StatusCode, type[EtcdError]] = {
+    grpc.StatusCode.UNAVAILABLE: UnavailableError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
+    grpc.StatusCode.OUT_OF_RANGE: RevisionError,
+    grpc.StatusCode.NOT_FOUND: EtcdError,
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidRequestError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
+    grpc.StatusCode.UNAUTHENTICATED: PermissionDeniedError,
+}
+
+
+def from_status(code: grpc.StatusCode, details: str) -> EtcdError:
+    """Build the typed exception for a gRPC status and its details string."""
+    cls = _BY_MESSAGE.get(details) or _BY_CODE.get(code, EtcdError)
+    error = cls(details or code.name)
+    error.code = code
+    return error
+
+
+def from_rpc_error(error: grpc.aio.AioRpcError) -> EtcdError:
+    return from_status(error.code(), error.details() or "")

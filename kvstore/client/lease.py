@@ -1,0 +1,136 @@
+"""Lease keepalive over etcd's LeaseKeepAlive stream."""
+
+from __future__ import annotations
+
+import logging
+import time
+from types import TracebackType
+
+import anyio
+import anyio.abc
+import grpc
+import grpc.aio
+
+from kvstore._pb.etcdserverpb import rpc_pb2 as pb
+from kvstore.client.endpoints import EndpointPool
+from kvstore.client.errors import (
+    ERR_LEASE_NOT_FOUND,
+    DeadlineExceededError,
+    EtcdError,
+    LeaseNotFoundError,
+    UnavailableError,
+    from_rpc_error,
+)
+from kvstore.client.watch import REQUIRE_LEADER
+
+log = logging.getLogger(__name__)
+
+
+def _open_stream(pool: EndpointPool, endpoint: str) -> grpc.aio.StreamStreamCall:
+    method = pool.channel(endpoint).stream_stream(
+        "/etcdserverpb.Lease/LeaseKeepAlive",
+        request_serializer=pb.LeaseKeepAliveRequest.SerializeToString,
+        response_deserializer=pb.LeaseKeepAliveResponse.FromString,
+    )
+    return method(metadata=REQUIRE_LEADER)
+
+
+async def _renew(call: grpc.aio.StreamStreamCall, lease_id: int) -> int:
+    """One request/response on an open stream; returns the new TTL (<= 0: lease gone)."""
+    await call.write(pb.LeaseKeepAliveRequest(ID=lease_id))
+    response = await call.read()
+    if response is grpc.aio.EOF:
+        raise UnavailableError("lease keepalive stream closed by the server")
+    ttl: int = response.TTL
+    return ttl
+
+
+class LeaseKeepAlive:
+    """Renews a lease at a third of its TTL while the context is open.
+
+    ``ttl`` is the last TTL the server granted; ``deadline`` is the local
+    monotonic time by which the lease expires unless renewed again (measured
+    from when the renewal was *sent*, so it never overestimates); ``lost`` is
+    set once the server says the lease is gone or the deadline passes without
+    a successful renewal.
+    """
+
+    def __init__(self, pool: EndpointPool, lease_id: int, tasks: anyio.abc.TaskGroup) -> None:
+        self._pool = pool
+        self._tasks = tasks
+        self.lease_id = lease_id
+        self.ttl = 0
+        self.deadline = 0.0
+        self.lost = anyio.Event()
+        self._scope = anyio.CancelScope()
+
+    @staticmethod
+    async def renew_once(pool: EndpointPool, lease_id: int, timeout: float) -> int:
+        endpoint = pool.current
+        call = _open_stream(pool, endpoint)
+        try:
+            with anyio.fail_after(timeout):
+                ttl = await _renew(call, lease_id)
+        except TimeoutError:
+            raise DeadlineExceededError(f"lease keepalive took over {timeout}s") from None
+        except grpc.aio.AioRpcError as error:
+            converted = from_rpc_error(error)
+            if isinstance(converted, UnavailableError):
+                pool.fail_over(endpoint)
+            raise converted from error
+        finally:
+            call.cancel()
+        if ttl <= 0:
+            raise LeaseNotFoundError(ERR_LEASE_NOT_FOUND)
+        return ttl
+
+    async def __aenter__(self) -> LeaseKeepAlive:
+        sent = time.monotonic()
+        self.ttl = await self.renew_once(self._pool, self.lease_id, timeout=5.0)
+        self.deadline = sent + self.ttl
+        self._tasks.start_soon(self._run)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._scope.cancel()
+
+    async def _run(self) -> None:
+        with self._scope:
+            attempt = 0
+            while not self.lost.is_set():
+                endpoint = self._pool.current
+                try:
+                    await self._renew_loop(endpoint)
+                except (grpc.aio.AioRpcError, EtcdError, TimeoutError) as error:
+                    log.info("lease %x keepalive via %s failed: %s", self.lease_id, endpoint, error)
+                    self._pool.fail_over(endpoint)
+                if time.monotonic() >= self.deadline:
+                    log.warning(
+                        "lease %x expired locally before a renewal got through", self.lease_id
+                    )
+                    self.lost.set()
+                    return
+                attempt += 1
+                await anyio.sleep(min(0.1 * attempt, 1.0))  # reconnect pacing
+
+    async def _renew_loop(self, endpoint: str) -> None:
+        call = _open_stream(self._pool, endpoint)
+        try:
+            while True:
+                sent = time.monotonic()
+                with anyio.fail_after(max(self.deadline - sent, 0.01)):
+                    ttl = await _renew(call, self.lease_id)
+                if ttl <= 0:
+                    log.warning("lease %x is gone", self.lease_id)
+                    self.lost.set()
+                    return
+                self.ttl = ttl
+                self.deadline = sent + ttl
+                await anyio.sleep(max(ttl / 3.0, 0.1))  # renewal cadence
+        finally:
+            call.cancel()

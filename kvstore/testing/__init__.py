@@ -1,0 +1,1 @@
+"""Helpers for running reference servers in tests, benchmarks and chaos campaigns."""
