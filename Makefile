@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 SEEDS ?= 100000
 
-.PHONY: install test lint run proto sim bench-raft soak clean
+.PHONY: install test lint run proto sim bench soak clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,16 @@ run: $(INSTALLED)
 ## make proto: regenerate kvstore/_pb from proto/ (a test fails when it is stale).
 proto: $(INSTALLED)
 	$(BIN)/python -m kvstore._pb.generate
+
+## make sim SEEDS=100000: a long deterministic Raft simulation campaign (both cores).
+sim: $(INSTALLED)
+	$(BIN)/python -m tests.sim.campaign --seeds $(SEEDS) --jobs 2
+
+## make bench: in-process micro-benchmarks of the Raft core, the WAL and MVCC.
+bench: $(INSTALLED)
+	$(BIN)/python -m kvstore.raft.bench
+	$(BIN)/python -m kvstore.storage.bench
+	$(BIN)/python -m kvstore.mvcc.bench
 
 ## make soak: the long-running tests left out of the default run.
 soak: $(INSTALLED)

@@ -1,0 +1,185 @@
+"""LMDB backend: the key bucket, the meta record and the lease bucket in one env.
+
+Writes of a batch go to one long-lived LMDB write transaction that ``commit``
+ends; reads inside the batch go through the same transaction so they see
+applied-but-uncommitted writes. One thread owns a Backend (the apply loop).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import cast
+
+import lmdb
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAP_SIZE = 8 << 30
+"""Virtual size of the LMDB map (sparse): bounds the database size; the quota is lower."""
+
+KEY_DB = b"key"
+META_DB = b"meta"
+LEASE_DB = b"lease"
+
+META_CONSISTENT_INDEX = b"consistent_index"
+META_COMPACT_REV = b"finishedCompactRev"
+META_SCHEDULED_COMPACT_REV = b"scheduledCompactRev"
+
+_I64 = struct.Struct(">q")
+_LEASE = struct.Struct(">qq")
+
+
+class Backend:
+    """The LMDB environment of one store."""
+
+    def __init__(self, path: Path, map_size: int = DEFAULT_MAP_SIZE) -> None:
+        self.path = Path(path)
+        self.map_size = map_size
+        self._open()
+
+    def _open(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        # sync=True: the WAL replays after consistent_index, but a torn backend would
+        # leave the index ahead of the data, so every commit is durable.
+        self.env = lmdb.open(
+            str(self.path), map_size=self.map_size, max_dbs=4, sync=True, metasync=True
+        )
+        self.key_db = self.env.open_db(KEY_DB)
+        self.meta_db = self.env.open_db(META_DB)
+        self.lease_db = self.env.open_db(LEASE_DB)
+        self._txn: lmdb.Transaction | None = None
+
+    # ----- transactions -----
+
+    def txn(self) -> lmdb.Transaction:
+        """The batch's write transaction (begun on first use)."""
+        txn = self._txn
+        if txn is None:
+            txn = self._txn = self.env.begin(write=True)
+        return txn
+
+    def commit(self) -> None:
+        """Make the batch durable."""
+        if self._txn is not None:
+            self._txn.commit()
+            self._txn = None
+
+    def abort(self) -> None:
+        """Drop the batch (tests use it to simulate a crash before commit)."""
+        if self._txn is not None:
+            self._txn.abort()
+            self._txn = None
+
+    def close(self) -> None:
+        """Abort any uncommitted batch and close the env."""
+        self.abort()
+        self.env.close()
+
+    # ----- key bucket -----
+
+    def put_rev(self, key: bytes, value: bytes) -> None:
+        self.txn().put(key, value, db=self.key_db)
+
+    def get_rev(self, key: bytes) -> bytes | None:
+        # buffers=False (the default): LMDB hands back bytes, not memoryviews.
+        return cast("bytes | None", self.txn().get(key, db=self.key_db))
+
+    def iter_revs(
+        self, start: bytes = b"", stop: bytes | None = None
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """(rev key, value) pairs from ``start`` (inclusive) to ``stop`` (exclusive)."""
+        cur = self.txn().cursor(db=self.key_db)
+        if not cur.set_range(start):
+            return
+        for k, v in cur:
+            if stop is not None and cast(bytes, k) >= stop:
+                return
+            yield cast(bytes, k), cast(bytes, v)
+
+    def last_rev_key(self) -> bytes | None:
+        cur = self.txn().cursor(db=self.key_db)
+        if not cur.last():
+            return None
+        return cast(bytes, cur.key())
+
+    def delete_revs_where(
+        self, start: bytes, stop: bytes, keep: set[bytes], limit: int
+    ) -> tuple[int, bytes | None]:
+        """Delete up to ``limit`` rev keys in [start, stop) that are not in ``keep``.
+
+        Returns (deleted, where to resume) with None once [start, stop) is done.
+        """
+        assert limit > 0
+        cur = self.txn().cursor(db=self.key_db)
+        deleted = 0
+        if not cur.set_range(start):
+            return 0, None
+        while True:
+            k = cast(bytes, cur.key())
+            if k >= stop:
+                return deleted, None
+            if deleted >= limit:
+                return deleted, k
+            if k in keep:
+                if not cur.next():
+                    return deleted, None
+            else:
+                deleted += 1
+                if not cur.delete():
+                    return deleted, None
+
+    # ----- meta -----
+
+    def get_meta(self, name: bytes, default: int) -> int:
+        raw = self.txn().get(name, db=self.meta_db)
+        return default if raw is None else int(_I64.unpack(raw)[0])
+
+    def put_meta(self, name: bytes, value: int) -> None:
+        self.txn().put(name, _I64.pack(value), db=self.meta_db)
+
+    # ----- leases -----
+
+    def put_lease(self, lease_id: int, ttl: int, remaining_ttl: int) -> None:
+        self.txn().put(_I64.pack(lease_id), _LEASE.pack(ttl, remaining_ttl), db=self.lease_db)
+
+    def delete_lease(self, lease_id: int) -> None:
+        self.txn().delete(_I64.pack(lease_id), db=self.lease_db)
+
+    def iter_leases(self) -> Iterator[tuple[int, int, int]]:
+        for k, v in self.txn().cursor(db=self.lease_db):
+            ttl, remaining = _LEASE.unpack(v)
+            yield int(_I64.unpack(k)[0]), int(ttl), int(remaining)
+
+    # ----- size, snapshot -----
+
+    def size(self) -> int:
+        """Bytes of the database in use (pages up to the last used one)."""
+        info = self.env.info()
+        stat = self.env.stat()
+        return int((info["last_pgno"] + 1) * stat["psize"])
+
+    def copy_to(self, dest_dir: Path) -> Path:
+        """Commit, then write a compacted copy of the env into ``dest_dir``; returns the file."""
+        self.commit()
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        target = dest_dir / "data.mdb"
+        if target.exists():
+            target.unlink()
+        self.env.copy(str(dest_dir), compact=True)
+        return target
+
+    def replace_with(self, src_file: Path) -> None:
+        """Close, replace the data file by ``src_file`` (a ``copy_to`` result), reopen."""
+        self.close()
+        tmp = self.path / "data.mdb.restore"
+        shutil.copyfile(src_file, tmp)
+        os.replace(tmp, self.path / "data.mdb")
+        lock = self.path / "lock.mdb"
+        if lock.exists():
+            lock.unlink()
+        self._open()

@@ -1,0 +1,501 @@
+"""The watch hub: watchers on keys/ranges, fed synchronously by the apply path.
+
+Model (etcd's watchableStore): a watcher is *synced* when it has seen every
+revision up to the current one; the apply path hands each write's events to
+synced watchers only (``notify``, synchronous, never blocks). A watcher that
+starts in the past, or whose stream's bounded outbox is full, is *unsynced*:
+``sync_unsynced`` catches it up from the backend, a bounded number of
+revisions at a time, and moves it back to synced. A slow consumer therefore
+never blocks writes or other watchers; it only falls back to replay.
+
+One ``WatchStream`` is one gRPC Watch stream with one asyncio consumer that
+awaits ``recv()``. Everything else is synchronous and deterministic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from kvstore._pb.etcdserverpb import rpc_pb2
+from kvstore._pb.mvccpb import kv_pb2
+
+if TYPE_CHECKING:
+    from kvstore.mvcc.store import MVCCStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_QUEUE_SIZE = 128
+"""Data responses a stream may hold before its watchers fall back to replay (etcd: 128)."""
+MAX_CONTROL_PENDING = 1024
+"""Bound on queued control responses (created/canceled/progress) per stream."""
+MAX_RESPONSE_BYTES = 1536 * 1024
+"""Fragmentation threshold: etcd's default max request size (1.5 MiB)."""
+BATCH_MAX_REVS = 1000
+"""Revisions one catch-up round reads from the backend (etcd: watchBatchMaxRevs)."""
+PROGRESS_WATCH_ID = -1
+"""watch_id of a stream-wide progress response (etcd's InvalidWatchID)."""
+
+_PUT = kv_pb2.Event.PUT
+_DELETE = kv_pb2.Event.DELETE
+_NOPUT = rpc_pb2.WatchCreateRequest.NOPUT
+_NODELETE = rpc_pb2.WatchCreateRequest.NODELETE
+
+EMPTY_RANGE_REASON = "mvcc: watcher range is empty"
+DUPLICATE_ID_REASON = "mvcc: duplicate watch ID provided on the WatchStream"
+
+
+@dataclass(eq=False, slots=True)
+class Watcher:
+    """One watch. ``min_rev`` is the next revision it has to receive."""
+
+    id: int
+    stream: WatchStream
+    key: bytes
+    end: bytes | None  # None: the single key; b"": every key >= key
+    min_rev: int
+    prev_kv: bool = False
+    no_put: bool = False
+    no_delete: bool = False
+    fragment: bool = False
+    progress_notify: bool = False
+    quiet: bool = True  # no events sent since the last progress tick (etcd skips busy ones)
+    synced: bool = False
+    active: bool = True
+
+    def contains(self, key: bytes) -> bool:
+        end = self.end
+        if end is None:
+            return key == self.key
+        if end == b"":
+            return key >= self.key
+        return self.key <= key < end
+
+
+@dataclass(slots=True)
+class _Data:
+    """A queued data response; the protobuf is built when the consumer takes it."""
+
+    watch_id: int
+    revision: int
+    events: list[kv_pb2.Event]
+    fragment: bool
+
+
+@dataclass(eq=False)
+class WatchStream:
+    """The watchers and the bounded outbox of one Watch stream."""
+
+    hub: WatchHub
+    queue_size: int
+    watchers: dict[int, Watcher] = field(default_factory=dict)
+    _out: deque[_Data | rpc_pb2.WatchResponse] = field(default_factory=deque)
+    _ready: deque[rpc_pb2.WatchResponse] = field(default_factory=deque)
+    _data_pending: int = 0
+    _control_pending: int = 0
+    _next_id: int = 0
+    _closed: bool = False
+    _wakeup: asyncio.Event | None = None
+
+    # ----- requests from the client -----
+
+    def watch(self, req: rpc_pb2.WatchCreateRequest) -> int:
+        """Create a watcher; queues the ``created`` response. Returns its ID (-1 if refused)."""
+        assert not self._closed, "stream closed"
+        hub = self.hub
+        cur = hub.store.current_revision
+        wid = req.watch_id
+        if wid != 0 and wid in self.watchers:
+            self._control(
+                rpc_pb2.WatchResponse(
+                    watch_id=wid, created=True, canceled=True, cancel_reason=DUPLICATE_ID_REASON
+                ),
+                cur,
+            )
+            return -1
+        end: bytes | None
+        if not req.range_end:
+            end = None
+        elif req.range_end == b"\x00":
+            end = b""
+        else:
+            end = req.range_end
+            if end <= req.key:
+                refused = rpc_pb2.WatchResponse(
+                    watch_id=-1, created=True, canceled=True, cancel_reason=EMPTY_RANGE_REASON
+                )
+                self._control(refused, cur)
+                return -1
+        if wid == 0:
+            while self._next_id in self.watchers:
+                self._next_id += 1
+            wid = self._next_id
+            self._next_id += 1
+        start = req.start_revision
+        w = Watcher(
+            id=wid,
+            stream=self,
+            key=req.key,
+            end=end,
+            min_rev=cur + 1 if start <= 0 else start,
+            prev_kv=req.prev_kv,
+            no_put=_NOPUT in req.filters,
+            no_delete=_NODELETE in req.filters,
+            fragment=req.fragment,
+            progress_notify=req.progress_notify,
+        )
+        self.watchers[wid] = w
+        self._control(rpc_pb2.WatchResponse(watch_id=wid, created=True), cur)
+        hub._add(w, synced=start <= 0 or start > cur)
+        if not w.synced:
+            hub.sync_unsynced(only=self)
+        return wid
+
+    def cancel(self, watch_id: int) -> bool:
+        """Cancel a watcher; queues the ``canceled`` response. False if unknown."""
+        w = self.watchers.pop(watch_id, None)
+        if w is None:
+            return False
+        self.hub._remove(w)
+        self._control(
+            rpc_pb2.WatchResponse(watch_id=watch_id, canceled=True), self.hub.store.current_revision
+        )
+        return True
+
+    def request_progress(self) -> None:
+        """Queue a stream-wide progress response at the current revision (etcd 3.5)."""
+        self._control(
+            rpc_pb2.WatchResponse(watch_id=PROGRESS_WATCH_ID), self.hub.store.current_revision
+        )
+
+    def close(self) -> None:
+        """Drop every watcher; ``recv`` returns None once the outbox is drained."""
+        if self._closed:
+            return
+        self._closed = True
+        for w in list(self.watchers.values()):
+            self.hub._remove(w)
+        self.watchers.clear()
+        self.hub._streams.discard(self)
+        self._wake()
+
+    # ----- outbox -----
+
+    def has_room(self) -> bool:
+        return self._data_pending < self.queue_size
+
+    def pending(self) -> int:
+        """Responses queued, data and control."""
+        return len(self._out) + len(self._ready)
+
+    def _wake(self) -> None:
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    def _control(self, resp: rpc_pb2.WatchResponse, revision: int) -> None:
+        if self._control_pending >= MAX_CONTROL_PENDING:
+            # A client that sends requests but never reads its stream: drop it rather than grow.
+            log.warning("watch stream control queue full; closing stream")
+            self.close()
+            return
+        resp.header.revision = revision
+        self._out.append(resp)
+        self._control_pending += 1
+        self._wake()
+
+    def _push(self, item: _Data) -> bool:
+        if self._closed or self._data_pending >= self.queue_size:
+            return False
+        self._out.append(item)
+        self._data_pending += 1
+        self._wake()
+        return True
+
+    def get_nowait(self) -> rpc_pb2.WatchResponse | None:
+        """The next response, or None if nothing is queued."""
+        if self._ready:
+            return self._ready.popleft()
+        if not self._out:
+            return None
+        item = self._out.popleft()
+        if isinstance(item, rpc_pb2.WatchResponse):
+            self._control_pending -= 1
+            return item
+        self._data_pending -= 1
+        was_full = self._data_pending + 1 >= self.queue_size
+        resps = _build(item)
+        first = resps[0]
+        self._ready.extend(resps[1:])
+        if was_full or self._data_pending == 0:
+            # Room again: this stream's unsynced watchers can catch up now.
+            self.hub.sync_unsynced(only=self)
+        return first
+
+    def drain(self) -> list[rpc_pb2.WatchResponse]:
+        """Every queued response (tests and benchmarks)."""
+        out = []
+        while (r := self.get_nowait()) is not None:
+            out.append(r)
+        return out
+
+    async def recv(self) -> rpc_pb2.WatchResponse | None:
+        """Await the next response; None when the stream is closed and drained."""
+        while True:
+            r = self.get_nowait()
+            if r is not None:
+                return r
+            if self._closed:
+                return None
+            if self._wakeup is None:
+                self._wakeup = asyncio.Event()
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+
+def _event_size(ev: kv_pb2.Event) -> int:
+    n = ev.ByteSize()
+    return n + 1 + (1 if n < 128 else 2 if n < 16384 else 3 if n < 2097152 else 4)
+
+
+def _build(item: _Data) -> list[rpc_pb2.WatchResponse]:
+    resp = rpc_pb2.WatchResponse(watch_id=item.watch_id)
+    resp.header.revision = item.revision
+    evs = item.events
+    if not item.fragment or len(evs) < 2:
+        resp.events.extend(evs)
+        return [resp]
+    base = resp.ByteSize() + 2  # + the fragment flag
+    total = base + sum(_event_size(e) for e in evs)
+    if total < MAX_RESPONSE_BYTES:
+        resp.events.extend(evs)
+        return [resp]
+    out: list[rpc_pb2.WatchResponse] = []
+    i = 0
+    while i < len(evs):
+        part = rpc_pb2.WatchResponse(watch_id=item.watch_id, fragment=True)
+        part.header.revision = item.revision
+        size = base
+        start = i
+        while i < len(evs):
+            s = _event_size(evs[i])
+            if i > start and size + s >= MAX_RESPONSE_BYTES:
+                break
+            size += s
+            i += 1
+        part.events.extend(evs[start:i])
+        out.append(part)
+    out[-1].fragment = False
+    return out
+
+
+class WatchHub:
+    """All watchers of one store. The store calls ``notify`` after each write."""
+
+    def __init__(
+        self,
+        store: MVCCStore,
+        *,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        batch_max_revs: int = BATCH_MAX_REVS,
+    ) -> None:
+        assert queue_size > 0 and batch_max_revs > 0
+        self.store = store
+        self.queue_size = queue_size
+        self.batch_max_revs = batch_max_revs
+        self._streams: set[WatchStream] = set()
+        self._key_watchers: dict[bytes, set[Watcher]] = {}
+        self._range_watchers: set[Watcher] = set()
+        self._unsynced: dict[Watcher, None] = {}  # insertion-ordered set
+
+    # ----- streams and watcher groups -----
+
+    def new_stream(self, queue_size: int | None = None) -> WatchStream:
+        """Open a stream (one per gRPC Watch call)."""
+        s = WatchStream(self, queue_size or self.queue_size)
+        self._streams.add(s)
+        return s
+
+    @property
+    def watcher_count(self) -> int:
+        return sum(len(s.watchers) for s in self._streams)
+
+    @property
+    def unsynced_count(self) -> int:
+        return len(self._unsynced)
+
+    def has_synced_watchers(self) -> bool:
+        """Whether ``notify`` could deliver anything (lets the store skip building events)."""
+        return bool(self._key_watchers or self._range_watchers)
+
+    def _add(self, w: Watcher, synced: bool) -> None:
+        if synced:
+            self._add_synced(w)
+        else:
+            self._unsynced[w] = None
+
+    def _add_synced(self, w: Watcher) -> None:
+        w.synced = True
+        if w.end is None:
+            self._key_watchers.setdefault(w.key, set()).add(w)
+        else:
+            self._range_watchers.add(w)
+
+    def _remove_synced(self, w: Watcher) -> None:
+        w.synced = False
+        if w.end is None:
+            group = self._key_watchers.get(w.key)
+            if group is not None:
+                group.discard(w)
+                if not group:
+                    del self._key_watchers[w.key]
+        else:
+            self._range_watchers.discard(w)
+
+    def _remove(self, w: Watcher) -> None:
+        w.active = False
+        if w.synced:
+            self._remove_synced(w)
+        self._unsynced.pop(w, None)
+
+    # ----- delivery -----
+
+    def _events_for(self, w: Watcher, evs: Iterable[kv_pb2.Event]) -> list[kv_pb2.Event]:
+        out: list[kv_pb2.Event] = []
+        for ev in evs:
+            if ev.type == _PUT:
+                if w.no_put:
+                    continue
+            elif w.no_delete:
+                continue
+            if w.prev_kv and not (ev.type == _PUT and ev.kv.version == 1):
+                prev = self.store.get_at(ev.kv.key, ev.kv.mod_revision - 1)
+                if prev is not None:
+                    ev = kv_pb2.Event(type=ev.type, kv=ev.kv, prev_kv=prev)
+            out.append(ev)
+        return out
+
+    def _send(self, w: Watcher, evs: list[kv_pb2.Event], revision: int) -> bool:
+        """Queue the (filtered) events; False when the stream has no room."""
+        if not w.stream.has_room():
+            return False
+        out = self._events_for(w, evs)
+        if not out:
+            return True  # everything filtered out: nothing to send, and nothing missed
+        w.quiet = False
+        ok = w.stream._push(_Data(w.id, revision, out, w.fragment))
+        assert ok
+        return True
+
+    def notify(self, events: list[kv_pb2.Event], revision: int) -> None:
+        """Deliver one revision's events to synced watchers. Synchronous; never blocks.
+
+        A watcher whose stream is full moves to the unsynced group and will
+        replay from ``revision`` out of the backend.
+        """
+        per: dict[Watcher, list[kv_pb2.Event]] = {}
+        kw = self._key_watchers
+        rw = self._range_watchers
+        for ev in events:
+            key = ev.kv.key
+            group = kw.get(key)
+            if group:
+                for w in group:
+                    per.setdefault(w, []).append(ev)
+            for w in rw:
+                if w.contains(key):
+                    per.setdefault(w, []).append(ev)
+        for w, evs in per.items():
+            if w.min_rev > revision:
+                continue  # starts in the future
+            if self._send(w, evs, revision):
+                w.min_rev = revision + 1
+            else:
+                self._remove_synced(w)
+                w.min_rev = revision
+                self._unsynced[w] = None
+
+    def sync_unsynced(self, only: WatchStream | None = None) -> int:
+        """Catch unsynced watchers up from the backend; returns how many became synced.
+
+        Reads at most ``batch_max_revs`` revisions per call. Watchers whose
+        stream is full are skipped until it drains. A watcher whose start is
+        compacted gets a compacted response and is cancelled. ``only`` limits
+        the work to one stream's watchers (a consumer that just drained its
+        outbox). The driver should call this periodically (etcd: every 100 ms)
+        so that watchers of every stream eventually catch up.
+        """
+        if not self._unsynced:
+            return 0
+        store = self.store
+        cur = store.current_revision
+        compact = store.compact_revision
+        ready: list[Watcher] = []
+        for w in list(self._unsynced):
+            if only is not None and w.stream is not only:
+                continue
+            if not w.stream.has_room():
+                continue
+            if compact > 0 and w.min_rev < compact:
+                resp = rpc_pb2.WatchResponse(watch_id=w.id, compact_revision=compact, canceled=True)
+                del self._unsynced[w]
+                w.active = False
+                w.stream.watchers.pop(w.id, None)
+                w.stream._control(resp, 0)  # etcd sends this with header revision 0
+                continue
+            ready.append(w)
+        if not ready:
+            return 0
+        lo = min(w.min_rev for w in ready)
+        hi = min(cur, lo + self.batch_max_revs - 1)
+        by_rev: list[tuple[int, kv_pb2.Event]] = list(store.events_between(lo, hi))
+        synced = 0
+        for w in ready:
+            evs = [ev for rev, ev in by_rev if rev >= w.min_rev and w.contains(ev.kv.key)]
+            done = hi >= cur
+            # Partial catch-up answers at the last revision read, so a client that
+            # resumes from the header never skips events (etcd answers curRev).
+            if evs and not self._send(w, evs, cur if done else hi):
+                continue
+            if w.min_rev <= hi:
+                w.min_rev = hi + 1
+            if done:
+                del self._unsynced[w]
+                self._add_synced(w)
+                synced += 1
+        return synced
+
+    def progress_notify(self) -> None:
+        """The periodic progress tick (etcd: every 10 min): each synced ``progress_notify``
+        watcher that got no events since the previous tick gets an empty response at the
+        current revision."""
+        cur = self.store.current_revision
+        for s in self._streams:
+            for w in s.watchers.values():
+                if not w.progress_notify:
+                    continue
+                if w.quiet and w.synced and s.has_room():
+                    s._push(_Data(w.id, cur, [], False))
+                w.quiet = True
+
+    def on_restore(self, synced_through: int) -> None:
+        """The store was replaced (snapshot restore): every watcher replays from the backend.
+
+        Synced watchers had seen everything up to ``synced_through`` (the revision
+        before the restore), which the new state's history shares: replay after it.
+        """
+        for s in self._streams:
+            for w in s.watchers.values():
+                if w.synced:
+                    self._remove_synced(w)
+                    w.min_rev = max(w.min_rev, synced_through + 1)
+                    self._unsynced[w] = None
+        self.sync_unsynced()
+
+    def close(self) -> None:
+        """Close every stream."""
+        for s in list(self._streams):
+            s.close()

@@ -1,0 +1,320 @@
+"""Watch hub: delivery, replay, compaction, filters, prev_kv, slow consumers, fragments."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kvstore._pb.etcdserverpb import rpc_pb2
+from kvstore._pb.mvccpb import kv_pb2
+from kvstore.mvcc import MVCCStore
+from kvstore.mvcc import watch as watch_mod
+
+PUT, DELETE = kv_pb2.Event.PUT, kv_pb2.Event.DELETE
+W = rpc_pb2.WatchCreateRequest
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[MVCCStore]:
+    s = MVCCStore(tmp_path / "s", watch_queue_size=8)
+    yield s
+    s.close()
+
+
+class Feeder:
+    def __init__(self, store: MVCCStore) -> None:
+        self.store = store
+        self.index = 0
+
+    def __call__(self, req: Any) -> Any:
+        self.index += 1
+        return self.store.apply(self.index, req)
+
+    def put(self, key: bytes, value: bytes = b"v") -> Any:
+        return self(rpc_pb2.PutRequest(key=key, value=value))
+
+    def delete(self, key: bytes, end: bytes = b"") -> Any:
+        return self(rpc_pb2.DeleteRangeRequest(key=key, range_end=end))
+
+
+def events(resps: list[rpc_pb2.WatchResponse], wid: int) -> list[tuple[int, bytes, int]]:
+    return [
+        (ev.type, ev.kv.key, ev.kv.mod_revision)
+        for r in resps
+        if r.watch_id == wid
+        for ev in r.events
+    ]
+
+
+def test_created_then_events_in_order(store: MVCCStore) -> None:
+    f = Feeder(store)
+    s = store.hub.new_stream()
+    wid = s.watch(W(key=b"a"))
+    created = s.get_nowait()
+    assert created is not None and created.created and created.watch_id == wid
+    assert created.header.revision == 1
+    f.put(b"a")
+    f.put(b"b")  # not watched
+    f.delete(b"a")
+    resps = s.drain()
+    assert [r.header.revision for r in resps] == [2, 4]
+    assert events(resps, wid) == [(PUT, b"a", 2), (DELETE, b"a", 4)]
+
+
+def test_txn_events_of_one_revision_arrive_together(store: MVCCStore) -> None:
+    f = Feeder(store)
+    s = store.hub.new_stream()
+    wid = s.watch(W(key=b"p/", range_end=b"p0"))
+    s.drain()
+    t = rpc_pb2.TxnRequest()
+    for k in (b"p/1", b"p/2", b"q"):
+        t.success.add().request_put.CopyFrom(rpc_pb2.PutRequest(key=k))
+    f(t)
+    resps = s.drain()
+    assert len(resps) == 1
+    assert events(resps, wid) == [(PUT, b"p/1", 2), (PUT, b"p/2", 2)]
+
+
+def test_replay_from_past_revision_and_all_keys(store: MVCCStore) -> None:
+    f = Feeder(store)
+    for i in range(5):
+        f.put(b"k%d" % i)  # revs 2..6
+    f.delete(b"k1")  # rev 7
+    s = store.hub.new_stream()
+    wid = s.watch(W(key=b"k", range_end=b"\x00", start_revision=4))
+    resps = s.drain()
+    assert resps[0].created
+    assert events(resps, wid) == [
+        (PUT, b"k2", 4),
+        (PUT, b"k3", 5),
+        (PUT, b"k4", 6),
+        (DELETE, b"k1", 7),
+    ]
+    f.put(b"k9")  # now synced: delivered live
+    assert events(s.drain(), wid) == [(PUT, b"k9", 8)]
+
+
+def test_future_start_revision_waits(store: MVCCStore) -> None:
+    f = Feeder(store)
+    s = store.hub.new_stream()
+    wid = s.watch(W(key=b"a", start_revision=4))
+    s.drain()
+    f.put(b"a")  # 2
+    f.put(b"a")  # 3
+    f.put(b"a")  # 4
+    assert events(s.drain(), wid) == [(PUT, b"a", 4)]
+
+
+def test_compacted_start_revision_cancels(store: MVCCStore) -> None:
+    f = Feeder(store)
+    for _ in range(5):
+        f.put(b"a")
+    f(rpc_pb2.CompactionRequest(revision=4))
+    s = store.hub.new_stream()
+    wid = s.watch(W(key=b"a", start_revision=2))
+    resps = s.drain()
+    assert resps[0].created
+    assert resps[1].watch_id == wid and resps[1].canceled and resps[1].compact_revision == 4
+    assert wid not in s.watchers
+    # At the compacted revision itself it works.
+    wid2 = s.watch(W(key=b"a", start_revision=4))
+    assert [e[2] for e in events(s.drain(), wid2)] == [4, 5, 6]
+
+
+def test_filters_and_prev_kv(store: MVCCStore) -> None:
+    f = Feeder(store)
+    s = store.hub.new_stream()
+    noput = s.watch(W(key=b"a", filters=[W.NOPUT]))
+    nodel = s.watch(W(key=b"a", filters=[W.NODELETE], prev_kv=True))
+    s.drain()
+    f.put(b"a", b"1")
+    f.put(b"a", b"2")
+    f.delete(b"a")
+    resps = s.drain()
+    assert events(resps, noput) == [(DELETE, b"a", 4)]
+    evs = [ev for r in resps if r.watch_id == nodel for ev in r.events]
+    assert [ev.kv.value for ev in evs] == [b"1", b"2"]
+    assert not evs[0].HasField("prev_kv")  # a create has no previous version
+    assert evs[1].prev_kv.value == b"1" and evs[1].prev_kv.mod_revision == 2
+
+
+def test_slow_consumer_never_blocks_and_catches_up(store: MVCCStore) -> None:
+    f = Feeder(store)
+    slow = store.hub.new_stream()  # queue_size 8
+    fast = store.hub.new_stream()
+    ws = slow.watch(W(key=b"k", range_end=b"l"))
+    wf = fast.watch(W(key=b"k", range_end=b"l"))
+    slow.drain()
+    got_fast: list[rpc_pb2.WatchResponse] = []
+    for i in range(100):
+        f.put(b"k%d" % (i % 7), b"%d" % i)
+        got_fast.extend(fast.drain())
+    assert len(events(got_fast, wf)) == 100
+    assert slow.pending() <= 8
+    assert store.hub.unsynced_count == 1
+    got_slow = slow.drain()  # draining lets the hub replay the backlog from the backend
+    while store.hub.unsynced_count:
+        assert store.hub.sync_unsynced() >= 0
+        got_slow.extend(slow.drain())
+    assert events(got_slow, ws) == events(got_fast, wf)
+    f.put(b"k1")
+    assert events(slow.drain(), ws) == [(PUT, b"k1", 102)]
+
+
+def test_catch_up_is_bounded_per_round(store: MVCCStore) -> None:
+    store.hub.batch_max_revs = 10
+    f = Feeder(store)
+    for _ in range(35):
+        f.put(b"a")
+    s = store.hub.new_stream()
+    wid = s.watch(W(key=b"a", start_revision=2))
+    got = s.drain()
+    while store.hub.unsynced_count:
+        store.hub.sync_unsynced()
+        got.extend(s.drain())
+    revs = [e[2] for e in events(got, wid)]
+    assert revs == list(range(2, 37))
+    assert all(len(r.events) <= 10 for r in got)
+
+
+def test_fragmentation(store: MVCCStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(watch_mod, "MAX_RESPONSE_BYTES", 1000)
+    f = Feeder(store)
+    s = store.hub.new_stream()
+    frag = s.watch(W(key=b"a", range_end=b"b", fragment=True))
+    whole = s.watch(W(key=b"a", range_end=b"b"))
+    s.drain()
+    t = rpc_pb2.TxnRequest()
+    for i in range(10):
+        t.success.add().request_put.CopyFrom(rpc_pb2.PutRequest(key=b"a%d" % i, value=b"x" * 300))
+    f(t)
+    resps = s.drain()
+    parts = [r for r in resps if r.watch_id == frag]
+    assert len(parts) > 1
+    assert [r.fragment for r in parts] == [True] * (len(parts) - 1) + [False]
+    assert all(r.ByteSize() < 1000 + 400 for r in parts)
+    assert events(parts, frag) == events(resps, whole)
+    assert len([r for r in resps if r.watch_id == whole]) == 1
+
+
+def test_progress_and_cancel(store: MVCCStore) -> None:
+    f = Feeder(store)
+    s = store.hub.new_stream()
+    wid = s.watch(W(key=b"a", progress_notify=True))
+    f.put(b"b")
+    s.drain()
+    s.request_progress()
+    (p,) = s.drain()
+    assert p.watch_id == -1 and p.header.revision == 2 and not p.events
+    store.hub.progress_notify()
+    (p,) = s.drain()
+    assert p.watch_id == wid and p.header.revision == 2 and not p.events
+    f.put(b"a")
+    s.drain()
+    store.hub.progress_notify()  # it got an event since the last tick: no progress
+    assert s.drain() == []
+    store.hub.progress_notify()
+    (p,) = s.drain()
+    assert p.watch_id == wid and p.header.revision == 3
+    assert s.cancel(wid)
+    (c,) = s.drain()
+    assert c.canceled and c.watch_id == wid
+    assert not s.cancel(wid)
+    f.put(b"a")
+    assert s.drain() == []
+
+
+def test_duplicate_watch_id_refused(store: MVCCStore) -> None:
+    s = store.hub.new_stream()
+    assert s.watch(W(key=b"a", watch_id=7)) == 7
+    assert s.watch(W(key=b"b", watch_id=7)) == -1
+    resps = s.drain()
+    assert resps[1].canceled and resps[1].created
+
+
+async def test_async_consumer(store: MVCCStore) -> None:
+    f = Feeder(store)
+    s = store.hub.new_stream()
+    wid = s.watch(W(key=b"a"))
+    received: list[rpc_pb2.WatchResponse] = []
+
+    async def consume() -> None:
+        while (r := await s.recv()) is not None:
+            received.append(r)
+
+    task = asyncio.create_task(consume())
+    await asyncio.sleep(0)  # let the consumer block on an empty stream
+    f.put(b"a")
+    f.put(b"a")
+    s.close()
+    await asyncio.wait_for(task, 5)
+    assert events(received, wid) == [(PUT, b"a", 2), (PUT, b"a", 3)]
+
+
+def test_restore_resyncs_watchers(store: MVCCStore, tmp_path: Path) -> None:
+    other = MVCCStore(tmp_path / "other")
+    g = Feeder(other)
+    for _ in range(3):
+        g.put(b"a", b"o")
+    snap = other.snapshot(tmp_path / "snap")
+    other.close()
+    s = store.hub.new_stream()
+    wid = s.watch(W(key=b"a"))
+    s.drain()
+    store.restore(snap)
+    # The watcher was at revision 2; the new state's history from there is replayed.
+    assert [e[2] for e in events(s.drain(), wid)] == [2, 3, 4]
+
+
+def test_compaction_while_unsynced_cancels_with_compact_revision(store: MVCCStore) -> None:
+    f = Feeder(store)
+    s = store.hub.new_stream()  # queue_size 8
+    wid = s.watch(W(key=b"a"))
+    s.drain()
+    for _ in range(20):
+        f.put(b"a")  # revs 2..21: the outbox fills up, the watcher falls behind
+    assert store.hub.unsynced_count == 1
+    f(rpc_pb2.CompactionRequest(revision=15))
+    got = []
+    while (r := s.get_nowait()) is not None:
+        got.append(r)
+    assert [e[2] for e in events(got, wid)] == list(range(2, 10))
+    assert got[-1].canceled and got[-1].compact_revision == 15
+    assert store.hub.unsynced_count == 0 and wid not in s.watchers
+
+
+def test_abort_drops_uncommitted_batch(store: MVCCStore) -> None:
+    f = Feeder(store)
+    f.put(b"a", b"1")
+    store.commit()
+    f.put(b"a", b"2")
+    f.put(b"b", b"x")
+    store.abort()
+    assert store.consistent_index == 1 and store.current_revision == 2
+    assert [kv.value for kv in store.range(rpc_pb2.RangeRequest(key=b"a")).kvs] == [b"1"]
+
+
+def test_restore_to_a_newer_state_replays_only_what_is_new(
+    store: MVCCStore, tmp_path: Path
+) -> None:
+    f = Feeder(store)
+    f.put(b"a", b"1")  # rev 2, seen by the watcher below
+    s = store.hub.new_stream()
+    wid = s.watch(W(key=b"a", start_revision=2))
+    assert [e[2] for e in events(s.drain(), wid)] == [2]
+    f.put(b"b")  # rev 3: the watcher is synced through 3 without any event for it
+    # A leader's snapshot: the same history, further ahead.
+    ahead = MVCCStore(tmp_path / "ahead")
+    g = Feeder(ahead)
+    g.put(b"a", b"1")
+    g.put(b"b")
+    g.put(b"a", b"2")  # rev 4
+    g(rpc_pb2.CompactionRequest(revision=4))  # history the watcher already saw is gone
+    snap = ahead.snapshot(tmp_path / "snap")
+    ahead.close()
+    store.restore(snap)
+    assert [e[2] for e in events(s.drain(), wid)] == [4]
