@@ -1,0 +1,25 @@
+"""Leader election on any etcd v3 store.
+
+- :class:`LeaderElector` with a lease lock: Kubernetes (client-go) semantics,
+  watch-driven takeover, and fencing tokens with guarded writes.
+- :mod:`election.concurrency`: etcd's own election and mutex recipes.
+"""
+
+from election.config import ElectionConfig, default_identity
+from election.elector import Callbacks, LeaderElector, Leadership
+from election.errors import ConfigError, ElectionError, LeadershipLost
+from election.record import LeaderElectionRecord, fence_key, record_key
+
+__all__ = [
+    "Callbacks",
+    "ConfigError",
+    "ElectionConfig",
+    "ElectionError",
+    "LeaderElectionRecord",
+    "LeaderElector",
+    "Leadership",
+    "LeadershipLost",
+    "default_identity",
+    "fence_key",
+    "record_key",
+]
