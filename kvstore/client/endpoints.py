@@ -15,7 +15,9 @@ log = logging.getLogger(__name__)
 # a restarted member is used again within a second or two (gRPC's default
 # backoff grows to two minutes). Keepalive pings notice a silent peer (a
 # paused process, a dropped link) on streams that would otherwise hang; 10 s
-# stays above etcd's default minimum ping interval of 5 s.
+# stays above etcd's default minimum ping interval of 5 s. gRPC's transparent
+# retries stay on: they resend only calls that never reached the wire, such as
+# one issued on a connection whose peer has just died.
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_receive_message_length", -1),
     ("grpc.max_send_message_length", -1),
@@ -25,7 +27,6 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 0),
-    ("grpc.enable_retries", 0),
 ]
 
 

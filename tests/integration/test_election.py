@@ -8,7 +8,7 @@ history (the fencing key and the work key), not from what processes say.
 from __future__ import annotations
 
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import anyio
@@ -23,6 +23,16 @@ from tests.integration.election_harness import ContenderPool
 LEASE, RENEW, RETRY = 2.0, 1.5, 0.4
 # Slack for a loaded 2-core machine on top of the bounds the design promises.
 SLACK = 2.0
+
+
+@pytest.fixture
+def etcd(tmp_path: Path) -> Iterator[EtcdCluster]:
+    """A fresh etcd per test: the checks read the store's history from revision 1,
+    which another test's compaction of a shared etcd would remove."""
+    cluster = EtcdCluster(root=tmp_path / "etcd", size=1)
+    cluster.start()
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture
@@ -198,7 +208,7 @@ async def test_store_leader_failover_does_not_cost_the_lock(
     async with anyio.create_task_group() as tasks:
         pool = ContenderPool(tasks, etcd3.endpoints, tmp_path)
         try:
-            holder = await pool.start("h0", *timings(lease=6, renew=4.5, retry=0.5), "--lock", lock)
+            holder = await pool.start("h0", *timings(lease=10, renew=8, retry=0.5), "--lock", lock)
             await holder.wait_for(lambda e: e["event"] == "started")
             async with Client(etcd3.endpoints) as client:
                 statuses = [await client.status(ep) for ep in etcd3.endpoints]
