@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 SEEDS ?= 100000
 
-.PHONY: install test lint run proto sim bench soak clean
+.PHONY: install test lint run proto sim bench chaos soak clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ bench: $(INSTALLED)
 	$(BIN)/python -m kvstore.raft.bench
 	$(BIN)/python -m kvstore.storage.bench
 	$(BIN)/python -m kvstore.mvcc.bench
+
+## make chaos ROUNDS=200: a fault campaign against a real 3-member etcd (see kvstore/chaos/README.md).
+ROUNDS ?= 200
+chaos: $(INSTALLED)
+	$(BIN)/python -m kvstore.chaos --seed 1 --rounds $(ROUNDS) --members 3 --round-seconds 1.5 --network --out run/chaos
 
 ## make soak: the long-running tests left out of the default run.
 soak: $(INSTALLED)

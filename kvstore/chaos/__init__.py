@@ -1,0 +1,23 @@
+"""Chaos harness: fault injection, recorded workloads and history checkers.
+
+Run ``python -m kvstore.chaos --seed N --rounds R --members 3`` against a real
+etcd cluster (see :mod:`kvstore.chaos.runner`). The cluster under test sits
+behind :class:`kvstore.chaos.cluster.ClusterUnderTest`, so the same harness
+will run against our own server.
+
+Modules: ``history`` (recorded operations), ``linearizability`` (per-key
+Wing-Gong/Lowe search), ``checkers`` (watch, lease, lock, durability),
+``workloads``, ``faults`` (seeded schedules, injection, leader monitor),
+``runner`` (a campaign) and ``timeline`` (the PNG picture).
+"""
+
+from kvstore.chaos.cluster import ClusterUnderTest, EtcdClusterUnderTest
+from kvstore.chaos.runner import CampaignConfig, CampaignResult, run_campaign
+
+__all__ = [
+    "CampaignConfig",
+    "CampaignResult",
+    "ClusterUnderTest",
+    "EtcdClusterUnderTest",
+    "run_campaign",
+]

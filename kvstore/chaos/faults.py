@@ -1,0 +1,267 @@
+"""Fault schedules (random from a seed, replayable) and their injection.
+
+A schedule is a list of :class:`FaultSpec`, one per round, generated only
+from the seed, so ``--seed N --rounds R`` replays the same sequence of fault
+kinds, targets and timings. Targets are roles (``leader``, ``follower``,
+``majority``, ``any``) resolved against the cluster when the fault fires.
+
+Faults that need only process control work everywhere: SIGKILL (leader, a
+follower, a majority), SIGSTOP/SIGCONT pauses, graceful restarts, and leader
+transfers (MoveLeader). With a cluster whose peer links run through a
+:class:`~kvstore.chaos.proxy.ProxyMesh` (``network`` is set), schedules also
+hold partitions (a minority cut off both ways), one-way drops, delay and loss.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+
+import anyio
+
+from kvstore.chaos.cluster import ClusterUnderTest
+from kvstore.chaos.proxy import LinkRule
+from kvstore.client import Client, EtcdError
+
+log = logging.getLogger(__name__)
+
+FAULT_KINDS = (
+    "kill",
+    "pause",
+    "restart",
+    "kill_majority",
+    "move_leader",
+    "none",
+)
+NETWORK_FAULT_KINDS = ("partition", "oneway", "delay", "loss")
+# Relative weights of each kind in a random schedule.
+WEIGHTS = {"kill": 4, "pause": 4, "restart": 2, "kill_majority": 1, "move_leader": 2, "none": 1}
+NETWORK_WEIGHTS = {"partition": 4, "oneway": 3, "delay": 2, "loss": 2}
+
+
+@dataclass(frozen=True)
+class FaultSpec:
+    """One round: wait ``delay`` s, inject ``kind`` on ``target``, hold ``hold`` s, heal."""
+
+    round: int
+    kind: str
+    target: str
+    delay: float
+    hold: float
+
+
+def schedule(
+    seed: int, rounds: int, round_seconds: float = 1.5, *, network: bool = False
+) -> list[FaultSpec]:
+    """The replayable fault schedule for ``seed`` (with network faults if ``network``)."""
+    rng = random.Random(seed)
+    table = {**WEIGHTS, **(NETWORK_WEIGHTS if network else {})}
+    kinds = list(table)
+    weights = [table[k] for k in kinds]
+    out = []
+    for r in range(rounds):
+        kind = rng.choices(kinds, weights)[0]
+        target = rng.choice(["leader", "follower"])
+        if kind == "kill_majority":
+            target = "majority"
+        delay = rng.uniform(0.2, 0.5) * round_seconds
+        hold = rng.uniform(0.5, 1.0) * round_seconds
+        if kind in ("partition", "oneway"):
+            hold = max(hold, rng.uniform(2.0, 3.5))  # long enough to outlast an election timeout
+        out.append(FaultSpec(r, kind, target, delay, hold))
+    return out
+
+
+@dataclass
+class FaultRecord:
+    """What was actually done: times are monotonic."""
+
+    round: int
+    kind: str
+    members: list[int]
+    start: float
+    end: float = 0.0
+    note: str = ""
+
+
+@dataclass
+class LeaderSample:
+    time: float
+    member: int
+    leader_index: int | None
+    term: int
+
+
+@dataclass
+class LeaderMonitor:
+    """Polls Status of every member to learn who leads over time."""
+
+    cluster: ClusterUnderTest
+    interval: float = 0.25
+    samples: list[LeaderSample] = field(default_factory=list)
+    member_ids: dict[int, int] = field(default_factory=dict)  # raft member id -> index
+
+    async def leader(self, client: Client, timeout: float = 1.0) -> int | None:
+        """The index of the member that currently claims a leader, by majority of answers."""
+        votes: dict[int, int] = {}
+        for i, endpoint in enumerate(self.cluster.endpoints):
+            try:
+                st = await client.status(endpoint, timeout=timeout)
+            except (EtcdError, OSError):
+                continue
+            self.member_ids[int(st.header.member_id)] = i
+            idx = self.member_ids.get(int(st.leader))
+            self.samples.append(LeaderSample(time.monotonic(), i, idx, int(st.raftTerm)))
+            if idx is not None:
+                votes[idx] = votes.get(idx, 0) + 1
+        if not votes:
+            return None
+        return max(votes, key=lambda k: votes[k])
+
+    async def run(self, stop: anyio.Event) -> None:
+        async with Client(self.cluster.endpoints, default_timeout=1.0) as client:
+            while not stop.is_set():
+                await self.leader(client, timeout=0.5)
+                await anyio.sleep(self.interval)
+
+    def leaders_over_time(self) -> list[tuple[float, int | None]]:
+        """(time, leader index) at each change, as seen by any member."""
+        out: list[tuple[float, int | None]] = []
+        for s in sorted(self.samples, key=lambda s: s.time):
+            if s.leader_index is None:
+                continue
+            if not out or out[-1][1] != s.leader_index:
+                out.append((s.time, s.leader_index))
+        return out
+
+
+@dataclass
+class FaultInjector:
+    """Applies a schedule to a cluster; always heals what it broke."""
+
+    cluster: ClusterUnderTest
+    monitor: LeaderMonitor
+    rng: random.Random
+    records: list[FaultRecord] = field(default_factory=list)
+    heal_timeout: float = 60.0
+
+    async def _pick(self, client: Client, spec: FaultSpec) -> list[int]:
+        n = self.cluster.size
+        leader = await self.monitor.leader(client)
+        if spec.target == "majority":
+            start = self.rng.randrange(n)
+            return [(start + k) % n for k in range(n // 2 + 1)]
+        if spec.target == "leader" and leader is not None:
+            return [leader]
+        others = [i for i in range(n) if i != leader]
+        return [self.rng.choice(others)]
+
+    async def run(self, specs: list[FaultSpec], stop: anyio.Event) -> None:
+        """Run every round of ``specs`` (then set ``stop``)."""
+        try:
+            async with Client(self.cluster.endpoints, default_timeout=2.0) as client:
+                for spec in specs:
+                    await anyio.sleep(spec.delay)
+                    await self.apply(client, spec)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self.heal_all)
+            stop.set()
+
+    async def apply(self, client: Client, spec: FaultSpec) -> None:
+        members = await self._pick(client, spec)
+        rec = FaultRecord(spec.round, spec.kind, members, time.monotonic())
+        self.records.append(rec)
+        log.info("round %d: %s %s", spec.round, spec.kind, members)
+        c = self.cluster
+        try:
+            if spec.kind in ("kill", "kill_majority"):
+                for i in members:
+                    await anyio.to_thread.run_sync(c.kill, i)
+                await anyio.sleep(spec.hold)
+                for i in members:
+                    await anyio.to_thread.run_sync(c.start_member, i)
+                await anyio.to_thread.run_sync(c.wait_healthy, self.heal_timeout)
+            elif spec.kind == "pause":
+                for i in members:
+                    await anyio.to_thread.run_sync(c.pause, i)
+                await anyio.sleep(spec.hold)
+                for i in members:
+                    await anyio.to_thread.run_sync(c.resume, i)
+            elif spec.kind == "restart":
+                for i in members:
+                    await anyio.to_thread.run_sync(c.stop_member, i)
+                    await anyio.to_thread.run_sync(c.start_member, i)
+                await anyio.to_thread.run_sync(c.wait_healthy, self.heal_timeout)
+            elif spec.kind in NETWORK_FAULT_KINDS:
+                rec.note = await self._network(client, spec, members)
+                await anyio.sleep(spec.hold)
+                if c.network is not None:
+                    c.network.heal()
+            elif spec.kind == "move_leader":
+                rec.note = await self._move_leader(client)
+                await anyio.sleep(spec.hold)
+            else:
+                await anyio.sleep(spec.hold)
+        finally:
+            rec.end = time.monotonic()
+
+    async def _network(self, client: Client, spec: FaultSpec, members: list[int]) -> str:
+        net = self.cluster.network
+        if net is None:
+            return "no network control"
+        if len(self.monitor.member_ids) < self.cluster.size:
+            await self.monitor.leader(client)
+        net.set_member_ids(self.monitor.member_ids)
+        n = self.cluster.size
+        x = members[0]
+        others = [i for i in range(n) if i != x]
+        if spec.kind == "partition":
+            minority = [x, self.rng.choice(others)] if n >= 5 and self.rng.random() < 0.5 else [x]
+            majority = [i for i in range(n) if i not in minority]
+            net.partition([minority, majority])
+            return f"partition {minority} | {majority}"
+        if spec.kind == "oneway":
+            y = self.rng.choice(others)
+            src, dst = (x, y) if self.rng.random() < 0.5 else (y, x)
+            net.set_rule(src, dst, LinkRule(blocked=True))
+            return f"drop {src}->{dst}"
+        if spec.kind == "delay":
+            delay = self.rng.uniform(0.05, 0.3)
+            for y in others:
+                net.set_rule(x, y, LinkRule(delay=delay))
+                net.set_rule(y, x, LinkRule(delay=delay))
+            return f"delay {delay * 1000:.0f}ms on {x}'s links"
+        loss = self.rng.uniform(0.05, 0.3)
+        for y in others:
+            net.set_rule(x, y, LinkRule(loss=loss))
+        return f"loss {loss:.2f} from {x}"
+
+    async def _move_leader(self, client: Client) -> str:
+        leader = await self.monitor.leader(client)
+        if leader is None:
+            return "no leader"
+        ids = {i: mid for mid, i in self.monitor.member_ids.items()}
+        targets = [i for i in range(self.cluster.size) if i != leader and i in ids]
+        if not targets:
+            return "no target"
+        target = self.rng.choice(targets)
+        try:
+            await client.move_leader(
+                ids[target], endpoint=self.cluster.endpoints[leader], timeout=5.0
+            )
+        except (EtcdError, OSError) as error:
+            return f"move to {target} failed: {type(error).__name__}"
+        return f"moved {leader} -> {target}"
+
+    def heal_all(self) -> None:
+        """Heal the network, resume paused and start stopped members; wait until healthy."""
+        if self.cluster.network is not None:
+            self.cluster.network.heal()
+        for i in range(self.cluster.size):
+            self.cluster.resume(i)
+            if not self.cluster.is_running(i):
+                self.cluster.start_member(i)
+        self.cluster.wait_healthy(self.heal_timeout)
