@@ -1,0 +1,228 @@
+"""What every component shares: flags, leader-elected running, workers.
+
+A leader-elected component (controller-manager, scheduler) runs its work in
+``lead(writer)``, started when this process acquires the lock and cancelled
+as soon as it is lost; the process then campaigns again as a standby.
+Writes go through the :class:`election.Leadership` (fenced) handed to
+``lead``, so nothing a deposed leader sends is applied.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Hashable
+from typing import TypeVar
+
+import anyio
+
+from controllers.events import emit
+from controllers.objects import parse_duration
+from controllers.store import DEFAULT_PREFIX, ConflictError, DirectWriter, Writer
+from controllers.workqueue import ShutDown, WorkQueue
+from election import (
+    Callbacks,
+    ConfigError,
+    ElectionConfig,
+    LeaderElector,
+    Leadership,
+    LeadershipLost,
+)
+from election.config import default_identity
+from kvstore.client import Client, EtcdError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T", bound=Hashable)
+
+
+class Retry(Exception):
+    """Raised by a sync to have its item retried later (with backoff), quietly."""
+
+
+def duration(text: str) -> float:
+    """argparse type for Go-style durations."""
+    try:
+        return parse_duration(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def boolean(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "t", "true", "yes"):
+        return True
+    if lowered in ("0", "f", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"invalid boolean {text!r}")
+
+
+def add_store_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--endpoints",
+        default="127.0.0.1:2379",
+        help="comma-separated etcd v3 endpoints (host:port)",
+    )
+    parser.add_argument(
+        "--etcd-prefix",
+        default=DEFAULT_PREFIX,
+        help="key prefix of the object registry (as kube-apiserver's --etcd-prefix)",
+    )
+
+
+def add_leader_election_flags(parser: argparse.ArgumentParser, resource_name: str) -> None:
+    parser.add_argument(
+        "--leader-elect",
+        type=boolean,
+        nargs="?",
+        const=True,
+        default=True,
+        help="contend for a lease lock and act only while holding it (default true)",
+    )
+    parser.add_argument("--leader-elect-lease-duration", type=duration, default=15.0)
+    parser.add_argument("--leader-elect-renew-deadline", type=duration, default=10.0)
+    parser.add_argument("--leader-elect-retry-period", type=duration, default=2.0)
+    parser.add_argument("--leader-elect-resource-name", default=resource_name)
+    parser.add_argument("--leader-elect-resource-namespace", default="kube-system")
+    parser.add_argument("--identity", default="", help="lock identity (default hostname_uuid)")
+
+
+def election_config(args: argparse.Namespace) -> ElectionConfig:
+    return ElectionConfig(
+        name=args.leader_elect_resource_name,
+        namespace=args.leader_elect_resource_namespace,
+        identity=args.identity or default_identity(),
+        lease_duration=args.leader_elect_lease_duration,
+        renew_deadline=args.leader_elect_renew_deadline,
+        retry_period=args.leader_elect_retry_period,
+        release_on_cancel=True,
+    )
+
+
+def validate_leader_election(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Reject inconsistent timings at startup (client-go's rules), not at the first campaign."""
+    if args.leader_elect:
+        try:
+            election_config(args)
+        except ConfigError as error:
+            parser.error(str(error))
+
+
+Lead = Callable[[Writer], Awaitable[None]]
+
+
+async def run_leader_elected(client: Client, args: argparse.Namespace, lead: Lead) -> None:
+    """Lead while holding the lock; on losing it, stop everything and rejoin as a standby."""
+    if not args.leader_elect:
+        emit("started_leading", identity="", token=0, leader_elect=False)
+        await lead(DirectWriter(client))
+        return
+    config = election_config(args)
+
+    async def on_started_leading(leadership: Leadership) -> None:
+        emit("started_leading", identity=config.identity, token=leadership.token)
+        try:
+            await lead(leadership)
+        except* LeadershipLost as group:
+            log.warning("%s: %s", config.identity, leadership_lost(group))
+        finally:
+            # Runs once every controller task has finished (cancelled or not).
+            emit("controllers_stopped", identity=config.identity)
+
+    elector = LeaderElector(
+        client,
+        config,
+        Callbacks(
+            on_started_leading=on_started_leading,
+            on_stopped_leading=lambda: emit("stopped_leading", identity=config.identity),
+            on_new_leader=lambda holder: emit("new_leader", identity=holder),
+        ),
+    )
+    emit("standby", identity=config.identity)
+    while True:
+        await elector.run()
+        emit("standby", identity=config.identity)
+
+
+async def serve(args: argparse.Namespace, body: Callable[[Client], Awaitable[None]]) -> None:
+    """Connect, run ``body`` until SIGTERM/SIGINT, then exit cleanly."""
+    endpoints = [e.strip() for e in args.endpoints.split(",") if e.strip()]
+    async with Client(endpoints) as client, anyio.create_task_group() as tasks:
+
+        async def run_body() -> None:
+            await body(client)
+            tasks.cancel_scope.cancel()
+
+        tasks.start_soon(run_body)
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            emit("ready")
+            async for _ in signals:
+                tasks.cancel_scope.cancel()
+                break
+    emit("exit")
+
+
+def leadership_lost(error: BaseException) -> LeadershipLost | None:
+    """The LeadershipLost in ``error`` (possibly nested in exception groups), if any."""
+    if isinstance(error, LeadershipLost):
+        return error
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            found = leadership_lost(inner)
+            if found is not None:
+                return found
+    return None
+
+
+async def run_workers(
+    name: str,
+    queue: WorkQueue[T],
+    sync: Callable[[T], Awaitable[None]],
+    workers: int,
+) -> None:
+    """``workers`` tasks taking items from ``queue``; a failed item is retried with backoff.
+
+    LeadershipLost propagates (it ends the tenure); anything else an item
+    raises is logged and the item requeued, rate limited.
+    """
+
+    async def worker() -> None:
+        while True:
+            try:
+                item = await queue.get()
+            except ShutDown:
+                return
+            try:
+                try:
+                    await sync(item)
+                except Exception as error:
+                    lost = leadership_lost(error)
+                    if lost is not None and lost is not error:
+                        raise lost from error
+                    raise
+                queue.forget(item)
+            except LeadershipLost:
+                raise
+            except (ConflictError, EtcdError, Retry) as error:
+                log.info("%s: %r: %s; retrying", name, item, error)
+                queue.add_rate_limited(item)
+            except Exception:
+                log.exception("%s: %r failed; retrying", name, item)
+                queue.add_rate_limited(item)
+            finally:
+                queue.done(item)
+
+    try:
+        async with anyio.create_task_group() as tasks:
+            for _ in range(workers):
+                tasks.start_soon(worker)
+    finally:
+        queue.shut_down()
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
