@@ -19,6 +19,12 @@ async def test_calls_and_watch_fail_over_when_the_member_is_killed(etcd3: EtcdCl
 
             etcd3.kill(0)
 
+            # A read fails over by itself. (A write sent on the dead member's
+            # connection would be ambiguous and raise UnavailableError instead,
+            # as with etcd's clientv3; one that cannot connect fails over.)
+            assert (await client.get("/fo/", prefix=True, count_only=True)).count == 5
+            assert client.current_endpoint != etcd3.endpoints[0]
+
             # Writes and reads carry on through the other members.
             for i in range(5, 10):
                 resp = await client.put(f"/fo/{i}", str(i))
