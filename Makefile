@@ -26,7 +26,7 @@ lint: $(INSTALLED)
 
 ## make run: start a local 3-member cluster and print how to reach it (Ctrl-C stops it).
 run: $(INSTALLED)
-	$(BIN)/kvstore reference-etcd --members 3
+	$(BIN)/kvstore cluster up -n 3
 
 ## make proto: regenerate kvstore/_pb from proto/ (a test fails when it is stale).
 proto: $(INSTALLED)

@@ -61,6 +61,121 @@ def cmd_reference_etcd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _urls(value: str) -> list[str]:
+    return [u.strip() for u in value.split(",") if u.strip()]
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run one member in the foreground until SIGTERM/SIGINT."""
+    import asyncio
+    import os
+
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # read when grpc is first imported
+
+    from kvstore.server.config import ConfigError, ServerConfig, host_port
+    from kvstore.server.server import serve
+
+    peer = _urls(args.initial_advertise_peer_urls)
+    client_urls = _urls(args.listen_client_urls)
+    metrics = _urls(args.listen_metrics_urls) if args.listen_metrics_urls else []
+    try:
+        if args.listen_metrics_urls is None:
+            # Default: HTTP endpoints on the client port + 2 (2379 -> 2381, etcd's usual
+            # metrics port; + 1 would be the peer port).
+            host, port = host_port(client_urls[0])
+            metrics = [f"http://{host}:{port + 2}"]
+        cfg = ServerConfig(
+            name=args.name,
+            data_dir=Path(args.data_dir or f"{args.name}.etcd"),
+            listen_client_urls=client_urls,
+            advertise_client_urls=_urls(args.advertise_client_urls or args.listen_client_urls),
+            listen_peer_urls=_urls(args.listen_peer_urls),
+            initial_advertise_peer_urls=peer,
+            initial_cluster=args.initial_cluster or f"{args.name}={peer[0]}",
+            initial_cluster_state=args.initial_cluster_state,
+            initial_cluster_token=args.initial_cluster_token,
+            heartbeat_ms=args.heartbeat_interval,
+            election_ms=args.election_timeout,
+            snapshot_count=args.snapshot_count,
+            max_request_bytes=args.max_request_bytes,
+            quota_backend_bytes=args.quota_backend_bytes,
+            listen_metrics_urls=metrics,
+        )
+        cfg.validate()
+    except ConfigError as error:
+        print(f"kvstore serve: {error}", file=sys.stderr)
+        return 2
+    import socket
+
+    from kvstore.storage import StorageError
+
+    # Check the ports before touching the data directory, so a busy port fails cleanly.
+    for url in [*cfg.listen_client_urls, *cfg.listen_peer_urls, *cfg.listen_metrics_urls]:
+        host, port = host_port(url)
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as error:
+                print(f"kvstore serve: listen {host}:{port}: {error.strerror}", file=sys.stderr)
+                return 1
+    try:
+        asyncio.run(serve(cfg))
+    except (OSError, RuntimeError, StorageError) as error:
+        print(f"kvstore serve: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_cluster_up(args: argparse.Namespace) -> int:
+    """Start N members as separate processes; Ctrl-C/SIGTERM stops them all."""
+    from kvstore.testing.cluster import KVCluster, KVStartError
+
+    if not 1 <= args.members <= len(DEFAULT_PORTS):
+        print(f"-n must be between 1 and {len(DEFAULT_PORTS)}", file=sys.stderr)
+        return 2
+    ports = [(c, p, c + 2) for c, p in DEFAULT_PORTS[: args.members]]
+    if args.free_ports:
+        flat = free_ports(3 * args.members)
+        ports = [tuple(flat[3 * i : 3 * i + 3]) for i in range(args.members)]  # type: ignore[misc]
+    root = Path(args.data_dir) if args.data_dir else Path("kvstore-data")
+    cluster = KVCluster(root=root, size=args.members, ports=ports, stream_logs=True)
+    try:
+        cluster.start()
+    except (KVStartError, OSError) as error:
+        cluster.stop()
+        print(f"cluster did not start: {error}", file=sys.stderr)
+        print("(ports busy? try --free-ports)", file=sys.stderr)
+        return 1
+    from kvstore.testing.etcd import etcdctl_path
+
+    endpoints = ",".join(cluster.endpoints)
+    print(f"kvstore {args.members}-member cluster is up (data in {root.resolve()})")
+    for member in cluster.members:
+        print(
+            f"  {member.name}: client {member.endpoint}  peer {member.peer_url}"
+            f"  http {member.http_url}/health"
+        )
+    print("Reach it with:")
+    print(f"  {etcdctl_path()} --endpoints={endpoints} put greeting hello")
+    print(f"  {etcdctl_path()} --endpoints={endpoints} endpoint status -w table")
+    print("Ctrl-C stops it.", flush=True)
+    try:
+        _wait_for_stop_signal()
+    finally:
+        cluster.stop()
+        print("stopped", flush=True)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from kvstore.server.bench import main as bench_main
+
+    return bench_main(args.bench_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kvstore", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -75,10 +190,55 @@ def build_parser() -> argparse.ArgumentParser:
         "--free-ports", action="store_true", help="pick free ports instead of 2379, 12379, ..."
     )
     ref.set_defaults(func=cmd_reference_etcd)
+
+    from kvstore.server import config as c
+
+    srv = commands.add_parser("serve", help="run one member (etcd's flags)")
+    srv.add_argument("--name", default="default")
+    srv.add_argument("--data-dir", help="default: <name>.etcd")
+    srv.add_argument("--listen-client-urls", default="http://127.0.0.1:2379")
+    srv.add_argument("--advertise-client-urls", default=None)
+    srv.add_argument("--listen-peer-urls", default="http://127.0.0.1:2380")
+    srv.add_argument("--initial-advertise-peer-urls", default="http://127.0.0.1:2380")
+    srv.add_argument("--initial-cluster", default=None, help="name=peer-url,...")
+    srv.add_argument("--initial-cluster-state", default="new", choices=["new", "existing"])
+    srv.add_argument("--initial-cluster-token", default="etcd-cluster")
+    srv.add_argument("--heartbeat-interval", type=int, default=c.DEFAULT_HEARTBEAT_MS, help="ms")
+    srv.add_argument("--election-timeout", type=int, default=c.DEFAULT_ELECTION_MS, help="ms")
+    srv.add_argument("--snapshot-count", type=int, default=c.DEFAULT_SNAPSHOT_COUNT)
+    srv.add_argument("--max-request-bytes", type=int, default=c.DEFAULT_MAX_REQUEST_BYTES)
+    srv.add_argument("--quota-backend-bytes", type=int, default=c.DEFAULT_QUOTA_BACKEND_BYTES)
+    srv.add_argument(
+        "--listen-metrics-urls",
+        default=None,
+        help="HTTP /health /metrics /version (default: client port + 2)",
+    )
+    srv.set_defaults(func=cmd_serve)
+
+    clu = commands.add_parser("cluster", help="local multi-member clusters")
+    clu_cmds = clu.add_subparsers(dest="cluster_command", required=True)
+    up = clu_cmds.add_parser("up", help="start N members in the foreground (Ctrl-C stops)")
+    up.add_argument("-n", "--members", type=int, default=3)
+    up.add_argument("--data-dir", help="where members keep data (default ./kvstore-data)")
+    up.add_argument(
+        "--free-ports", action="store_true", help="pick free ports instead of 2379, 12379, ..."
+    )
+    up.set_defaults(func=cmd_cluster_up)
+
+    bench = commands.add_parser(
+        "bench", help="rough put/range throughput and failover gap, ours vs etcd", add_help=False
+    )
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # its own flags (argparse REMAINDER cannot pass "--x" through)
+        from kvstore.server.bench import main as bench_main
+
+        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

