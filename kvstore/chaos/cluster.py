@@ -9,13 +9,13 @@ methods and the harness will run against it unchanged.
 from __future__ import annotations
 
 import logging
-import subprocess
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from kvstore.chaos.proxy import ProxyMesh
-from kvstore.testing.etcd import HOST, EtcdCluster, EtcdMember, etcd_bin_dir
+from kvstore.testing.etcd import EtcdCluster
 from kvstore.testing.ports import free_ports
+from kvstore.testing.processes import HOST
 
 log = logging.getLogger(__name__)
 
@@ -86,42 +86,6 @@ class ClusterUnderTest(Protocol):
         ...
 
 
-class ProxiedEtcdCluster(EtcdCluster):
-    """An :class:`EtcdCluster` whose members advertise proxy addresses as peer URLs.
-
-    Member ``i`` listens for peers on its own port and advertises
-    ``proxy_ports[i]``, where a :class:`~kvstore.chaos.proxy.ProxyMesh` forwards.
-    """
-
-    proxy_ports: list[int]
-
-    def _advertised(self, member: EtcdMember) -> str:
-        return f"http://{HOST}:{self.proxy_ports[self.members.index(member)]}"
-
-    def _initial_cluster(self) -> str:
-        return ",".join(f"{m.name}={self._advertised(m)}" for m in self.members)
-
-    def _spawn(self, member: EtcdMember) -> None:
-        args = [
-            str(etcd_bin_dir() / "etcd"),
-            f"--name={member.name}",
-            f"--data-dir={member.data_dir}",
-            f"--listen-client-urls={member.client_url}",
-            f"--advertise-client-urls={member.client_url}",
-            f"--listen-peer-urls={member.peer_url}",
-            f"--initial-advertise-peer-urls={self._advertised(member)}",
-            f"--initial-cluster={self._initial_cluster()}",
-            f"--initial-cluster-token={self.token}",
-            "--initial-cluster-state=new",
-            "--log-level=warn",
-            *self.extra_args,
-        ]
-        with open(member.log_path, "ab") as log_file:
-            member.process = subprocess.Popen(
-                args, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-            )
-
-
 class EtcdClusterUnderTest:
     """:class:`ClusterUnderTest` over :class:`kvstore.testing.etcd.EtcdCluster`.
 
@@ -146,11 +110,10 @@ class EtcdClusterUnderTest:
             self.cluster: EtcdCluster = EtcdCluster(root=root, size=size, extra_args=args)
             self.network = None
             return
-        proxied = ProxiedEtcdCluster(root=root, size=size, extra_args=args)
-        proxied.proxy_ports = free_ports(size)
+        proxied = EtcdCluster(root=root, size=size, extra_args=args, proxy_ports=free_ports(size))
         self.cluster = proxied
         self.network = ProxyMesh(
-            [(HOST, p) for p in proxied.proxy_ports],
+            [(HOST, p) for p in proxied.proxy_ports or []],
             [(HOST, m.peer_port) for m in proxied.members],
             seed=seed,
         )
