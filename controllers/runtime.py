@@ -18,7 +18,6 @@ from typing import TypeVar
 import anyio
 
 from controllers.events import emit
-from controllers.objects import parse_duration
 from controllers.store import DEFAULT_PREFIX, ConflictError, DirectWriter, Writer
 from controllers.workqueue import ShutDown, WorkQueue
 from election import (
@@ -31,6 +30,7 @@ from election import (
 )
 from election.config import default_identity
 from kvstore.client import Client, EtcdError
+from kvstore.durations import parse_duration
 
 log = logging.getLogger(__name__)
 

@@ -11,13 +11,13 @@ Wing-Gong/Lowe search), ``checkers`` (watch, lease, lock, durability),
 ``runner`` (a campaign) and ``timeline`` (the PNG picture).
 """
 
-from kvstore.chaos.cluster import ClusterUnderTest, EtcdClusterUnderTest
+from kvstore.chaos.cluster import ClusterUnderTest, ProcessClusterUnderTest
 from kvstore.chaos.runner import CampaignConfig, CampaignResult, run_campaign
 
 __all__ = [
     "CampaignConfig",
     "CampaignResult",
     "ClusterUnderTest",
-    "EtcdClusterUnderTest",
+    "ProcessClusterUnderTest",
     "run_campaign",
 ]

@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
         help="judge lease reads (TimeToLive, keepalive) as linearizable (etcd 3.5.1 is not)",
     )
     p.add_argument("--keep", action="store_true", help="save history and logs even when OK")
+    p.add_argument(
+        "--target", choices=["etcd", "kvstore"], default="etcd", help="which store to test"
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(
@@ -63,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         request_progress=args.request_progress,
         network=args.network,
         strict_leases=args.strict_leases,
+        target=args.target,
     )
 
     def on_term(signum: int, frame: object) -> None:

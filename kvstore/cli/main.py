@@ -10,6 +10,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from kvstore.durations import parse_duration
 from kvstore.testing.ports import free_ports
 
 log = logging.getLogger("kvstore")
@@ -100,6 +101,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             max_request_bytes=args.max_request_bytes,
             quota_backend_bytes=args.quota_backend_bytes,
             listen_metrics_urls=metrics,
+            watch_progress_notify_interval=parse_duration(
+                args.experimental_watch_progress_notify_interval
+            ),
         )
         cfg.validate()
     except ConfigError as error:
@@ -208,6 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--snapshot-count", type=int, default=c.DEFAULT_SNAPSHOT_COUNT)
     srv.add_argument("--max-request-bytes", type=int, default=c.DEFAULT_MAX_REQUEST_BYTES)
     srv.add_argument("--quota-backend-bytes", type=int, default=c.DEFAULT_QUOTA_BACKEND_BYTES)
+    srv.add_argument(
+        "--experimental-watch-progress-notify-interval",
+        default="10m",
+        help="how often synced watchers get a progress notification (Go duration)",
+    )
     srv.add_argument(
         "--listen-metrics-urls",
         default=None,

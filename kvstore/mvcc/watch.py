@@ -167,10 +167,16 @@ class WatchStream:
         return True
 
     def request_progress(self) -> None:
-        """Queue a stream-wide progress response at the current revision (etcd 3.5)."""
-        self._control(
-            rpc_pb2.WatchResponse(watch_id=PROGRESS_WATCH_ID), self.hub.store.current_revision
-        )
+        """Queue a stream-wide progress response at the current revision (etcd 3.5).
+
+        Only when every watcher of the stream is synced and none waits for a
+        revision beyond the current one: otherwise the notification would claim
+        a revision older than events a watcher is owed or was promised (the
+        progress-before-events bug etcd fixed after 3.5.1). The client asks again.
+        """
+        cur = self.hub.store.current_revision
+        if all(w.synced and w.min_rev <= cur + 1 for w in self.watchers.values()):
+            self._control(rpc_pb2.WatchResponse(watch_id=PROGRESS_WATCH_ID), cur)
 
     def close(self) -> None:
         """Drop every watcher; ``recv`` returns None once the outbox is drained."""
@@ -477,7 +483,10 @@ class WatchHub:
             for w in s.watchers.values():
                 if not w.progress_notify:
                     continue
-                if w.quiet and w.synced and s.has_room():
+                # A watcher resumed here from a revision this member has not
+                # reached yet (it lags the member it came from) must not be told
+                # "nothing up to cur" below what it has already seen.
+                if w.quiet and w.synced and w.min_rev <= cur + 1 and s.has_room():
                     s._push(_Data(w.id, cur, [], False))
                 w.quiet = True
 

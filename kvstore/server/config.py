@@ -92,6 +92,8 @@ class ServerConfig:
     quota_backend_bytes: int = DEFAULT_QUOTA_BACKEND_BYTES
     max_txn_ops: int = DEFAULT_MAX_TXN_OPS
     listen_metrics_urls: list[str] = field(default_factory=list)
+    # etcd's --experimental-watch-progress-notify-interval (default 10 minutes).
+    watch_progress_notify_interval: float = 600.0
     members: list[MemberInfo] = field(default_factory=list)
     self_id: int = 0
     cluster_id: int = 0

@@ -570,14 +570,14 @@ class Node:
                 self.propose_nowait(req)
 
     async def run_watch_sync(self) -> None:
-        """Catch unsynced watchers up (etcd: every 100 ms); progress notify every 10 min."""
+        """Catch unsynced watchers up (etcd: every 100 ms); send progress notifications."""
         last_progress = time.monotonic()
         while not self._stopped:
             await asyncio.sleep(0.1)
             self.maybe_commit_backend()
             self.store.hub.sync_unsynced()
             now = time.monotonic()
-            if now - last_progress >= 600:
+            if now - last_progress >= self.cfg.watch_progress_notify_interval:
                 last_progress = now
                 self.store.hub.progress_notify()
             self.metrics.db_size = self.store.db_size()

@@ -146,6 +146,10 @@ class ProcessCluster(Generic[M]):
                     )
                 time.sleep(0.05)  # polling an external process; there is no event to await
 
+    def spawn(self, index: int) -> None:
+        """Start member ``index`` (on its existing data directory) without waiting for it."""
+        self._spawn(self.members[index])
+
     def kill(self, index: int) -> None:
         """SIGKILL one member (paused or not) and reap it."""
         member = self.members[index]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import anyio
 
-from kvstore.chaos.cluster import EtcdClusterUnderTest
+from kvstore.chaos.cluster import ProcessClusterUnderTest
 from kvstore.chaos.faults import LeaderMonitor
 from kvstore.chaos.proxy import LinkRule, etcd_sender
 from kvstore.client import Client
@@ -31,7 +31,7 @@ async def _leader(monitor: LeaderMonitor, client: Client, deadline: float) -> in
 
 
 async def test_partitioned_leader_is_replaced_and_cluster_heals(tmp_path: Path) -> None:
-    cluster = EtcdClusterUnderTest(tmp_path / "c", 3, network=True)
+    cluster = ProcessClusterUnderTest(tmp_path / "c", 3, network=True)
     net = cluster.network
     assert net is not None
     await anyio.to_thread.run_sync(cluster.start)

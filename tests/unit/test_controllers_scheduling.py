@@ -13,7 +13,6 @@ from controllers.objects import (
     memory_bytes,
     milli_cpu,
     new_object,
-    parse_duration,
     selector_matches,
     set_condition,
 )
@@ -25,6 +24,7 @@ from controllers.scheduling import (
     pod_requests,
     schedule,
 )
+from kvstore.durations import parse_duration
 
 
 def node(name: str, cpu: str = "4", memory: str = "8Gi", **spec: object) -> Obj:

@@ -228,6 +228,28 @@ def test_progress_and_cancel(store: MVCCStore) -> None:
     assert s.drain() == []
 
 
+def test_no_progress_below_a_future_start_revision(store: MVCCStore) -> None:
+    """A watch resumed on a member that lags (start revision beyond its current one)
+    gets no progress notification until the member catches up: it would report a
+    revision older than events the client has already seen elsewhere."""
+    f = Feeder(store)
+    f.put(b"x")  # revision 2
+    s = store.hub.new_stream()
+    wid = s.watch(W(key=b"a", progress_notify=True, start_revision=10))
+    s.drain()
+    s.request_progress()
+    store.hub.progress_notify()
+    assert s.drain() == []
+    for _ in range(8):
+        f.put(b"x")  # up to revision 10: the watch now waits for the next one only
+    s.request_progress()
+    (p,) = s.drain()
+    assert p.watch_id == -1 and p.header.revision == 10
+    store.hub.progress_notify()
+    (p,) = s.drain()
+    assert p.watch_id == wid and p.header.revision == 10
+
+
 def test_duplicate_watch_id_refused(store: MVCCStore) -> None:
     s = store.hub.new_stream()
     assert s.watch(W(key=b"a", watch_id=7)) == 7
