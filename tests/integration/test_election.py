@@ -1,7 +1,7 @@
-"""LeaderElector against a real store: contenders are separate processes.
+"""LeaderElector against a real etcd and against our store; contenders are processes.
 
 Shortened timings (lease 2 s, renew 1.5 s, retry 0.4 s) keep the run short;
-``kvstore/../bench`` measures the defaults. Safety is judged from the store's
+``python -m election.bench`` measures the defaults. Safety is judged from the store's
 history (the fencing key and the work key), not from what processes say.
 """
 
@@ -17,6 +17,7 @@ import pytest
 from election import LeaderElectionRecord, fence_key, record_key
 from kvstore._pb.mvccpb import kv_pb2
 from kvstore.client import Client
+from kvstore.testing.cluster import KVCluster
 from kvstore.testing.etcd import EtcdCluster
 from tests.integration.election_harness import ContenderPool
 
@@ -25,20 +26,32 @@ LEASE, RENEW, RETRY = 2.0, 1.5, 0.4
 SLACK = 2.0
 
 
-@pytest.fixture
-def etcd(tmp_path: Path) -> Iterator[EtcdCluster]:
-    """A fresh etcd per test: the checks read the store's history from revision 1,
-    which another test's compaction of a shared etcd would remove."""
-    cluster = EtcdCluster(root=tmp_path / "etcd", size=1)
+STORES = {"etcd": EtcdCluster, "kvstore": KVCluster}
+Store = EtcdCluster | KVCluster
+
+
+@pytest.fixture(params=sorted(STORES))
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """A fresh single-member store per test, a real etcd and ours: the checks read
+    the store's history from revision 1, which a compaction by another test would remove."""
+    cluster = STORES[request.param](root=tmp_path / "store", size=1)
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=sorted(STORES))
+def store3(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    cluster = STORES[request.param](root=tmp_path / "store3", size=3)
     cluster.start()
     yield cluster
     cluster.stop()
 
 
 @pytest.fixture
-async def pool(etcd: EtcdCluster, tmp_path: Path) -> AsyncIterator[ContenderPool]:
+async def pool(store: Store, tmp_path: Path) -> AsyncIterator[ContenderPool]:
     async with anyio.create_task_group() as tasks:
-        contenders = ContenderPool(tasks, etcd.endpoints, tmp_path)
+        contenders = ContenderPool(tasks, store.endpoints, tmp_path)
         try:
             yield contenders
         finally:
@@ -85,7 +98,7 @@ def timings(lease: float = LEASE, renew: float = RENEW, retry: float = RETRY) ->
     return ["--lease", str(lease), "--renew", str(renew), "--retry", str(retry)]
 
 
-async def test_five_contenders_kill_and_release(pool: ContenderPool, etcd: EtcdCluster) -> None:
+async def test_five_contenders_kill_and_release(pool: ContenderPool, store: Store) -> None:
     lock, work = "five", "/tests/five/work"
     args = [*timings(), "--lock", lock, "--work-key", work, "--release-on-cancel"]
     for i in range(5):
@@ -121,13 +134,13 @@ async def test_five_contenders_kill_and_release(pool: ContenderPool, etcd: EtcdC
     assert release_gap < LEASE, f"takeover after release took {release_gap:.2f}s"
     await third.wait_for(lambda e: e["event"] == "write" and e["ok"], after=marks[third.identity])
 
-    fences = await assert_fenced(etcd.endpoints, lock, work)
+    fences = await assert_fenced(store.endpoints, lock, work)
     holders = [holder for _, holder in fences if holder]
     assert holders[:3] == [leader.identity, successor.identity, third.identity]
 
     records = [
         LeaderElectionRecord.decode(e.kv.value)
-        for e in await history(etcd.endpoints, record_key("tests", lock))
+        for e in await history(store.endpoints, record_key("tests", lock))
         if e.type == kv_pb2.Event.PUT
     ]
     transitions = [r.leaderTransitions for r in records]
@@ -148,7 +161,7 @@ async def test_release_is_taken_over_by_watch_not_poll(pool: ContenderPool) -> N
     assert started["t"] - released_at < 2.5, "the release was not noticed through the watch"
 
 
-async def test_paused_leader_is_fenced_after_resume(pool: ContenderPool, etcd: EtcdCluster) -> None:
+async def test_paused_leader_is_fenced_after_resume(pool: ContenderPool, store: Store) -> None:
     lock, work = "paused", "/tests/paused/work"
     args = [*timings(), "--lock", lock, "--work-key", work]
     old = await pool.start("p0", *args)
@@ -172,10 +185,10 @@ async def test_paused_leader_is_fenced_after_resume(pool: ContenderPool, etcd: E
     assert not late, f"deposed leader's writes accepted: {late}"
     rejected_first = next(e for e in old.events[mark:] if e["event"] in ("write", "stopped"))
     assert rejected_first["event"] == "stopped" or not rejected_first["ok"]
-    await assert_fenced(etcd.endpoints, lock, work)
+    await assert_fenced(store.endpoints, lock, work)
 
 
-async def test_wall_clock_jump_changes_nothing(pool: ContenderPool, etcd: EtcdCluster) -> None:
+async def test_wall_clock_jump_changes_nothing(pool: ContenderPool, store: Store) -> None:
     lock = "skewed"
     ahead = await pool.start("ahead", *timings(), "--lock", lock, "--wall-offset", "3600")
     await ahead.wait_for(lambda e: e["event"] == "started")
@@ -184,7 +197,7 @@ async def test_wall_clock_jump_changes_nothing(pool: ContenderPool, etcd: EtcdCl
 
     # Watch the holder renew for well over two lease durations: the standby,
     # whose clock reads two hours earlier, must not take over.
-    async with Client(etcd.endpoints) as client:
+    async with Client(store.endpoints) as client:
         async with client.watch(record_key("tests", lock)) as watch:
             renewals = 0
             async for batch in watch:
@@ -201,23 +214,21 @@ async def test_wall_clock_jump_changes_nothing(pool: ContenderPool, etcd: EtcdCl
     await behind.wait_for(lambda e: e["event"] == "started", timeout=LEASE + RETRY + 10)
 
 
-async def test_store_leader_failover_does_not_cost_the_lock(
-    etcd3: EtcdCluster, tmp_path: Path
-) -> None:
+async def test_store_leader_failover_does_not_cost_the_lock(store3: Store, tmp_path: Path) -> None:
     lock = "storefail"
     async with anyio.create_task_group() as tasks:
-        pool = ContenderPool(tasks, etcd3.endpoints, tmp_path)
+        pool = ContenderPool(tasks, store3.endpoints, tmp_path)
         try:
             holder = await pool.start("h0", *timings(lease=10, renew=8, retry=0.5), "--lock", lock)
             await holder.wait_for(lambda e: e["event"] == "started")
-            async with Client(etcd3.endpoints) as client:
-                statuses = [await client.status(ep) for ep in etcd3.endpoints]
+            async with Client(store3.endpoints) as client:
+                statuses = [await client.status(ep) for ep in store3.endpoints]
                 leader_id = statuses[0].leader
                 leader_index = next(
                     i for i, s in enumerate(statuses) if s.header.member_id == leader_id
                 )
                 mark = len(holder.events)
-                etcd3.kill(leader_index)
+                store3.kill(leader_index)
                 # Renewals carry on through the new store leader.
                 async with client.watch(record_key("tests", lock)) as watch:
                     renewals = 0
