@@ -29,6 +29,7 @@ from kvstore.client.txn import (
     delete_request,
     put_request,
     range_request,
+    resolve_range_end,
     to_bytes,
 )
 from kvstore.client.watch import Watch, WatchHub
@@ -347,8 +348,6 @@ class Client:
         """
         if self._watch_hub is None:
             self._watch_hub = WatchHub(self._pool, self._tasks())
-        from kvstore.client.txn import resolve_range_end
-
         filters = []
         if no_put:
             filters.append(pb.WatchCreateRequest.NOPUT)

@@ -6,15 +6,12 @@ the same scenario against etcd and against our store.
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from kvstore.testing.ports import free_ports
 from kvstore.testing.processes import MemberProcess, ProcessCluster, StartError, http_health
-
-log = logging.getLogger(__name__)
 
 
 def etcd_bin_dir() -> Path:
