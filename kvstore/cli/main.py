@@ -211,7 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--election-timeout", type=int, default=c.DEFAULT_ELECTION_MS, help="ms")
     srv.add_argument("--snapshot-count", type=int, default=c.DEFAULT_SNAPSHOT_COUNT)
     srv.add_argument("--max-request-bytes", type=int, default=c.DEFAULT_MAX_REQUEST_BYTES)
-    srv.add_argument("--quota-backend-bytes", type=int, default=c.DEFAULT_QUOTA_BACKEND_BYTES)
+    srv.add_argument(
+        "--quota-backend-bytes",
+        type=int,
+        default=0,
+        help="raise a NOSPACE alarm when the backend exceeds this size (0: 2 GiB; <0: no quota)",
+    )
     srv.add_argument(
         "--experimental-watch-progress-notify-interval",
         default="10m",

@@ -25,6 +25,7 @@ DEFAULT_MAP_SIZE = 8 << 30
 KEY_DB = b"key"
 META_DB = b"meta"
 LEASE_DB = b"lease"
+ALARM_DB = b"alarm"
 
 META_CONSISTENT_INDEX = b"consistent_index"
 META_COMPACT_REV = b"finishedCompactRev"
@@ -32,6 +33,7 @@ META_SCHEDULED_COMPACT_REV = b"scheduledCompactRev"
 
 _I64 = struct.Struct(">q")
 _LEASE = struct.Struct(">qq")
+_ALARM = struct.Struct(">QI")  # member id, alarm type
 
 
 class Backend:
@@ -47,11 +49,12 @@ class Backend:
         # sync=True: the WAL replays after consistent_index, but a torn backend would
         # leave the index ahead of the data, so every commit is durable.
         self.env = lmdb.open(
-            str(self.path), map_size=self.map_size, max_dbs=4, sync=True, metasync=True
+            str(self.path), map_size=self.map_size, max_dbs=8, sync=True, metasync=True
         )
         self.key_db = self.env.open_db(KEY_DB)
         self.meta_db = self.env.open_db(META_DB)
         self.lease_db = self.env.open_db(LEASE_DB)
+        self.alarm_db = self.env.open_db(ALARM_DB)
         self._txn: lmdb.Transaction | None = None
 
     # ----- transactions -----
@@ -155,6 +158,19 @@ class Backend:
             ttl, remaining = _LEASE.unpack(v)
             yield int(_I64.unpack(k)[0]), int(ttl), int(remaining)
 
+    # ----- alarms -----
+
+    def put_alarm(self, member_id: int, alarm: int) -> None:
+        self.txn().put(_ALARM.pack(member_id, alarm), b"", db=self.alarm_db)
+
+    def delete_alarm(self, member_id: int, alarm: int) -> None:
+        self.txn().delete(_ALARM.pack(member_id, alarm), db=self.alarm_db)
+
+    def iter_alarms(self) -> Iterator[tuple[int, int]]:
+        for k in self.txn().cursor(db=self.alarm_db).iternext(values=False):
+            member_id, alarm = _ALARM.unpack(k)
+            yield int(member_id), int(alarm)
+
     # ----- size, snapshot -----
 
     def size(self) -> int:
@@ -173,13 +189,35 @@ class Backend:
         self.env.copy(str(dest_dir), compact=True)
         return target
 
-    def replace_with(self, src_file: Path) -> None:
+    def defragment(self) -> None:
+        """Commit, then rewrite the data file without its free pages (a compacted copy)."""
+        work = self.path / "defrag"
+        if work.exists():
+            shutil.rmtree(work)
+        self.replace_with(self.copy_to(work), move=True)
+        shutil.rmtree(work)
+
+    def replace_with(self, src_file: Path, *, move: bool = False) -> None:
         """Close, replace the data file by ``src_file`` (a ``copy_to`` result), reopen."""
         self.close()
         tmp = self.path / "data.mdb.restore"
-        shutil.copyfile(src_file, tmp)
+        if move:
+            os.replace(src_file, tmp)
+        else:
+            shutil.copyfile(src_file, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, self.path / "data.mdb")
+        _fsync_dir(self.path)
         lock = self.path / "lock.mdb"
         if lock.exists():
             lock.unlink()
         self._open()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -91,6 +91,13 @@ class FutureRevError(EtcdError):
     message = "etcdserver: mvcc: required revision is a future revision"
 
 
+class NoSpaceError(EtcdError):
+    """A write while the backend is over its quota (or a NOSPACE alarm is raised)."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    message = "etcdserver: mvcc: database space exceeded"
+
+
 class LeaseNotFoundError(EtcdError):
     """An unknown (or expired) lease."""
 

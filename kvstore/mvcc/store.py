@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import overload
 
@@ -32,6 +32,7 @@ from kvstore.mvcc.errors import (
     FutureRevError,
     KeyNotFoundError,
     LeaseNotFoundError,
+    NoSpaceError,
 )
 from kvstore.mvcc.gosort import go_sort
 from kvstore.mvcc.index import TreeIndex
@@ -104,6 +105,8 @@ class MVCCStore:
         self._changes: list[kv_pb2.KeyValue] | None = None  # not None inside a write
         self._sub = 0
         self._closed = False
+        self.alarms: set[tuple[int, int]] = set()
+        """Raised alarms as (member id, AlarmType); replicated like any write."""
         self._load()
 
     # ------------------------------------------------------------------ state
@@ -135,6 +138,7 @@ class MVCCStore:
             # Crashed (or snapshotted) mid-compaction: the backend still holds revisions the
             # compaction drops. Compact the rebuilt index again and finish the deletion.
             self._start_physical_compaction(scheduled)
+        self.alarms = set(b.iter_alarms())
         self.lessor.reset(b.iter_leases())
         for key, lease_id in live_lease.items():
             if lease_id != NO_LEASE and self.lessor.lookup(lease_id) is not None:
@@ -226,6 +230,10 @@ class MVCCStore:
         self, raft_index: int, request: rpc_pb2.LeaseCheckpointRequest
     ) -> rpc_pb2.LeaseCheckpointResponse | None: ...
     @overload
+    def apply(
+        self, raft_index: int, request: rpc_pb2.AlarmRequest
+    ) -> rpc_pb2.AlarmResponse | None: ...
+    @overload
     def apply(self, raft_index: int, request: Message) -> Message | None: ...
     def apply(self, raft_index: int, request: Message) -> Message | None:
         """Apply one committed entry's request; returns its response (header revision set).
@@ -258,10 +266,16 @@ class MVCCStore:
         self, request: rpc_pb2.LeaseCheckpointRequest
     ) -> rpc_pb2.LeaseCheckpointResponse: ...
     @overload
+    def execute(self, request: rpc_pb2.AlarmRequest) -> rpc_pb2.AlarmResponse: ...
+    @overload
     def execute(self, request: Message) -> Message: ...
     def execute(self, request: Message) -> Message:
         """Validate and apply a request without a raft index (reads, tests, single node)."""
         validate_request(request, self.max_txn_ops)
+        if self.space_exhausted() and costs_space(request):
+            # Like etcd's capped applier: with a NOSPACE alarm raised, only writes
+            # that can free space (deletes, compaction, revokes) go through.
+            raise NoSpaceError()
         if isinstance(request, rpc_pb2.PutRequest):
             return self._put_request(request)
         if isinstance(request, rpc_pb2.RangeRequest):
@@ -278,7 +292,46 @@ class MVCCStore:
             return self._lease_revoke(request)
         if isinstance(request, rpc_pb2.LeaseCheckpointRequest):
             return self._lease_checkpoint(request)
+        if isinstance(request, rpc_pb2.AlarmRequest):
+            return self._alarm(request)
         raise TypeError(f"unsupported request {type(request).__name__}")
+
+    # ------------------------------------------------------------------ alarms
+
+    def space_exhausted(self) -> bool:
+        """Whether a NOSPACE alarm is raised (by any member)."""
+        return any(alarm == rpc_pb2.NOSPACE for _, alarm in self.alarms)
+
+    def alarm_members(self, alarm: int = rpc_pb2.NONE) -> list[rpc_pb2.AlarmMember]:
+        """Raised alarms of type ``alarm`` (NONE: all), in a stable order."""
+        return [
+            rpc_pb2.AlarmMember(memberID=m, alarm=a)  # type: ignore[arg-type]
+            for m, a in sorted(self.alarms)
+            if alarm == rpc_pb2.NONE or a == alarm
+        ]
+
+    def _alarm(self, r: rpc_pb2.AlarmRequest) -> rpc_pb2.AlarmResponse:
+        resp = rpc_pb2.AlarmResponse()
+        entry = (r.memberID, int(r.alarm))
+        if r.action == rpc_pb2.AlarmRequest.GET:
+            resp.alarms.extend(self.alarm_members(r.alarm))
+        elif r.action == rpc_pb2.AlarmRequest.ACTIVATE and r.alarm != rpc_pb2.NONE:
+            if entry not in self.alarms:
+                self.alarms.add(entry)
+                self._backend.put_alarm(*entry)
+            resp.alarms.append(rpc_pb2.AlarmMember(memberID=r.memberID, alarm=r.alarm))
+        elif r.action == rpc_pb2.AlarmRequest.DEACTIVATE and entry in self.alarms:
+            self.alarms.discard(entry)
+            self._backend.delete_alarm(*entry)
+            resp.alarms.append(rpc_pb2.AlarmMember(memberID=r.memberID, alarm=r.alarm))
+        resp.header.revision = self._current_rev
+        return resp
+
+    def defragment(self) -> None:
+        """Rewrite the backend without free pages (the batch is committed first)."""
+        assert self._changes is None
+        self.commit()
+        self._backend.defragment()
 
     # ------------------------------------------------------------------ write txn
 
@@ -792,6 +845,40 @@ def _compare_kv(c: rpc_pb2.Compare, kv: kv_pb2.KeyValue) -> bool:
     if res == rpc_pb2.Compare.LESS:
         return result < 0
     return True
+
+
+KV_OVERHEAD = 256
+"""Quota cost of a key's metadata (etcd's estimate)."""
+LEASE_OVERHEAD = 64
+"""Quota cost of a lease (etcd's estimate)."""
+
+
+def quota_cost(request: Message) -> int:
+    """Bytes a write is charged against the backend quota, as etcd estimates them.
+
+    A txn costs the puts of its costlier branch (nested txns are not counted,
+    as in etcd); requests that cannot grow the database cost nothing.
+    """
+    if isinstance(request, rpc_pb2.PutRequest):
+        return KV_OVERHEAD + len(request.key) + len(request.value)
+    if isinstance(request, rpc_pb2.TxnRequest):
+        return max(_branch_cost(request.success), _branch_cost(request.failure))
+    if isinstance(request, rpc_pb2.LeaseGrantRequest):
+        return LEASE_OVERHEAD
+    return 0
+
+
+def _branch_cost(ops: Iterable[rpc_pb2.RequestOp]) -> int:
+    return sum(
+        KV_OVERHEAD + len(op.request_put.key) + len(op.request_put.value)
+        for op in ops
+        if op.WhichOneof("request") == "request_put"
+    )
+
+
+def costs_space(request: Message) -> bool:
+    """Whether etcd refuses ``request`` while a NOSPACE alarm is raised."""
+    return quota_cost(request) > 0
 
 
 def _txn_readonly(t: rpc_pb2.TxnRequest) -> bool:

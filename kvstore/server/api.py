@@ -17,6 +17,7 @@ from kvstore.mvcc.validate import validate_request
 from kvstore.raft.types import Role
 from kvstore.server.config import SERVER_VERSION
 from kvstore.server.errors import NoLeaderError, RequestTooLargeError, to_status
+from kvstore.server.quota import check_quota
 
 if TYPE_CHECKING:
     from kvstore.server.server import EtcdServer
@@ -37,6 +38,11 @@ async def _call(context: grpc.aio.ServicerContext, fn: Callable[[], Awaitable[T]
         code, message = to_status(exc)
         await context.abort(code, message)
         raise AssertionError("unreachable") from None
+
+
+def alarm_text(alarm: rpc_pb2.AlarmMember) -> str:
+    """An alarm as etcd lists it in a Status response's errors."""
+    return f"memberID:{alarm.memberID} alarm:{rpc_pb2.AlarmType.Name(alarm.alarm)} "
 
 
 def _requires_leader(context: grpc.aio.ServicerContext) -> bool:
@@ -70,6 +76,8 @@ class KVService(rpc_pb2_grpc.KVServicer):
             s = self.s
             s.check_size(request)
             validate_request(request, s.cfg.max_txn_ops)
+            if isinstance(request, (rpc_pb2.PutRequest, rpc_pb2.TxnRequest)):
+                await check_quota(s, request)
             resp = await s.node.propose(request)
             s.fill_header(resp.header)
             return resp
@@ -100,6 +108,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
             s = self.s
             s.check_size(request)
             validate_request(request, s.cfg.max_txn_ops)
+            await check_quota(s, request)  # etcd checks every Txn, reads included
             await s.node.read_index()
             r = s.node.store.execute(request)
             s.fill_header(r.header)
@@ -178,6 +187,7 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
             if req.ID == 0:
                 # Chosen before proposing, so every member applies the same ID.
                 req.ID = random.getrandbits(63) or 1
+            await check_quota(self.s, req)
             resp: rpc_pb2.LeaseGrantResponse = await self.s.node.propose(req)
             self.s.fill_header(resp.header)
             return resp
@@ -264,15 +274,31 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
         )
         if not n.leader_id:
             resp.errors.append("etcdserver: no leader")
+        resp.errors.extend(alarm_text(a) for a in n.store.alarm_members())
         s.fill_header(resp.header)
         return resp
 
     async def Alarm(
         self, request: rpc_pb2.AlarmRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.AlarmResponse:
-        resp = rpc_pb2.AlarmResponse()
-        self.s.fill_header(resp.header)
-        return resp
+        async def body() -> rpc_pb2.AlarmResponse:
+            # Through Raft like etcd, reads included: the answer is linearizable.
+            resp: rpc_pb2.AlarmResponse = await self.s.node.propose(request)
+            self.s.fill_header(resp.header)
+            return resp
+
+        return await _call(context, body)
+
+    async def Defragment(
+        self, request: rpc_pb2.DefragmentRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.DefragmentResponse:
+        async def body() -> rpc_pb2.DefragmentResponse:
+            self.s.node.defragment()
+            resp = rpc_pb2.DefragmentResponse()
+            self.s.fill_header(resp.header)
+            return resp
+
+        return await _call(context, body)
 
     async def HashKV(
         self, request: rpc_pb2.HashKVRequest, context: grpc.aio.ServicerContext

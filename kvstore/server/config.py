@@ -15,6 +15,7 @@ DEFAULT_SNAPSHOT_COUNT = 100_000
 DEFAULT_MAX_REQUEST_BYTES = 1536 * 1024  # 1.5 MiB
 GRPC_OVERHEAD_BYTES = 512 * 1024
 DEFAULT_QUOTA_BACKEND_BYTES = 2 * 1024 * 1024 * 1024
+"""What --quota-backend-bytes=0 (the flag's default) means; a negative value disables it."""
 DEFAULT_MAX_TXN_OPS = 128
 SERVER_VERSION = "3.5.0"
 """Version we report (the etcd API level we implement)."""
@@ -89,7 +90,7 @@ class ServerConfig:
     election_ms: int = DEFAULT_ELECTION_MS
     snapshot_count: int = DEFAULT_SNAPSHOT_COUNT
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
-    quota_backend_bytes: int = DEFAULT_QUOTA_BACKEND_BYTES
+    quota_backend_bytes: int = 0
     max_txn_ops: int = DEFAULT_MAX_TXN_OPS
     listen_metrics_urls: list[str] = field(default_factory=list)
     # etcd's --experimental-watch-progress-notify-interval (default 10 minutes).
@@ -127,6 +128,13 @@ class ServerConfig:
             )
         self.self_id = mine[0].id
         self.cluster_id = cluster_id([m.id for m in self.members])
+
+    @property
+    def backend_quota(self) -> int | None:
+        """Bytes the backend may use before writes are refused; None when disabled."""
+        if self.quota_backend_bytes < 0:
+            return None
+        return self.quota_backend_bytes or DEFAULT_QUOTA_BACKEND_BYTES
 
     @property
     def election_ticks(self) -> int:

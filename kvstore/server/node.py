@@ -25,8 +25,9 @@ from google.protobuf.message import Message as PbMessage
 
 from kvstore._pb.etcdserverpb import rpc_pb2
 from kvstore._pb.peerpb import peer_pb2
-from kvstore.mvcc.errors import EtcdError
-from kvstore.mvcc.store import MVCCStore
+from kvstore.mvcc.backend import DEFAULT_MAP_SIZE
+from kvstore.mvcc.errors import EtcdError, NoSpaceError
+from kvstore.mvcc.store import MVCCStore, costs_space, quota_cost
 from kvstore.raft import Config, EntryType, HardState, Message, RaftNode, Ready, initial_snapshot
 from kvstore.raft.types import Role, Snapshot
 from kvstore.server.config import ServerConfig
@@ -62,6 +63,7 @@ _ONEOF = {
     rpc_pb2.LeaseGrantRequest: "lease_grant",
     rpc_pb2.LeaseRevokeRequest: "lease_revoke",
     rpc_pb2.LeaseCheckpointRequest: "lease_checkpoint",
+    rpc_pb2.AlarmRequest: "alarm",
 }
 
 
@@ -90,7 +92,9 @@ class Node:
         wal_dir = member_dir / "wal"
         snap_dir = member_dir / "snap"
         self.snapshots = SnapshotStore(snap_dir)
-        self.store = MVCCStore(member_dir / "db", max_txn_ops=cfg.max_txn_ops)
+        self.store = MVCCStore(
+            member_dir / "db", max_txn_ops=cfg.max_txn_ops, map_size=_map_size(cfg.backend_quota)
+        )
         raft_cfg = Config(
             id=self.id,
             election_tick=cfg.election_ticks,
@@ -140,6 +144,7 @@ class Node:
         self.role = Role.FOLLOWER
         self.leader_changed = asyncio.Event()
         self._stopped = False
+        self._nospace_proposed_at = -float("inf")
         self._wake = asyncio.Event()
         self._ticks = 0
         self._inbox: list[Message] = []
@@ -486,7 +491,10 @@ class Node:
             req = getattr(env, field)
             result: Any
             try:
+                over_quota = self._over_quota(req)
                 result = store.apply(e.index, req)
+                if over_quota and result is not None:
+                    result = self._on_over_quota()
             except EtcdError as exc:
                 result = exc
             applied += 1
@@ -513,6 +521,33 @@ class Node:
                 else:
                     keep.append((index, fut))
             self._apply_waits = keep
+
+    def _over_quota(self, request: PbMessage) -> bool:
+        """Whether this member's backend has no room for ``request`` (etcd's apply-time check)."""
+        quota = self.cfg.backend_quota
+        return (
+            quota is not None
+            and costs_space(request)
+            and not self.store.space_exhausted()
+            and self.store.db_size() + quota_cost(request) >= quota
+        )
+
+    def _on_over_quota(self) -> NoSpaceError:
+        """The write is applied everywhere, but here the backend is full: raise the alarm.
+
+        As in etcd, every member judges its own backend, so whichever member
+        crosses the quota first raises NOSPACE, and the writer is told.
+        """
+        now = time.monotonic()
+        if now - self._nospace_proposed_at > self.cfg.election_ms / 1000:
+            self._nospace_proposed_at = now
+            log.warning("backend exceeds its quota; raising a NOSPACE alarm")
+            self.propose_nowait(
+                rpc_pb2.AlarmRequest(
+                    action=rpc_pb2.AlarmRequest.ACTIVATE, memberID=self.id, alarm=rpc_pb2.NOSPACE
+                )
+            )
+        return NoSpaceError()
 
     def maybe_commit_backend(self, force: bool = False) -> None:
         """Commit the MVCC batch every BACKEND_BATCH_INTERVAL (etcd's backend batching).
@@ -569,6 +604,22 @@ class Node:
                     req.checkpoints.add(ID=lease_id, remaining_TTL=remaining)
                 self.propose_nowait(req)
 
+    def defragment(self) -> None:
+        """Rewrite the backend compactly. Like etcd's, it holds up this member meanwhile."""
+        if self._stopped:
+            raise StoppedError()
+        before = self.store.db_size()
+        t0 = time.monotonic()
+        self.store.defragment()
+        self._last_backend_commit = time.monotonic()
+        self.metrics.db_size = self.store.db_size()
+        log.info(
+            "defragmented the backend: %d -> %d bytes in %.3f s",
+            before,
+            self.metrics.db_size,
+            self._last_backend_commit - t0,
+        )
+
     async def run_watch_sync(self) -> None:
         """Catch unsynced watchers up (etcd: every 100 ms); send progress notifications."""
         last_progress = time.monotonic()
@@ -591,3 +642,8 @@ def _time_out(fut: asyncio.Future[Any]) -> None:
 def _consume(fut: asyncio.Future[Any]) -> None:
     if not fut.cancelled():
         fut.exception()
+
+
+def _map_size(quota: int | None) -> int:
+    """LMDB's map bounds the file: leave room past the quota for the writes in flight."""
+    return max(DEFAULT_MAP_SIZE, 2 * quota) if quota is not None else DEFAULT_MAP_SIZE
