@@ -47,6 +47,8 @@ class Metrics:
     backend_commit: Histogram = field(default_factory=Histogram)
     apply_duration: Histogram = field(default_factory=Histogram)
     peer_sent_failures: dict[str, int] = field(default_factory=dict)
+    snapshot_send_success: dict[str, int] = field(default_factory=dict)
+    snapshot_send_failures: dict[str, int] = field(default_factory=dict)
 
     def render(self) -> str:
         g: list[tuple[str, str, str, float]] = [
@@ -116,4 +118,18 @@ class Metrics:
         ]
         for peer, n in sorted(self.peer_sent_failures.items()):
             out.append(f'{name}{{To="{peer}"}} {n}')
+        for name, help_, counts in (
+            (
+                "etcd_network_snapshot_send_success",
+                "Total number of successful snapshot sends.",
+                self.snapshot_send_success,
+            ),
+            (
+                "etcd_network_snapshot_send_failures",
+                "Total number of snapshot send failures.",
+                self.snapshot_send_failures,
+            ),
+        ):
+            out += [f"# HELP {name} {help_}", f"# TYPE {name} counter"]
+            out += [f'{name}{{To="{peer}"}} {n}' for peer, n in sorted(counts.items())]
         return "\n".join(out) + "\n"

@@ -46,6 +46,9 @@ class PeerService(peer_pb2_grpc.PeerServicer):
     async def Send(self, request_iterator, context):  # type: ignore[no-untyped-def]
         return await self.receiver.handle(request_iterator, context)
 
+    async def SendSnapshot(self, request_iterator, context):  # type: ignore[no-untyped-def]
+        return await self.receiver.handle_snapshot(request_iterator, context)
+
     async def LeaseRenew(
         self, request: rpc_pb2.LeaseKeepAliveRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.LeaseKeepAliveResponse:

@@ -3,21 +3,24 @@
 Raft tolerates loss, so a full queue drops the message and reports the peer
 unreachable (the leader then probes it instead of pipelining). A broken
 stream is reopened with exponential backoff. Inbound batches are accepted only
-from members of our cluster. Snapshots travel inline in a MsgSnap (no
-chunking yet), so a snapshot must fit in one gRPC message.
+from members of our cluster. A MsgSnap leaves the message stream and goes on
+a stream of its own in chunks, so a snapshot's size is not bounded by the
+largest gRPC message and heartbeats keep flowing while it travels.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import grpc
 
 from kvstore._pb.peerpb import peer_pb2, peer_pb2_grpc
-from kvstore.raft.types import Message, MessageType
+from kvstore.raft.types import Message, MessageType, Snapshot
 from kvstore.server.codec import message_from_pb, message_to_pb
 from kvstore.server.config import host_port
 from kvstore.server.metrics import Metrics
@@ -29,6 +32,10 @@ QUEUE_SIZE = 4096
 MAX_BATCH = 512
 """Messages per stream write."""
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+SNAPSHOT_CHUNK_BYTES = 1024 * 1024
+SNAPSHOT_MIN_RATE = 1024 * 1024
+"""Bytes per second below which a snapshot transfer is abandoned (and retried by Raft)."""
+SNAPSHOT_TIMEOUT_MIN = 30.0
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 1.0
 GRPC_OPTIONS = [
@@ -58,6 +65,7 @@ class Peer:
         self.transport = transport
         self.queue: asyncio.Queue[Message] = asyncio.Queue(QUEUE_SIZE)
         self.channel: grpc.aio.Channel | None = None
+        self.snapshot_task: asyncio.Task[None] | None = None
 
     def stub(self) -> peer_pb2_grpc.PeerStub:
         if self.channel is None:
@@ -78,11 +86,13 @@ class Peer:
                     while len(pending) < MAX_BATCH and not self.queue.empty():
                         pending.append(self.queue.get_nowait())
                     batch = peer_pb2.MessageBatch(cluster_id=t.cluster_id, frm=t.self_id)
-                    batch.messages.extend(message_to_pb(m) for m in pending)
-                    snaps = [m for m in pending if m.type == MessageType.SNAP]
-                    await call.write(batch)
-                    for _ in snaps:
-                        t.on_snapshot_sent(self.id, True)
+                    for m in pending:
+                        if m.type == MessageType.SNAP:
+                            self.start_snapshot(m)
+                        else:
+                            batch.messages.append(message_to_pb(m))
+                    if batch.messages:
+                        await call.write(batch)
                     pending = None
                     backoff = BACKOFF_MIN
             except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError) as exc:
@@ -103,7 +113,52 @@ class Peer:
                 call.cancel()
                 raise
 
+    def start_snapshot(self, m: Message) -> None:
+        """Send a MsgSnap on its own stream; Raft hears the outcome through report_snapshot."""
+        if self.snapshot_task is not None:
+            self.snapshot_task.cancel()  # superseded: Raft sends one snapshot at a time
+        self.snapshot_task = asyncio.create_task(self._send_snapshot(m))
+
+    async def _send_snapshot(self, m: Message) -> None:
+        t = self.transport
+        assert m.snapshot is not None
+        data = m.snapshot.data
+        head = message_to_pb(dataclasses.replace(m, snapshot=Snapshot(m.snapshot.metadata, b"")))
+
+        def chunks() -> Iterator[peer_pb2.SnapshotChunk]:
+            yield peer_pb2.SnapshotChunk(
+                cluster_id=t.cluster_id, frm=t.self_id, message=head, total_size=len(data)
+            )
+            view = memoryview(data)
+            for offset in range(0, len(data), SNAPSHOT_CHUNK_BYTES):
+                yield peer_pb2.SnapshotChunk(
+                    data=bytes(view[offset : offset + SNAPSHOT_CHUNK_BYTES])
+                )
+
+        ok = False
+        started = time.monotonic()
+        try:
+            await self.stub().SendSnapshot(
+                chunks(), timeout=SNAPSHOT_TIMEOUT_MIN + len(data) / SNAPSHOT_MIN_RATE
+            )
+            ok = True
+            log.info(
+                "sent a %d-byte snapshot at index %d to %x in %.2f s",
+                len(data),
+                m.snapshot.metadata.index,
+                self.id,
+                time.monotonic() - started,
+            )
+        except grpc.aio.AioRpcError as exc:
+            log.warning("sending a snapshot to %x failed: %s", self.id, exc.details())
+        finally:
+            counts = t.metrics.snapshot_send_success if ok else t.metrics.snapshot_send_failures
+            counts[f"{self.id:x}"] = counts.get(f"{self.id:x}", 0) + 1
+            t.on_snapshot_sent(self.id, ok)
+
     async def close(self) -> None:
+        if self.snapshot_task is not None:
+            self.snapshot_task.cancel()
         if self.channel is not None:
             await self.channel.close(grace=None)
 
@@ -172,13 +227,42 @@ class PeerReceiver:
         self, batches: AsyncIterator[peer_pb2.MessageBatch], context: grpc.aio.ServicerContext
     ) -> None:
         async for batch in batches:
-            if batch.cluster_id != self.cluster_id:
-                await context.abort(
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    f"cluster ID mismatch: got {batch.cluster_id:x}, want {self.cluster_id:x}",
-                )
-            if batch.frm not in self.members:
-                await context.abort(
-                    grpc.StatusCode.PERMISSION_DENIED, f"unknown member {batch.frm:x}"
-                )
+            await self._check_sender(batch.cluster_id, batch.frm, context)
             self.deliver([message_from_pb(p) for p in batch.messages])
+
+    async def handle_snapshot(
+        self, chunks: AsyncIterator[peer_pb2.SnapshotChunk], context: grpc.aio.ServicerContext
+    ) -> peer_pb2.SendResponse:
+        """Reassemble one chunked MsgSnap and deliver it whole."""
+        head: peer_pb2.SnapshotChunk | None = None
+        data = bytearray()
+        async for chunk in chunks:
+            if head is None:
+                await self._check_sender(chunk.cluster_id, chunk.frm, context)
+                head = chunk
+            data += chunk.data
+            if len(data) > head.total_size:
+                break
+        if head is None or len(data) != head.total_size:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"snapshot stream ended with {len(data)} of "
+                f"{head.total_size if head else '?'} bytes",
+            )
+            raise AssertionError("unreachable")
+        m = message_from_pb(head.message)
+        assert m.snapshot is not None
+        m.snapshot = Snapshot(m.snapshot.metadata, bytes(data))
+        self.deliver([m])
+        return peer_pb2.SendResponse()
+
+    async def _check_sender(
+        self, cluster_id: int, frm: int, context: grpc.aio.ServicerContext
+    ) -> None:
+        if cluster_id != self.cluster_id:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"cluster ID mismatch: got {cluster_id:x}, want {self.cluster_id:x}",
+            )
+        if frm not in self.members:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"unknown member {frm:x}")

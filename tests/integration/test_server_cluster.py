@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +11,7 @@ import anyio
 import pytest
 
 from kvstore.client import Client, EtcdError, LeaseNotFoundError, txn
+from kvstore.server.transport import SNAPSHOT_CHUNK_BYTES
 from kvstore.testing.cluster import KVCluster
 
 
@@ -176,10 +178,18 @@ async def test_far_behind_member_catches_up_through_a_snapshot(tmp_path: Path) -
             c.kill(behind)
             rev = 0
             for i in range(300):
-                rev = (await client.put(f"/snap/{i % 20}", str(i))).header.revision
+                # Large values make the snapshot span several transfer chunks.
+                value = f"{i}:" + "x" * 20_000
+                rev = (await client.put(f"/snap/{i % 20}", value)).header.revision
             c.restart(behind)
             await _wait_same_hash(client, c, rev)
             assert "restored snapshot" in c.members[behind].log_path.read_text()
+            sent = [
+                int(size)
+                for m in c.members
+                for size in re.findall(r"sent a (\d+)-byte snapshot", m.log_path.read_text())
+            ]
+            assert sent and max(sent) > 2 * SNAPSHOT_CHUNK_BYTES, sent
         # Restart from snapshot + WAL on every member.
         for i in range(3):
             c.kill(i)

@@ -40,6 +40,11 @@ class PeerStub:
                 request_serializer=peerpb_dot_peer__pb2.MessageBatch.SerializeToString,
                 response_deserializer=peerpb_dot_peer__pb2.SendResponse.FromString,
                 _registered_method=True)
+        self.SendSnapshot = channel.stream_unary(
+                '/peerpb.Peer/SendSnapshot',
+                request_serializer=peerpb_dot_peer__pb2.SnapshotChunk.SerializeToString,
+                response_deserializer=peerpb_dot_peer__pb2.SendResponse.FromString,
+                _registered_method=True)
         self.LeaseRenew = channel.unary_unary(
                 '/peerpb.Peer/LeaseRenew',
                 request_serializer=etcdserverpb_dot_rpc__pb2.LeaseKeepAliveRequest.SerializeToString,
@@ -62,6 +67,13 @@ class PeerServicer:
 
     def Send(self, request_iterator, context):
         """Client-streaming: one long-lived stream per (sender, receiver) pair.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SendSnapshot(self, request_iterator, context):
+        """One snapshot per stream, in chunks.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -93,6 +105,11 @@ def add_PeerServicer_to_server(servicer, server):
             'Send': grpc.stream_unary_rpc_method_handler(
                     servicer.Send,
                     request_deserializer=peerpb_dot_peer__pb2.MessageBatch.FromString,
+                    response_serializer=peerpb_dot_peer__pb2.SendResponse.SerializeToString,
+            ),
+            'SendSnapshot': grpc.stream_unary_rpc_method_handler(
+                    servicer.SendSnapshot,
+                    request_deserializer=peerpb_dot_peer__pb2.SnapshotChunk.FromString,
                     response_serializer=peerpb_dot_peer__pb2.SendResponse.SerializeToString,
             ),
             'LeaseRenew': grpc.unary_unary_rpc_method_handler(
@@ -137,6 +154,33 @@ class Peer:
             target,
             '/peerpb.Peer/Send',
             peerpb_dot_peer__pb2.MessageBatch.SerializeToString,
+            peerpb_dot_peer__pb2.SendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendSnapshot(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/peerpb.Peer/SendSnapshot',
+            peerpb_dot_peer__pb2.SnapshotChunk.SerializeToString,
             peerpb_dot_peer__pb2.SendResponse.FromString,
             options,
             channel_credentials,
