@@ -7,6 +7,7 @@ the same scenario against etcd and against our store.
 from __future__ import annotations
 
 import os
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,9 +88,15 @@ class EtcdCluster(ProcessCluster[EtcdMember]):
         return http_health(f"{member.client_url}/health")
 
 
-def etcdctl_env(cluster: EtcdCluster) -> dict[str, str]:
-    """Environment for running the real etcdctl against ``cluster``."""
-    env = dict(os.environ)
-    env["ETCDCTL_API"] = "3"
-    env["ETCDCTL_ENDPOINTS"] = ",".join(cluster.endpoints)
-    return env
+def run_etcdctl(
+    endpoints: list[str], *args: str, stdin: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run the real etcdctl (API v3) against ``endpoints``; never raises on its exit status."""
+    return subprocess.run(
+        [str(etcdctl_path()), f"--endpoints={','.join(endpoints)}", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ, ETCDCTL_API="3"),
+    )

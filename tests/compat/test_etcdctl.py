@@ -12,39 +12,21 @@ import re
 import subprocess
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from kvstore.testing.cluster import KVCluster
-from kvstore.testing.etcd import EtcdCluster, etcdctl_path
-
-Server = KVCluster | EtcdCluster
+from kvstore.testing.etcd import etcdctl_path, run_etcdctl
+from tests.compat.pairs import Server, side_by_side
 
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Server]]:
-    etcd = EtcdCluster(root=Path(tmp_path_factory.mktemp("ctl-etcd")), size=3)
-    ours = KVCluster(root=Path(tmp_path_factory.mktemp("ctl-kv")), size=3)
-    try:
-        etcd.start()
-        ours.start()
-        yield {"etcd": etcd, "kvstore": ours}
-    finally:
-        ours.stop()
-        etcd.stop()
+    with side_by_side(tmp_path_factory, "ctl") as pair:
+        yield pair
 
 
 def ctl(server: Server, *args: str, stdin: str | None = None, check: bool = True) -> str:
-    env = dict(os.environ, ETCDCTL_API="3")
-    proc = subprocess.run(
-        [str(etcdctl_path()), f"--endpoints={','.join(server.endpoints)}", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=env,
-    )
+    proc = run_etcdctl(server.endpoints, *args, stdin=stdin, timeout=30)
     if check:
         assert proc.returncode == 0, f"etcdctl {args} failed: {proc.stderr}"
     if not check:

@@ -17,18 +17,13 @@ refused put may or may not be in the store afterwards.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from kvstore.testing.cluster import KVCluster
-from kvstore.testing.etcd import EtcdCluster, etcdctl_path
-
-Server = KVCluster | EtcdCluster
+from kvstore.testing.etcd import run_etcdctl
+from tests.compat.pairs import Server, side_by_side
 
 QUOTA = 1024 * 1024
 VALUE = "v" * (120 * 1024)
@@ -37,28 +32,13 @@ NOSPACE = "Error: etcdserver: mvcc: database space exceeded"
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Server]]:
-    flags = [f"--quota-backend-bytes={QUOTA}"]
-    etcd = EtcdCluster(root=Path(tmp_path_factory.mktemp("q-etcd")), size=3, extra_args=flags)
-    ours = KVCluster(root=Path(tmp_path_factory.mktemp("q-kv")), size=3, extra_args=flags)
-    try:
-        etcd.start()
-        ours.start()
-        yield {"etcd": etcd, "kvstore": ours}
-    finally:
-        ours.stop()
-        etcd.stop()
+    with side_by_side(tmp_path_factory, "quota", (f"--quota-backend-bytes={QUOTA}",)) as pair:
+        yield pair
 
 
 def ctl(endpoints: list[str], *args: str, stdin: str | None = None) -> tuple[int, str]:
     """(exit status, stdout plus etcdctl's ``Error:`` line) with IDs and URLs masked."""
-    proc = subprocess.run(
-        [str(etcdctl_path()), f"--endpoints={','.join(endpoints)}", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=dict(os.environ, ETCDCTL_API="3"),
-    )
+    proc = run_etcdctl(endpoints, *args, stdin=stdin)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
     out = proc.stdout + "\n".join(errors)
     out = re.sub(r"memberID:\d+", "memberID:<ID>", out)

@@ -1,0 +1,29 @@
+"""Our 3-member cluster and a real 3-member etcd, started side by side with the same flags."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import pytest
+
+from kvstore.testing.cluster import KVCluster
+from kvstore.testing.etcd import EtcdCluster
+
+Server = KVCluster | EtcdCluster
+
+
+@contextlib.contextmanager
+def side_by_side(
+    tmp_path_factory: pytest.TempPathFactory, label: str, flags: tuple[str, ...] = ()
+) -> Iterator[dict[str, Server]]:
+    """``{"etcd": ..., "kvstore": ...}``, both serving until the block ends."""
+    etcd = EtcdCluster(root=tmp_path_factory.mktemp(f"{label}-etcd"), size=3, extra_args=[*flags])
+    ours = KVCluster(root=tmp_path_factory.mktemp(f"{label}-kv"), size=3, extra_args=[*flags])
+    try:
+        etcd.start()
+        ours.start()
+        yield {"etcd": etcd, "kvstore": ours}
+    finally:
+        ours.stop()
+        etcd.stop()
