@@ -4,12 +4,23 @@ etcd reports most failures as a gRPC status whose details carry a fixed
 message (``etcdserver: no leader``, ``mvcc: required revision has been
 compacted``...). :func:`from_rpc_error` turns those into the typed exceptions
 below so callers can ``except CompactedError`` instead of parsing strings.
-Our server sends the same codes and messages (see ``ERROR_MESSAGES``).
+Our server sends the same codes and messages (``kvstore.rpctypes``).
 """
 
 from __future__ import annotations
 
 import grpc
+
+from kvstore.rpctypes import (
+    ERR_COMPACTED,
+    ERR_FUTURE_REV,
+    ERR_KEY_NOT_FOUND,
+    ERR_LEADER_CHANGED,
+    ERR_LEASE_EXISTS,
+    ERR_LEASE_NOT_FOUND,
+    ERR_NO_LEADER,
+    ERR_TIMEOUT,
+)
 
 
 class EtcdError(Exception):
@@ -96,26 +107,6 @@ class WatchCanceledError(EtcdError):
 
     code = grpc.StatusCode.CANCELLED
 
-
-# etcd's messages for the errors both sides must agree on (etcd's api/v3rpc/rpctypes).
-ERR_NO_LEADER = "etcdserver: no leader"
-ERR_COMPACTED = "etcdserver: mvcc: required revision has been compacted"
-ERR_FUTURE_REV = "etcdserver: mvcc: required revision is a future revision"
-ERR_LEASE_NOT_FOUND = "etcdserver: requested lease not found"
-ERR_LEASE_EXISTS = "etcdserver: lease already exists"
-ERR_LEASE_TTL_TOO_LARGE = "etcdserver: too large lease TTL"
-ERR_KEY_NOT_FOUND = "etcdserver: key not found"
-ERR_EMPTY_KEY = "etcdserver: key is not provided"
-ERR_VALUE_PROVIDED = "etcdserver: value is provided"
-ERR_LEASE_PROVIDED = "etcdserver: lease is provided"
-ERR_TOO_MANY_OPS = "etcdserver: too many operations in txn request"
-ERR_DUPLICATE_KEY = "etcdserver: duplicate key given in txn request"
-ERR_REQUEST_TOO_LARGE = "etcdserver: request is too large"
-ERR_TIMEOUT = "etcdserver: request timed out"
-ERR_LEADER_CHANGED = "etcdserver: leader changed"
-ERR_NO_SPACE = "etcdserver: mvcc: database space exceeded"
-ERR_TOO_MANY_REQUESTS = "etcdserver: too many requests"
-ERR_MEMBER_NOT_FOUND = "etcdserver: member not found"
 
 _BY_MESSAGE: dict[str, type[EtcdError]] = {
     ERR_NO_LEADER: NoLeaderError,

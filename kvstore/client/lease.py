@@ -14,7 +14,6 @@ import grpc.aio
 from kvstore._pb.etcdserverpb import rpc_pb2 as pb
 from kvstore.client.endpoints import EndpointPool
 from kvstore.client.errors import (
-    ERR_LEASE_NOT_FOUND,
     DeadlineExceededError,
     EtcdError,
     LeaseNotFoundError,
@@ -22,6 +21,7 @@ from kvstore.client.errors import (
     from_rpc_error,
 )
 from kvstore.client.watch import REQUIRE_LEADER
+from kvstore.rpctypes import ERR_LEASE_NOT_FOUND
 
 log = logging.getLogger(__name__)
 

@@ -24,12 +24,12 @@ from kvstore._pb.etcdserverpb import rpc_pb2 as pb
 from kvstore._pb.mvccpb import kv_pb2
 from kvstore.client.endpoints import EndpointPool
 from kvstore.client.errors import (
-    ERR_COMPACTED,
     CompactedError,
     EtcdError,
     WatchCanceledError,
     from_rpc_error,
 )
+from kvstore.rpctypes import ERR_COMPACTED
 
 log = logging.getLogger(__name__)
 

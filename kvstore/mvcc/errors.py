@@ -8,6 +8,22 @@ from __future__ import annotations
 
 import grpc
 
+from kvstore.rpctypes import (
+    ERR_COMPACTED,
+    ERR_DUPLICATE_KEY,
+    ERR_EMPTY_KEY,
+    ERR_FUTURE_REV,
+    ERR_KEY_NOT_FOUND,
+    ERR_LEASE_EXISTS,
+    ERR_LEASE_NOT_FOUND,
+    ERR_LEASE_PROVIDED,
+    ERR_LEASE_TTL_TOO_LARGE,
+    ERR_NO_SPACE,
+    ERR_NOT_LEADER,
+    ERR_TOO_MANY_OPS,
+    ERR_VALUE_PROVIDED,
+)
+
 
 class EtcdError(Exception):
     """Base class: ``code`` and ``message`` are what goes on the wire."""
@@ -39,91 +55,91 @@ class EmptyKeyError(EtcdError):
     """A request without a key."""
 
     code = _INVALID
-    message = "etcdserver: key is not provided"
+    message = ERR_EMPTY_KEY
 
 
 class KeyNotFoundError(EtcdError):
     """ignore_value/ignore_lease on a missing key; or an empty txn op."""
 
     code = _INVALID
-    message = "etcdserver: key not found"
+    message = ERR_KEY_NOT_FOUND
 
 
 class ValueProvidedError(EtcdError):
     """ignore_value together with a value."""
 
     code = _INVALID
-    message = "etcdserver: value is provided"
+    message = ERR_VALUE_PROVIDED
 
 
 class LeaseProvidedError(EtcdError):
     """ignore_lease together with a lease."""
 
     code = _INVALID
-    message = "etcdserver: lease is provided"
+    message = ERR_LEASE_PROVIDED
 
 
 class TooManyOpsError(EtcdError):
     """A txn with more than max-txn-ops compares or ops in a branch."""
 
     code = _INVALID
-    message = "etcdserver: too many operations in txn request"
+    message = ERR_TOO_MANY_OPS
 
 
 class DuplicateKeyError(EtcdError):
     """A txn that puts a key twice, or puts and deletes it."""
 
     code = _INVALID
-    message = "etcdserver: duplicate key given in txn request"
+    message = ERR_DUPLICATE_KEY
 
 
 class CompactedError(EtcdError):
     """A revision at or below the compacted one."""
 
     code = _RANGE
-    message = "etcdserver: mvcc: required revision has been compacted"
+    message = ERR_COMPACTED
 
 
 class FutureRevError(EtcdError):
     """A revision beyond the current one."""
 
     code = _RANGE
-    message = "etcdserver: mvcc: required revision is a future revision"
+    message = ERR_FUTURE_REV
 
 
 class NoSpaceError(EtcdError):
     """A write while the backend is over its quota (or a NOSPACE alarm is raised)."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    message = "etcdserver: mvcc: database space exceeded"
+    message = ERR_NO_SPACE
 
 
 class LeaseNotFoundError(EtcdError):
     """An unknown (or expired) lease."""
 
     code = grpc.StatusCode.NOT_FOUND
-    message = "etcdserver: requested lease not found"
+    message = ERR_LEASE_NOT_FOUND
 
 
 class LeaseExistsError(EtcdError):
     """A grant of an ID already in use."""
 
     code = grpc.StatusCode.FAILED_PRECONDITION
-    message = "etcdserver: lease already exists"
+    message = ERR_LEASE_EXISTS
 
 
 class LeaseTTLTooLargeError(EtcdError):
     """A TTL above MAX_LEASE_TTL."""
 
     code = _RANGE
-    message = "etcdserver: too large lease TTL"
+    message = ERR_LEASE_TTL_TOO_LARGE
 
 
 class NotPrimaryError(EtcdError):
     """A keepalive on a member that is not the lessor primary (the leader)."""
 
     code = grpc.StatusCode.FAILED_PRECONDITION
-    message = "etcdserver: not leader"
+    message = ERR_NOT_LEADER
 
 
 __all__ = [

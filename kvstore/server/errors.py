@@ -7,6 +7,15 @@ import logging
 import grpc
 
 from kvstore.mvcc.errors import EtcdError
+from kvstore.rpctypes import (
+    ERR_LEADER_CHANGED,
+    ERR_NO_LEADER,
+    ERR_NOT_CAPABLE,
+    ERR_REQUEST_TOO_LARGE,
+    ERR_STOPPED,
+    ERR_TIMEOUT,
+    ERR_TOO_MANY_REQUESTS,
+)
 
 log = logging.getLogger(__name__)
 
@@ -15,37 +24,37 @@ _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 
 class NoLeaderError(EtcdError):
     code = _UNAVAILABLE
-    message = "etcdserver: no leader"
+    message = ERR_NO_LEADER
 
 
 class RequestTimeoutError(EtcdError):
     code = _UNAVAILABLE
-    message = "etcdserver: request timed out"
+    message = ERR_TIMEOUT
 
 
 class LeaderChangedError(EtcdError):
     code = _UNAVAILABLE
-    message = "etcdserver: leader changed"
+    message = ERR_LEADER_CHANGED
 
 
 class StoppedError(EtcdError):
     code = _UNAVAILABLE
-    message = "etcdserver: server stopped"
+    message = ERR_STOPPED
 
 
 class RequestTooLargeError(EtcdError):
     code = grpc.StatusCode.INVALID_ARGUMENT
-    message = "etcdserver: request is too large"
+    message = ERR_REQUEST_TOO_LARGE
 
 
 class TooManyRequestsError(EtcdError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    message = "etcdserver: too many requests"
+    message = ERR_TOO_MANY_REQUESTS
 
 
 class NotCapableError(EtcdError):
     code = grpc.StatusCode.UNIMPLEMENTED
-    message = "etcdserver: not capable"
+    message = ERR_NOT_CAPABLE
 
 
 def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
