@@ -339,13 +339,14 @@ async def test_lease_expiry_deletes_keys(client: Client, p: str) -> None:
 
 
 async def test_keepalive_holds_a_lease_past_its_ttl(client: Client, p: str) -> None:
-    lease = await client.grant(2)
+    # A TTL that a loaded machine's scheduling hiccups cannot eat (renewals every TTL/3).
+    lease = await client.grant(4)
     await client.put(p + "held", "x", lease=lease.ID)
     async with client.keepalive(lease.ID) as ka, client.watch(p + "held") as w:
         # Wait well past the TTL: a progress round trip proves time passed with no delete.
         start = anyio.current_time()
         renewed_deadlines = {ka.deadline}
-        while anyio.current_time() - start < 5:
+        while anyio.current_time() - start < 7:
             await client.request_progress()
             batch = await anext(aiter(w))
             assert batch.is_progress_notify, "the kept-alive key must not be deleted"
