@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -184,3 +186,67 @@ def test_compaction_and_errors(servers: dict[str, Server]) -> None:
         ]
     assert outs["kvstore"] == outs["etcd"]
     assert "required revision has been compacted" in outs["etcd"][1]
+
+
+def _lock_and_elect(server: Server) -> list[str]:
+    """etcdctl's lock and election recipes (client-side, over KV, watch and leases)."""
+    base = [str(etcdctl_path()), f"--endpoints={','.join(server.endpoints)}"]
+    env = dict(os.environ, ETCDCTL_API="3")
+
+    def spawn(*args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [*base, *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
+        )
+
+    def owners(prefix: str) -> list[str]:
+        return ctl(server, "get", prefix, "--prefix", "--keys-only").split()
+
+    outputs = []
+    holder = spawn("lock", "/locks/b")
+    waiter = None
+    try:
+        assert holder.stdout is not None
+        held = holder.stdout.readline()  # printed once the lock is held
+        assert held.startswith("/locks/b/"), held
+        waiter = spawn("lock", "/locks/b", "--", "sh", "-c", 'echo "got $ETCD_LOCK_KEY"')
+        deadline = time.monotonic() + 30
+        while len(owners("/locks/b")) < 2:  # the waiter queued behind the holder
+            assert time.monotonic() < deadline, "the waiter never queued"
+            time.sleep(0.1)  # polling another process's progress
+        assert waiter.poll() is None, "the waiter ran while the lock was held"
+        holder.send_signal(signal.SIGINT)  # etcdctl releases the lock on interrupt
+        out, _ = waiter.communicate(timeout=30)
+        assert waiter.returncode == 0
+        outputs.append(re.sub(r"/[0-9a-f]+$", "/<LEASE>", out.strip()))
+        outputs.append(" ".join(owners("/locks/b")))
+    finally:
+        for p in (holder, waiter):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+
+    candidate = spawn("elect", "/election/e", "alice")
+    try:
+        assert candidate.stdout is not None
+        key = candidate.stdout.readline().strip()  # printed once elected, then the value
+        assert key.startswith("/election/e/"), key
+        assert candidate.stdout.readline().strip() == "alice"
+        listener = spawn("elect", "-l", "/election/e")
+        try:
+            assert listener.stdout is not None
+            seen = [listener.stdout.readline().strip(), listener.stdout.readline().strip()]
+            outputs.append(" ".join(seen).replace(key, "<KEY>"))
+        finally:
+            listener.kill()
+            listener.wait()
+    finally:
+        candidate.send_signal(signal.SIGINT)  # resigns
+        candidate.wait(timeout=30)
+    outputs.append(" ".join(owners("/election/e")))
+    return outputs
+
+
+def test_lock_and_elect(servers: dict[str, Server]) -> None:
+    outs = {name: _lock_and_elect(s) for name, s in servers.items()}
+    assert outs["kvstore"] == outs["etcd"]
+    assert outs["etcd"] == ["got /locks/b/<LEASE>", "", "<KEY> alice", ""]
