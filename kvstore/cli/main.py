@@ -180,6 +180,32 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(args.bench_args)
 
 
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    """Inspect or restore a backup taken with ``etcdctl snapshot save``."""
+    from kvstore.server.backup import BackupError, backup_status, restore_backup
+
+    backup = Path(args.file)
+    try:
+        if not backup.is_file():
+            raise BackupError(f"{backup}: no such file")
+        if args.snapshot_command == "status":
+            scratch = Path(tempfile.mkdtemp(prefix="kvstore-status-")) / "db"
+            status = backup_status(backup, scratch)
+        else:
+            data_dir = Path(args.data_dir or f"{args.name}.etcd")
+            status = restore_backup(backup, data_dir)
+            print(f"restored {backup} into {data_dir}")
+            print(
+                f"start the member with: kvstore serve --name {args.name} --data-dir {data_dir} "
+                "--initial-cluster ... (the new cluster's flags)"
+            )
+    except (BackupError, OSError) as error:
+        print(f"kvstore snapshot {args.snapshot_command}: {error}", file=sys.stderr)
+        return 1
+    print(f"revision {status.revision}, {status.keys} keys, {status.size} bytes")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kvstore", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -238,6 +264,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--free-ports", action="store_true", help="pick free ports instead of 2379, 12379, ..."
     )
     up.set_defaults(func=cmd_cluster_up)
+
+    snap = commands.add_parser(
+        "snapshot", help="inspect or restore a backup from `etcdctl snapshot save`"
+    )
+    snap_cmds = snap.add_subparsers(dest="snapshot_command", required=True)
+    status = snap_cmds.add_parser("status", help="verify a backup; print revision and keys")
+    status.add_argument("file")
+    status.set_defaults(func=cmd_snapshot)
+    restore = snap_cmds.add_parser(
+        "restore", help="make a fresh member data dir from a backup (then start a new cluster)"
+    )
+    restore.add_argument("file")
+    restore.add_argument("--name", default="default")
+    restore.add_argument("--data-dir", help="default: <name>.etcd (must not hold a member)")
+    restore.set_defaults(func=cmd_snapshot)
 
     bench = commands.add_parser(
         "bench", help="rough put/range throughput and failover gap, ours vs etcd", add_help=False

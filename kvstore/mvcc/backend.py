@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import struct
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
@@ -42,6 +43,10 @@ class Backend:
     def __init__(self, path: Path, map_size: int = DEFAULT_MAP_SIZE) -> None:
         self.path = Path(path)
         self.map_size = map_size
+        # Read views handed to other threads (copies for snapshots): the env must
+        # outlive them, so closing or replacing it waits until they are released.
+        self._views = 0
+        self._views_released = threading.Condition()
         self._open()
 
     def _open(self) -> None:
@@ -79,8 +84,10 @@ class Backend:
             self._txn = None
 
     def close(self) -> None:
-        """Abort any uncommitted batch and close the env."""
+        """Abort any uncommitted batch and close the env (after any open view is released)."""
         self.abort()
+        with self._views_released:
+            self._views_released.wait_for(lambda: self._views == 0)
         self.env.close()
 
     # ----- key bucket -----
@@ -179,15 +186,35 @@ class Backend:
         stat = self.env.stat()
         return int((info["last_pgno"] + 1) * stat["psize"])
 
+    def open_view(self) -> lmdb.Transaction:
+        """Commit, then a read-only view of exactly this state, for ``copy_view`` in any thread.
+
+        The view must be released by ``copy_view``; until then, ``close`` waits.
+        """
+        self.commit()
+        view = self.env.begin()
+        with self._views_released:
+            self._views += 1
+        return view
+
+    def copy_view(self, view: lmdb.Transaction, dest_dir: Path) -> Path:
+        """Write a compacted copy of ``view`` into ``dest_dir`` and release the view."""
+        try:
+            dest_dir.mkdir(parents=True, exist_ok=True)
+            target = dest_dir / "data.mdb"
+            if target.exists():
+                target.unlink()
+            self.env.copy(str(dest_dir), compact=True, txn=view)
+            return target
+        finally:
+            view.abort()
+            with self._views_released:
+                self._views -= 1
+                self._views_released.notify_all()
+
     def copy_to(self, dest_dir: Path) -> Path:
         """Commit, then write a compacted copy of the env into ``dest_dir``; returns the file."""
-        self.commit()
-        dest_dir.mkdir(parents=True, exist_ok=True)
-        target = dest_dir / "data.mdb"
-        if target.exists():
-            target.unlink()
-        self.env.copy(str(dest_dir), compact=True)
-        return target
+        return self.copy_view(self.open_view(), dest_dir)
 
     def defragment(self) -> None:
         """Commit, then rewrite the data file without its free pages (a compacted copy)."""

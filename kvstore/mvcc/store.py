@@ -17,9 +17,11 @@ import logging
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import overload
 
+import lmdb
 from google.protobuf.message import Message
 
 from kvstore._pb.etcdserverpb import rpc_pb2
@@ -800,9 +802,22 @@ class MVCCStore:
 
         Returns the file to ship as the Raft snapshot payload.
         """
+        return self.copy_view(self.open_view(), dest_dir)
+
+    def reset_consistent_index(self) -> None:
+        """Forget the Raft position (restoring a backup into a new cluster), durably."""
+        self._consistent_index = 0
+        self.commit()
+
+    def open_view(self) -> StoreView:
+        """Commit the batch and pin this exact state for ``copy_view`` (from any thread)."""
         assert self._changes is None
         self.commit()
-        return self._backend.copy_to(Path(dest_dir))
+        return StoreView(self._backend.open_view())
+
+    def copy_view(self, view: StoreView, dest_dir: Path) -> Path:
+        """Write the pinned state to ``dest_dir`` (thread-safe); returns the file."""
+        return self._backend.copy_view(view.txn, Path(dest_dir))
 
     def restore(self, snapshot_file: Path) -> None:
         """Replace the whole state by a ``snapshot`` file and reload; watchers resync."""
@@ -845,6 +860,13 @@ def _compare_kv(c: rpc_pb2.Compare, kv: kv_pb2.KeyValue) -> bool:
     if res == rpc_pb2.Compare.LESS:
         return result < 0
     return True
+
+
+@dataclass(frozen=True)
+class StoreView:
+    """A committed state of the store, pinned for a copy in another thread."""
+
+    txn: lmdb.Transaction
 
 
 KV_OVERHEAD = 256

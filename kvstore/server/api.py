@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
@@ -15,6 +18,7 @@ from kvstore.mvcc.errors import EtcdError, LeaseNotFoundError, NotPrimaryError
 from kvstore.mvcc.store import _txn_readonly as txn_readonly
 from kvstore.mvcc.validate import validate_request
 from kvstore.raft.types import Role
+from kvstore.server.backup import stream_backup
 from kvstore.server.config import SERVER_VERSION
 from kvstore.server.errors import NoLeaderError, RequestTooLargeError, to_status
 from kvstore.server.quota import check_quota
@@ -288,6 +292,23 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
             return resp
 
         return await _call(context, body)
+
+    async def Snapshot(
+        self, request: rpc_pb2.SnapshotRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[rpc_pb2.SnapshotResponse]:
+        node = self.s.node
+        work = Path(tempfile.mkdtemp(prefix="backup-", dir=Path(self.s.cfg.data_dir) / "member"))
+        view = node.store.open_view()
+        copying = asyncio.ensure_future(asyncio.to_thread(node.store.copy_view, view, work))
+        try:
+            # Shielded: the copy runs on if the client goes, and the cleanup waits for it.
+            db_file = await asyncio.shield(copying)
+            for remaining, blob in stream_backup(db_file):
+                resp = rpc_pb2.SnapshotResponse(remaining_bytes=remaining, blob=blob)
+                self.s.fill_header(resp.header)
+                yield resp
+        finally:
+            copying.add_done_callback(lambda _: shutil.rmtree(work, ignore_errors=True))
 
     async def Defragment(
         self, request: rpc_pb2.DefragmentRequest, context: grpc.aio.ServicerContext

@@ -16,6 +16,7 @@ import os
 import random
 import shutil
 import struct
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,9 +28,9 @@ from kvstore._pb.etcdserverpb import rpc_pb2
 from kvstore._pb.peerpb import peer_pb2
 from kvstore.mvcc.backend import DEFAULT_MAP_SIZE
 from kvstore.mvcc.errors import EtcdError, NoSpaceError
-from kvstore.mvcc.store import MVCCStore, costs_space, quota_cost
+from kvstore.mvcc.store import MVCCStore, StoreView, costs_space, quota_cost
 from kvstore.raft import Config, EntryType, HardState, Message, RaftNode, Ready, initial_snapshot
-from kvstore.raft.types import Role, Snapshot
+from kvstore.raft.types import Role, Snapshot, SnapshotMetadata
 from kvstore.server.config import ServerConfig
 from kvstore.server.errors import (
     LeaderChangedError,
@@ -145,6 +146,8 @@ class Node:
         self.leader_changed = asyncio.Event()
         self._stopped = False
         self._nospace_proposed_at = -float("inf")
+        self._snapshotting: asyncio.Future[tuple[Snapshot, float]] | None = None
+        self._snapshot_files = threading.Lock()  # the snapshot dir: raft loop vs its threads
         self._wake = asyncio.Event()
         self._ticks = 0
         self._inbox: list[Message] = []
@@ -269,13 +272,13 @@ class Node:
             while not self._stopped:
                 await self._wake.wait()
                 self._wake.clear()
+                self._maybe_snapshot()
                 self._feed()
                 while self.raft.has_ready() and not self._stopped:
                     rd = self.raft.ready()
                     await self._handle_ready(rd)
                     self.raft.advance(rd)
-                    if self.applied_index - self._snap_index >= self.cfg.snapshot_count:
-                        self._snapshot()
+                    self._maybe_snapshot()
                     self._feed()
         finally:
             self._shutdown()
@@ -403,39 +406,65 @@ class Node:
     def _persist(self, snap: Snapshot | None, entries: list[Any], hs: HardState | None) -> None:
         """Worker thread: make the Ready durable (one write + one fdatasync)."""
         if snap is not None:
-            self.snapshots.save(snap)
+            with self._snapshot_files:
+                self.snapshots.save(snap)
             self.wal.save_snapshot(snap.metadata)
         self.wal.save(hs, entries)
 
-    def _snapshot(self) -> None:
-        """Snapshot the state machine at the applied index and compact the log behind it.
+    def _maybe_snapshot(self) -> None:
+        """Finish a snapshot whose copy is done; start one every ``snapshot_count`` entries.
 
-        The whole backend travels inline in the Raft snapshot (held in memory and
-        sent in one MsgSnap); chunked streaming is still to do.
+        Copying the backend and writing the snapshot file happen in a worker
+        thread from a pinned view of the applied state, so the loop keeps
+        serving meanwhile; only recording it in Raft and the WAL (small) and
+        compacting the log happen here, between two Readys.
         """
-        index = self.applied_index
+        done = self._snapshotting
+        if done is not None and done.done():
+            self._snapshotting = None
+            self._record_snapshot(done.result())
+        if (
+            self._snapshotting is None
+            and self.applied_index - self._snap_index >= self.cfg.snapshot_count
+        ):
+            index = self.applied_index
+            term = self.raft.log.term(index)
+            assert term is not None
+            meta = SnapshotMetadata(index, term, self.raft.conf_state)
+            view = self.store.open_view()  # commits the batch
+            self._uncommitted_applies = 0
+            self._snap_index = index  # no second one while this one is on its way
+            fut = asyncio.ensure_future(asyncio.to_thread(self._write_snapshot, meta, view))
+            fut.add_done_callback(lambda _: self._wake.set())
+            self._snapshotting = fut
+
+    def _write_snapshot(self, meta: SnapshotMetadata, view: StoreView) -> tuple[Snapshot, float]:
+        """Worker thread: copy the pinned state and write the snapshot file."""
         t0 = time.monotonic()
         tmpdir = Path(self.snapshots.dir) / "tmp"
         if tmpdir.exists():
             shutil.rmtree(tmpdir)
-        tmpdir.mkdir()
-        path = self.store.snapshot(tmpdir)  # commits the batch first
-        self._uncommitted_applies = 0
-        data = path.read_bytes()
+        path = self.store.copy_view(view, tmpdir)
+        snap = Snapshot(meta, path.read_bytes())
         shutil.rmtree(tmpdir)
-        self.raft.create_snapshot(index, data)
-        snap = self.raft.log.snapshot
-        self.snapshots.save(snap)
+        with self._snapshot_files:
+            self.snapshots.save(snap)
+        return snap, time.monotonic() - t0
+
+    def _record_snapshot(self, written: tuple[Snapshot, float]) -> None:
+        snap, took = written
+        index = snap.metadata.index
+        if index <= self.raft.log.snapshot.metadata.index:
+            return  # overtaken by a snapshot received from the leader
+        self.raft.create_snapshot(index, snap.data, snap.metadata.conf_state)
         self.wal.save_snapshot(snap.metadata)
         keep = min(SNAPSHOT_CATCH_UP_ENTRIES, self.cfg.snapshot_count)
         if index > keep:
             self.raft.compact(index - keep)
         self.wal.release_to(index)
-        self.snapshots.purge()
-        self._snap_index = index
-        log.info(
-            "snapshot at index %d (%d bytes) in %.3fs", index, len(data), time.monotonic() - t0
-        )
+        with self._snapshot_files:
+            self.snapshots.purge()
+        log.info("snapshot at index %d (%d bytes) in %.3fs", index, len(snap.data), took)
 
     def _restore(self, snap: Snapshot) -> None:
         tmp = Path(self.snapshots.dir) / "incoming.db"
