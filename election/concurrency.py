@@ -32,6 +32,13 @@ class Session:
         self.lease_id = 0
         self._keepalive: LeaseKeepAlive | None = None
 
+    @classmethod
+    def of_lease(cls, client: Client, lease_id: int) -> Session:
+        """A session over a lease someone else keeps alive (not entered, never revoked here)."""
+        session = cls(client)
+        session.lease_id = lease_id
+        return session
+
     @property
     def expired(self) -> anyio.Event:
         """Set once the lease is gone (revoked, expired, or not renewable in time)."""
@@ -103,6 +110,13 @@ class Election:
         self.prefix = to_bytes(prefix).rstrip(b"/")
         self.key = b""
         self.revision = 0  # create_revision of our key while campaigning/leading
+
+    @classmethod
+    def resume(cls, session: Session, prefix: Key, key: bytes, revision: int) -> Election:
+        """The election a leader key (from an earlier campaign) stands for."""
+        election = cls(session, prefix)
+        election.key, election.revision = key, revision
+        return election
 
     async def campaign(self, value: Key) -> None:
         """Block until elected. Re-campaigning with the same session keeps its place."""

@@ -14,10 +14,13 @@ import grpc
 
 from kvstore._pb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 from kvstore._pb.peerpb import peer_pb2, peer_pb2_grpc
+from kvstore._pb.v3electionpb import v3election_pb2_grpc
+from kvstore._pb.v3lockpb import v3lock_pb2_grpc
 from kvstore.mvcc.errors import EtcdError, LeaseNotFoundError, NotPrimaryError
 from kvstore.mvcc.watch import WatchStream
 from kvstore.raft.types import Message, Role
 from kvstore.server import api
+from kvstore.server.concurrency_api import ElectionService, LockService, SelfClient
 from kvstore.server.config import (
     CLUSTER_VERSION,
     GRPC_OVERHEAD_BYTES,
@@ -101,6 +104,7 @@ class EtcdServer:
         self.leader_streams: set[WatchStream] = set()
         self._attrs: dict[int, peer_pb2.Attributes] = {}
         self._stop = asyncio.Event()
+        self.self_client = SelfClient(self)
 
     def _send(self, msgs: list[Message]) -> None:
         self.transport.send(msgs)
@@ -288,6 +292,10 @@ class EtcdServer:
         rpc_pb2_grpc.add_LeaseServicer_to_server(api.LeaseService(self), client)  # type: ignore[no-untyped-call]
         rpc_pb2_grpc.add_ClusterServicer_to_server(api.ClusterService(self), client)  # type: ignore[no-untyped-call]
         rpc_pb2_grpc.add_MaintenanceServicer_to_server(api.MaintenanceService(self), client)  # type: ignore[no-untyped-call]
+        v3lock_pb2_grpc.add_LockServicer_to_server(LockService(self, self.self_client), client)  # type: ignore[no-untyped-call]
+        v3election_pb2_grpc.add_ElectionServicer_to_server(  # type: ignore[no-untyped-call]
+            ElectionService(self, self.self_client), client
+        )
         for url in cfg.listen_client_urls:
             host, port = host_port(url)
             client.add_insecure_port(f"{host}:{port}")
@@ -338,6 +346,7 @@ class EtcdServer:
         finally:
             for h in http_servers:
                 h.close()
+            await self.self_client.close()
             await client.stop(grace=None)
             await peer.stop(grace=None)
             await self.transport.close()
