@@ -66,6 +66,15 @@ def _urls(value: str) -> list[str]:
     return [u.strip() for u in value.split(",") if u.strip()]
 
 
+def _duration_flag(flag: str, value: str) -> float:
+    from kvstore.server.config import ConfigError
+
+    try:
+        return parse_duration(value)
+    except ValueError as error:
+        raise ConfigError(f"{flag}: {error}") from None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run one member in the foreground until SIGTERM/SIGINT."""
     import asyncio
@@ -101,8 +110,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             max_request_bytes=args.max_request_bytes,
             quota_backend_bytes=args.quota_backend_bytes,
             listen_metrics_urls=metrics,
-            watch_progress_notify_interval=parse_duration(
-                args.experimental_watch_progress_notify_interval
+            watch_progress_notify_interval=_duration_flag(
+                "--experimental-watch-progress-notify-interval",
+                args.experimental_watch_progress_notify_interval,
             ),
         )
         cfg.validate()
@@ -123,6 +133,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
             except OSError as error:
                 print(f"kvstore serve: listen {host}:{port}: {error.strerror}", file=sys.stderr)
                 return 1
+    try:
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        scratch = cfg.data_dir / ".write-probe"
+        scratch.touch()
+        scratch.unlink()
+    except OSError as error:
+        print(
+            f"kvstore serve: cannot use data dir {cfg.data_dir}: {error.strerror}", file=sys.stderr
+        )
+        return 1
     try:
         asyncio.run(serve(cfg))
     except (OSError, RuntimeError, StorageError) as error:
@@ -145,7 +165,11 @@ def cmd_cluster_up(args: argparse.Namespace) -> int:
         flat = free_ports(3 * args.members)
         ports = [tuple(flat[3 * i : 3 * i + 3]) for i in range(args.members)]  # type: ignore[misc]
     root = Path(args.data_dir) if args.data_dir else Path("kvstore-data")
-    cluster = KVCluster(root=root, size=args.members, ports=ports, stream_logs=True)
+    try:
+        cluster = KVCluster(root=root, size=args.members, ports=ports, stream_logs=True)
+    except OSError as error:
+        print(f"cannot use data dir {root}: {error.strerror}", file=sys.stderr)
+        return 1
     try:
         cluster.start()
     except (KVStartError, OSError) as error:

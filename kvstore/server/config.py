@@ -31,9 +31,13 @@ def host_port(url: str) -> tuple[str, int]:
     if "://" not in url:
         url = "http://" + url
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "") or parts.hostname is None or parts.port is None:
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme not in ("http", "") or parts.hostname is None or port is None:
         raise ConfigError(f"bad URL {url!r}: want http://host:port (TLS is not supported)")
-    return parts.hostname, parts.port
+    return parts.hostname, port
 
 
 def member_id(peer_urls: list[str], token: str) -> int:
