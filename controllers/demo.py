@@ -81,6 +81,8 @@ LOCKS = {"controller_manager": "kube-controller-manager", "scheduler": "kube-sch
 ROLES = {"controller_manager": "controller-manager", "scheduler": "scheduler"}
 SHORT_NAMES = {"controller_manager": "cm", "scheduler": "sched", "node_agent": "node"}
 REPLICASET = "web"
+# How long a kill command waits for a leader to kill when there is none at the moment.
+LEADER_WAIT = 30.0
 # Written after a store leader is killed, to measure when writes go through again.
 WRITE_PROBE_KEY = "/kvstore-demo/write-probe"
 KEYS_HELP = [
@@ -139,6 +141,7 @@ class Demo:
         self.state: list[str] = []
         self.settled = False
         self.quit = anyio.Event()
+        self.children_changed = anyio.Event()  # set (and replaced) on each component event
         self.exit_code = 0
 
     # ---- output ----
@@ -229,6 +232,32 @@ class Demo:
         if self.cluster is None:
             self.note("the store was not started by the demo (--endpoints); nothing killed")
             return
+        # Between two leaders (an election in progress) wait for the next one.
+        found = None
+        with anyio.move_on_after(LEADER_WAIT):
+            while True:
+                found = await self._store_leader(client)
+                if found is not None:
+                    break
+                await anyio.sleep(0.05)  # polling the members' status
+        if found is None:
+            self.note(f"no store member became leader within {LEADER_WAIT:.0f}s; nothing killed")
+            return
+        index, leader_id = found
+        member = self.cluster.members[index]
+        pid = _pid(member)
+        await anyio.to_thread.run_sync(self.cluster.kill, index)
+        killed_at = time.monotonic()
+        self.dead_members.append(index)
+        self.note(f"killed store member {member.name}, the leader ({pid})")
+        assert self.tasks is not None
+        self.tasks.start_soon(
+            self.measure_store_failover, client, member.name, leader_id, killed_at
+        )
+
+    async def _store_leader(self, client: Client) -> tuple[int, int] | None:
+        """(index, member id) of the member that says it leads, if one does."""
+        assert self.cluster is not None
         for index, member in enumerate(self.cluster.members):
             if not member.running:
                 continue
@@ -237,17 +266,8 @@ class Demo:
             except EtcdError:
                 continue
             if status.leader == status.header.member_id:
-                pid = _pid(member)
-                await anyio.to_thread.run_sync(self.cluster.kill, index)
-                killed_at = time.monotonic()
-                self.dead_members.append(index)
-                self.note(f"killed store member {member.name}, the leader ({pid})")
-                assert self.tasks is not None
-                self.tasks.start_soon(
-                    self.measure_store_failover, client, member.name, status.leader, killed_at
-                )
-                return
-        self.note("no store member is leader right now; nothing killed")
+                return index, status.leader
+        return None
 
     async def measure_store_failover(
         self, client: Client, victim: str, victim_id: int, killed_at: float
@@ -275,14 +295,21 @@ class Demo:
                 await anyio.sleep(0.02)  # polling the members' status
 
         async def first_write() -> None:
-            while True:
-                try:
-                    await client.put(WRITE_PROBE_KEY, victim, timeout=1)
-                except EtcdError:
-                    await anyio.sleep(0.02)
-                    continue
-                results["write"] = time.monotonic() - killed_at
-                return
+            # A write every 50 ms, each with its own deadline: the first to succeed marks the
+            # end of the gap, not the end of a slow attempt that started before it.
+            async with anyio.create_task_group() as writes:
+
+                async def probe() -> None:
+                    try:
+                        await client.put(WRITE_PROBE_KEY, victim, timeout=2)
+                    except EtcdError:
+                        return
+                    results.setdefault("write", time.monotonic() - killed_at)
+                    writes.cancel_scope.cancel()
+
+                while True:
+                    writes.start_soon(probe)
+                    await anyio.sleep(0.05)
 
         with anyio.move_on_after(60):
             async with anyio.create_task_group() as probes:
@@ -399,6 +426,8 @@ class Demo:
             self.note(f"{child.name} exited with status {code}; see {self.log_dir}")
 
     def _event(self, child: Child, event: dict[str, Any]) -> None:
+        self.children_changed.set()
+        self.children_changed = anyio.Event()
         kind = event.get("event")
         if kind == "standby":
             child.identity = event.get("identity", "")
@@ -442,9 +471,13 @@ class Demo:
 
     async def kill_leader(self, module: str) -> None:
         role = ROLES[module]
+        # Between two leaders (a failover in progress) wait for the next one.
+        with anyio.move_on_after(LEADER_WAIT):
+            while self.leader_of(module) is None:
+                await self.children_changed.wait()
         child = self.leader_of(module)
         if child is None or child.process is None:
-            self.note(f"no {role} leader to kill yet")
+            self.note(f"no {role} leader within {LEADER_WAIT:.0f}s; nothing killed")
             return
         pid = child.process.pid
         await self.kill_child(child)
