@@ -250,6 +250,8 @@ class Demo:
         killed_at = time.monotonic()
         self.dead_members.append(index)
         self.note(f"killed store member {member.name}, the leader ({pid})")
+        if len(self.dead_members) > len(self.cluster.members) // 2:
+            self.note("the store has lost its quorum: nothing can be written until r restarts one")
         assert self.tasks is not None
         self.tasks.start_soon(
             self.measure_store_failover, client, member.name, leader_id, killed_at
@@ -544,13 +546,12 @@ class Demo:
 
     async def command(self, client: Client, text: str) -> None:
         match text.strip().lower():
-            case "q" | "quit" | "\x03":
+            case "q" | "quit":
                 self.quit.set()
             case "s":
                 await self.kill_store_leader(client)
             case "r":
-                assert self.tasks is not None
-                self.tasks.start_soon(self.restart_store_member, client)
+                await self.restart_store_member(client)
             case "c":
                 await self.kill_leader("controller_manager")
             case "k":
@@ -750,8 +751,10 @@ class Demo:
     async def serve_commands(
         self, client: Client, commands: MemoryObjectReceiveStream[str]
     ) -> None:
+        # Each in its own task: a kill waiting for a leader must not hold up the next command.
         async for text in commands:
-            await self.command(client, text)
+            assert self.tasks is not None
+            self.tasks.start_soon(self.command, client, text)
 
     async def stop(self) -> None:
         """Components first (they release their locks while the store is up), then the store."""
