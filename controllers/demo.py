@@ -47,6 +47,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from controllers.objects import Obj, condition, new_object, pod_is_active
 from controllers.store import ConflictError, DirectWriter, Store, decode
 from election import record_key
+from kvstore._pb.etcdserverpb import rpc_pb2 as pb
 from kvstore._pb.mvccpb import kv_pb2
 from kvstore.client import Client, EtcdError
 from kvstore.testing.cluster import KVCluster
@@ -235,15 +236,11 @@ class Demo:
         # Between two leaders (an election in progress) wait for the next one.
         found = None
         with anyio.move_on_after(LEADER_WAIT):
-            while True:
-                found = await self._store_leader(client)
-                if found is not None:
-                    break
-                await anyio.sleep(0.05)  # polling the members' status
+            found = await self._store_leader(client)
         if found is None:
             self.note(f"no store member became leader within {LEADER_WAIT:.0f}s; nothing killed")
             return
-        index, leader_id = found
+        index, _ = found
         member = self.cluster.members[index]
         pid = _pid(member)
         await anyio.to_thread.run_sync(self.cluster.kill, index)
@@ -253,27 +250,28 @@ class Demo:
         if len(self.dead_members) > len(self.cluster.members) // 2:
             self.note("the store has lost its quorum: nothing can be written until r restarts one")
         assert self.tasks is not None
-        self.tasks.start_soon(
-            self.measure_store_failover, client, member.name, leader_id, killed_at
-        )
+        self.tasks.start_soon(self.measure_store_failover, client, member.name, killed_at)
 
-    async def _store_leader(self, client: Client) -> tuple[int, int] | None:
-        """(index, member id) of the member that says it leads, if one does."""
+    async def _store_leader(self, client: Client) -> tuple[int, pb.StatusResponse]:
+        """The member that says it leads, and its status, once one does.
+
+        Only a live member answers, so after a kill this is never the killed leader
+        (though it may be the same member restarted, leading again).
+        """
         assert self.cluster is not None
-        for index, member in enumerate(self.cluster.members):
-            if not member.running:
-                continue
-            try:
-                status = await client.status(member.endpoint, timeout=1)
-            except EtcdError:
-                continue
-            if status.leader == status.header.member_id:
-                return index, status.leader
-        return None
+        while True:
+            for index, member in enumerate(self.cluster.members):
+                if not member.running:
+                    continue
+                try:
+                    status = await client.status(member.endpoint, timeout=0.5)
+                except EtcdError:
+                    continue
+                if status.leader == status.header.member_id:
+                    return index, status
+            await anyio.sleep(0.02)  # polling the members' status
 
-    async def measure_store_failover(
-        self, client: Client, victim: str, victim_id: int, killed_at: float
-    ) -> None:
+    async def measure_store_failover(self, client: Client, victim: str, killed_at: float) -> None:
         """Time from the kill to a new leader, and to the first write that goes through."""
         assert self.cluster is not None
         cluster = self.cluster
@@ -282,19 +280,9 @@ class Demo:
 
         async def new_leader() -> None:
             nonlocal leader
-            while True:
-                for member in cluster.members:
-                    if not member.running:
-                        continue
-                    try:
-                        status = await client.status(member.endpoint, timeout=0.5)
-                    except EtcdError:
-                        continue
-                    if status.leader == status.header.member_id != victim_id:
-                        results["leader"] = time.monotonic() - killed_at
-                        leader = f"{member.name} (term {status.raftTerm})"
-                        return
-                await anyio.sleep(0.02)  # polling the members' status
+            index, status = await self._store_leader(client)
+            results["leader"] = time.monotonic() - killed_at
+            leader = f"{cluster.members[index].name} (term {status.raftTerm})"
 
         async def first_write() -> None:
             # A write every 50 ms, each with its own deadline: the first to succeed marks the
@@ -320,9 +308,11 @@ class Demo:
         if len(results) < 2:
             self.note(f"store failover after killing {victim}: not complete within 60s")
             return
+        # An accepted write proves a leader was there, whatever the status polls saw.
+        elected = min(results["leader"], results["write"])
         self.measure(
             "store leader",
-            f"{results['leader']:.2f}s to a new leader {leader} after killing {victim}, "
+            f"{elected:.2f}s to a new leader {leader} after killing {victim}, "
             f"writes went through {results['write']:.2f}s after the kill",
         )
 
