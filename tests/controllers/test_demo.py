@@ -15,10 +15,14 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from kvstore.testing.cluster import KVCluster
+from kvstore.testing.etcd import EtcdCluster
 
 REPO = Path(__file__).resolve().parents[2]
 STEP_TIMEOUT = 120.0  # generous: the machine is shared and noisy
@@ -250,6 +254,34 @@ def test_demo_on_a_real_etcd_settles_and_quits(tmp_path: Path) -> None:
         demo.wait_for(r"^stopped every process the demo started$", index)
         survivors = [pid for pid, began in started.items() if start_time(pid) == began]
         assert survivors == [], demo.output()
+    finally:
+        if demo.process.poll() is None:
+            os.killpg(demo.process.pid, signal.SIGKILL)
+            demo.process.wait()
+
+
+def test_demo_on_a_running_store(etcd: EtcdCluster | KVCluster, tmp_path: Path) -> None:
+    """``--endpoints``: components only, on a store the demo did not start (and must not kill)."""
+    prefix = f"/t-{uuid.uuid4().hex[:10]}/registry"
+    demo = DemoProcess(
+        [
+            "--endpoints",
+            ",".join(etcd.endpoints),
+            "--etcd-prefix",
+            prefix,
+            "--exit-when-settled",
+            "--view-every",
+            "1",
+        ],
+        cwd=tmp_path,
+    )
+    try:
+        demo.send("s")
+        demo.wait_for(r"the store was not started by the demo \(--endpoints\); nothing killed")
+        index, _ = demo.wait_for(r"all 6 pods Running on Ready nodes")
+        assert demo.process.wait(timeout=60) == 0, demo.output()
+        demo.wait_for(r"^stopped every process the demo started$", index)
+        assert all(member.running for member in etcd.members)
     finally:
         if demo.process.poll() is None:
             os.killpg(demo.process.pid, signal.SIGKILL)
