@@ -24,9 +24,13 @@ lint: $(INSTALLED)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-## make run: start a local 3-member cluster and print how to reach it (Ctrl-C stops it).
+## make run: the controllers demo on our 3-member store (ports 2379/12379/22379, data in
+## ./kvstore-data): controller-managers, schedulers, node agents and a ReplicaSet, with a live
+## view and keys to kill leaders (Ctrl-C stops it). RUN_ARGS=--free-ports if the ports are
+## taken; `.venv/bin/kvstore cluster up -n 3` runs just the store.
+RUN_ARGS ?=
 run: $(INSTALLED)
-	$(BIN)/kvstore cluster up -n 3
+	$(BIN)/controllers-demo $(RUN_ARGS)
 
 ## make proto: regenerate kvstore/_pb from proto/ (a test fails when it is stale).
 proto: $(INSTALLED)

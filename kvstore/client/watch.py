@@ -8,6 +8,7 @@ re-creates every watch from the revision after the last one it delivered.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -126,7 +127,14 @@ class WatchHub:
         async with self._write_lock:
             try:
                 await call.write(request)
-            except (grpc.aio.AioRpcError, grpc.aio.UsageError, anyio.ClosedResourceError) as error:
+            except (
+                grpc.aio.AioRpcError,
+                grpc.aio.UsageError,
+                anyio.ClosedResourceError,
+                # The stream already ended (a member without a leader ends it at once);
+                # reading it raises, and the next stream re-sends what matters.
+                asyncio.InvalidStateError,
+            ) as error:
                 log.debug("watch stream write failed: %s", error)
 
     async def _flush(self) -> None:
