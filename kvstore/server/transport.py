@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 
 import grpc
@@ -41,6 +42,8 @@ GRPC_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 50),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
+MEMBER_REMOVED_MESSAGE = "the member has been permanently removed from the cluster"
+"""etcd's words, sent to (and logged by) a member whose messages are refused after its removal."""
 
 
 class Peer:
@@ -58,6 +61,9 @@ class Peer:
         self.transport = transport
         self.queue: asyncio.Queue[Message] = asyncio.Queue(QUEUE_SIZE)
         self.channel: grpc.aio.Channel | None = None
+        self.active_since: float | None = None
+        """Monotonic time since which writes to this peer succeed (None: not connected)."""
+        self.task: asyncio.Task[None] | None = None
 
     def stub(self) -> peer_pb2_grpc.PeerStub:
         if self.channel is None:
@@ -81,12 +87,18 @@ class Peer:
                     batch.messages.extend(message_to_pb(m) for m in pending)
                     snaps = [m for m in pending if m.type == MessageType.SNAP]
                     await call.write(batch)
+                    if self.active_since is None:
+                        self.active_since = time.monotonic()
                     for _ in snaps:
                         t.on_snapshot_sent(self.id, True)
                     pending = None
                     backoff = BACKOFF_MIN
             except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError) as exc:
                 log.debug("stream to peer %x broke: %s", self.id, exc)
+                self.active_since = None
+                details = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else None
+                if details == MEMBER_REMOVED_MESSAGE:
+                    t.on_removed()
                 t.metrics.peer_sent_failures[f"{self.id:x}"] = (
                     t.metrics.peer_sent_failures.get(f"{self.id:x}", 0) + 1
                 )
@@ -126,6 +138,9 @@ class Transport:
         self.on_unreachable = on_unreachable
         self.on_snapshot_sent = on_snapshot
         self.peers = {pid: Peer(pid, url, self) for pid, url in peers.items() if pid != self_id}
+        self.on_removed: Callable[[], None] = lambda: None
+        """Called when a peer says this member was removed from the cluster."""
+        self._tasks: asyncio.TaskGroup | None = None
 
     def send(self, msgs: list[Message]) -> None:
         """Queue messages (called by the raft loop; never blocks)."""
@@ -143,8 +158,34 @@ class Transport:
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
+            self._tasks = tg
             for p in self.peers.values():
-                tg.create_task(p.run())
+                p.task = tg.create_task(p.run())
+            await asyncio.Future()  # peers come and go until the transport is cancelled
+
+    def add_peer(self, peer_id: int, url: str) -> None:
+        """Start streaming to a member added at runtime (or to a member's new URL)."""
+        if peer_id == self.self_id:
+            return
+        old = self.peers.get(peer_id)
+        if old is not None:
+            host, port = host_port(url)
+            if old.target == f"{host}:{port}":
+                return
+            self.remove_peer(peer_id)
+        peer = self.peers[peer_id] = Peer(peer_id, url, self)
+        if self._tasks is not None:
+            peer.task = self._tasks.create_task(peer.run())
+
+    def remove_peer(self, peer_id: int) -> None:
+        """Stop streaming to a removed member."""
+        peer = self.peers.pop(peer_id, None)
+        if peer is None:
+            return
+        if peer.task is not None:
+            peer.task.cancel()
+        if peer.channel is not None and self._tasks is not None:
+            self._tasks.create_task(peer.close())
 
     async def close(self) -> None:
         for p in self.peers.values():
@@ -159,6 +200,7 @@ class PeerReceiver:
     ):
         self.cluster_id = cluster_id
         self.members = members
+        self.removed: set[int] = set()
         self.deliver = deliver
 
     async def handle(
@@ -177,6 +219,8 @@ class PeerReceiver:
                     grpc.StatusCode.FAILED_PRECONDITION,
                     f"cluster ID mismatch: got {batch.cluster_id:x}, want {self.cluster_id:x}",
                 )
+            if batch.frm in self.removed:
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, MEMBER_REMOVED_MESSAGE)
             if batch.frm not in self.members:
                 await context.abort(
                     grpc.StatusCode.PERMISSION_DENIED, f"unknown member {batch.frm:x}"
