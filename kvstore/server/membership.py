@@ -439,7 +439,8 @@ class ClusterMembership:
 
     def _connected_since(self, member_id: int, since: float) -> bool:
         peer = self.transport.peers.get(member_id) if self.transport else None
-        return peer is not None and peer.active_since is not None and peer.active_since <= since
+        connected = peer.connected_since() if peer is not None else None
+        return connected is not None and connected <= since
 
     def _connected_fully(self) -> bool:
         since = time.monotonic() - HEALTH_INTERVAL
@@ -471,7 +472,7 @@ class ClusterMembership:
         if started < len(voters) // 2 + 1:
             raise NotEnoughStartedMembersError()
         peer = self.transport.peers.get(member_id) if self.transport else None
-        if member_id != self.self_id and (peer is None or peer.active_since is None):
+        if member_id != self.self_id and (peer is None or peer.connected_since() is None):
             return  # a member that is down is not part of the active quorum
         all_voters = self.registry.voters()
         since = time.monotonic() - HEALTH_INTERVAL

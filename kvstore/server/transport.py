@@ -96,8 +96,7 @@ class Peer:
             except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError) as exc:
                 log.debug("stream to peer %x broke: %s", self.id, exc)
                 self.active_since = None
-                details = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else None
-                if details == MEMBER_REMOVED_MESSAGE:
+                if await _refused_as_removed(call, exc):
                     t.on_removed()
                 t.metrics.peer_sent_failures[f"{self.id:x}"] = (
                     t.metrics.peer_sent_failures.get(f"{self.id:x}", 0) + 1
@@ -115,9 +114,29 @@ class Peer:
                 call.cancel()
                 raise
 
+    def connected_since(self) -> float | None:
+        """Since when this peer has been reachable without a break (None: it is not now).
+
+        The channel notices a peer that went away before our next write fails.
+        """
+        channel = self.channel
+        if channel is None or channel.get_state() != grpc.ChannelConnectivity.READY:
+            self.active_since = None
+        return self.active_since
+
     async def close(self) -> None:
         if self.channel is not None:
             await self.channel.close(grace=None)
+
+
+async def _refused_as_removed(call: grpc.aio.StreamUnaryCall, exc: Exception) -> bool:
+    """Did the peer end the stream because we were removed from the cluster?"""
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return bool(exc.details() == MEMBER_REMOVED_MESSAGE)
+    # A write after the peer ended the call fails without its status: read it.
+    if not call.done():
+        return False
+    return bool(await call.details() == MEMBER_REMOVED_MESSAGE)
 
 
 class Transport:

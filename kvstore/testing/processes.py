@@ -50,8 +50,10 @@ class MemberProcess:
     data_dir: Path
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
-    # Set for a member added at runtime: the --initial-cluster it joined with.
-    joined_cluster: str | None = None
+    # Its --initial-cluster and --initial-cluster-state, fixed when first started
+    # (like a member's configuration file); "existing" for a member added at runtime.
+    initial_cluster: str | None = None
+    initial_cluster_state: str = "new"
     removed: bool = False
 
     @property
@@ -118,7 +120,8 @@ class ProcessCluster(Generic[M]):
 
         A member added at runtime joins with the membership it was added to.
         """
-        joined = member.joined_cluster
+        if member.initial_cluster is None:
+            member.initial_cluster = self._initial_cluster()
         return [
             f"--name={member.name}",
             f"--data-dir={member.data_dir}",
@@ -126,9 +129,9 @@ class ProcessCluster(Generic[M]):
             f"--advertise-client-urls={member.client_url}",
             f"--listen-peer-urls={member.peer_url}",
             f"--initial-advertise-peer-urls={self._advertised(member)}",
-            f"--initial-cluster={joined or self._initial_cluster()}",
+            f"--initial-cluster={member.initial_cluster}",
             f"--initial-cluster-token={self.token}",
-            f"--initial-cluster-state={'new' if joined is None else 'existing'}",
+            f"--initial-cluster-state={member.initial_cluster_state}",
         ]
 
     def _new_member(self, index: int) -> M:
@@ -215,7 +218,8 @@ class ProcessCluster(Generic[M]):
         except MembershipError:
             self.members.pop()
             raise
-        member.joined_cluster = self._initial_cluster()
+        member.initial_cluster = self._initial_cluster()
+        member.initial_cluster_state = "existing"
         if start:
             self._spawn(member)
             self.wait_healthy([member], timeout=timeout)

@@ -79,6 +79,15 @@ def wait_same_hash(cluster: Server) -> set[int]:
     raise AssertionError(f"members disagree: {seen}")
 
 
+def put_eventually(cluster: Server, key: str, value: str) -> None:
+    """A write succeeds once the members have a leader (errors only while they elect)."""
+    deadline = time.monotonic() + DEADLINE
+    while (out := ctl(cluster, "put", key, value)) != "OK\n":
+        assert "leader" in out or "timed out" in out, out
+        assert time.monotonic() < deadline, out
+        time.sleep(0.1)  # an election in other processes
+
+
 def put_many(cluster: Server, count: int) -> None:
     async def run() -> None:
         async with Client(cluster.endpoints) as client:
@@ -105,7 +114,7 @@ def test_add_learner_promote_remove_leader_and_restart(tmp_path: Path) -> None:
         rows = {r[2]: r for r in member_rows(cluster)}
         assert sorted(rows) == ["kv0", "kv1", "kv2", "kv3"]
         assert all(r[5] == "false" for r in rows.values())
-        ctl(cluster, "put", "/m/after-add", "x")
+        put_eventually(cluster, "/m/after-add", "x")
         wait_same_hash(cluster)
         got = ctl(
             cluster,
@@ -123,10 +132,29 @@ def test_add_learner_promote_remove_leader_and_restart(tmp_path: Path) -> None:
         log_text = cluster.members[leader].log_path.read_text()
         assert "the member has been permanently removed from the cluster" in log_text
         assert not cluster.members[leader].running
-        assert ctl(cluster, "put", "/m/after-remove", "y") == "OK\n"
+        put_eventually(cluster, "/m/after-remove", "y")
         names = sorted(r[2] for r in member_rows(cluster))
         assert names == sorted(m.name for m in cluster.members if not m.removed)
         assert len(names) == 3
+
+        # A voter joins directly; a follower removed while it is down stops itself as
+        # soon as it is restarted and hears from the others.
+        voter = cluster.add_member()
+        put_eventually(cluster, "/m/after-voter", "w")
+        wait_same_hash(cluster)
+        down = next(
+            i
+            for i, m in enumerate(cluster.members)
+            if not m.removed and i not in (voter, leader_index(cluster))
+        )
+        cluster.kill(down)
+        cluster.remove_member(down)
+        cluster.spawn(down)
+        process = cluster.members[down].process
+        assert process is not None
+        process.wait(timeout=DEADLINE)
+        removed_log = cluster.members[down].log_path.read_text()
+        assert "the member has been permanently removed from the cluster" in removed_log
 
         # SIGKILL everyone and restart: the membership is the one after the changes.
         before = sorted((r[0], r[2], r[3], r[5]) for r in member_rows(cluster))
@@ -136,7 +164,7 @@ def test_add_learner_promote_remove_leader_and_restart(tmp_path: Path) -> None:
         cluster.start()
         after = sorted((r[0], r[2], r[3], r[5]) for r in member_rows(cluster))
         assert after == before
-        assert ctl(cluster, "put", "/m/after-restart", "z") == "OK\n"
+        put_eventually(cluster, "/m/after-restart", "z")
         wait_same_hash(cluster)
     finally:
         cluster.stop()
@@ -173,6 +201,17 @@ def _when_ready(cluster: Server, *args: str) -> str:
         time.sleep(0.5)  # the check passes with time alone
 
 
+def _until_refused(cluster: Server, args: list[str], endpoints: list[str]) -> str:
+    """Run a change until the leader notices the member that went down and refuses it."""
+    deadline = time.monotonic() + DEADLINE
+    while True:
+        out = ctl(cluster, *args, endpoints=endpoints)
+        if "unhealthy cluster" in out or time.monotonic() > deadline:
+            return out
+        assert out.startswith("Error:"), f"{args} was accepted with a voter down: {out}"
+        time.sleep(0.2)  # the leader's connection to the killed member has yet to break
+
+
 def test_membership_errors_match_etcd(both: dict[str, Server]) -> None:
     outs: dict[str, list[str]] = {}
     for name, cluster in both.items():
@@ -198,6 +237,18 @@ def test_membership_errors_match_etcd(both: dict[str, Server]) -> None:
         out.append(",".join(sorted(r[1] + "/" + r[5] for r in rows)))
         out.append(ctl(cluster, "member", "remove", learner.group(1)))
         out.append(str(len(member_rows(cluster))))
+        # With a voter down, a change that would leave no active quorum is refused
+        # (the requests go to the leader, which decides on both servers).
+        leader = leader_index(cluster)
+        down, up = [i for i in range(3) if i != leader]
+        down_id = f"{cluster.member_id(down):x}"
+        cluster.kill(down)
+        at_leader = [cluster.members[leader].endpoint]
+        add = ["member", "add", "late", "--peer-urls=http://127.0.0.1:3"]
+        out.append(_until_refused(cluster, add, at_leader))
+        remove_up = ["member", "remove", f"{cluster.member_id(up):x}"]
+        out.append(_until_refused(cluster, remove_up, at_leader))
+        out.append(ctl(cluster, "member", "remove", down_id, endpoints=at_leader))
         outs[name] = [_mask(o) for o in out]
     assert outs["kvstore"] == outs["etcd"], outs
     expected_errors = [
@@ -216,3 +267,5 @@ def test_membership_errors_match_etcd(both: dict[str, Server]) -> None:
     assert outs["etcd"][8] == "started/false,started/false,started/false,unstarted/true"
     assert outs["etcd"][9].startswith("Member <ID> removed from cluster <ID>")
     assert outs["etcd"][10] == "3"
+    assert outs["etcd"][11:13] == ["Error: etcdserver: unhealthy cluster"] * 2
+    assert outs["etcd"][13].startswith("Member <ID> removed from cluster <ID>")
