@@ -282,7 +282,9 @@ class ClusterMembership:
             if joined is None:
                 joined = [Member(m.id, m.name, m.peer_urls) for m in cfg.members]
             self.registry = MemberRegistry(joined)
+            # Durable now: a member that joined cannot ask the cluster again after a crash.
             node.store.save_record(MEMBERS_RECORD, self.registry.encode())
+            node.store.commit()
         self._attrs: dict[int, peer_pb2.Attributes] = {}
         self._waiting: dict[int, asyncio.Future[list[Member]]] = {}
         self.transport: Transport | None = None
