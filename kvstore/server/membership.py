@@ -234,6 +234,10 @@ class MemberRegistry:
             self.members[mid] = replace(self.members[mid], peer_urls=tuple(change["peer_urls"]))
         elif op == "promote" and mid in self.members:
             self.members[mid] = replace(self.members[mid], is_learner=False)
+        elif op == "attributes" and mid in self.members:
+            self.members[mid] = replace(
+                self.members[mid], name=change["name"], client_urls=tuple(change["client_urls"])
+            )
 
 
 def _conf_change(op: str, member_id: int, learner: bool, change: dict[str, Any]) -> ConfChange:
@@ -280,18 +284,21 @@ class ClusterMembership:
             self.registry = MemberRegistry.decode(record)
         else:
             if joined is None:
-                joined = [Member(m.id, m.name, m.peer_urls) for m in cfg.members]
+                # Names and client URLs come later, each member publishing its own.
+                joined = [Member(m.id, "", m.peer_urls) for m in cfg.members]
             self.registry = MemberRegistry(joined)
             # Durable now: a member that joined cannot ask the cluster again after a crash.
             node.store.save_record(MEMBERS_RECORD, self.registry.encode())
             node.store.commit()
-        self._attrs: dict[int, peer_pb2.Attributes] = {}
+        self.published = asyncio.Event()
+        """Set once our name and client URLs are applied here (then we serve clients)."""
         self._waiting: dict[int, asyncio.Future[list[Member]]] = {}
         self.transport: Transport | None = None
         self.receiver: PeerReceiver | None = None
         self.removed = False
         node.on_conf_change = self._applied
         node.on_restore = self._restored
+        node.on_member_attributes = self._attributes_applied
 
     def connect(self, transport: Transport, receiver: PeerReceiver) -> None:
         self.transport = transport
@@ -328,6 +335,45 @@ class ClusterMembership:
             delay = 10 * self.cfg.heartbeat_ms / 1000
             asyncio.get_running_loop().call_later(delay, self._removed)
 
+    def _attributes_applied(self, index: int, attrs: peer_pb2.MemberAttributes) -> None:
+        if index <= self.registry.index:
+            return
+        change = {
+            "op": "attributes",
+            "id": attrs.id,
+            "name": attrs.name,
+            "client_urls": list(attrs.client_urls),
+        }
+        self.registry.apply(change)
+        self.registry.index = index
+        self.node.store.save_record(MEMBERS_RECORD, self.registry.encode())
+
+    def _is_published(self) -> bool:
+        me = self.registry.members.get(self.self_id)
+        return me is not None and (me.name, me.client_urls) == (
+            self.cfg.name,
+            tuple(self.cfg.advertise_client_urls),
+        )
+
+    async def publish(self) -> None:
+        """Publish our name and client URLs through Raft, as etcd does when it starts.
+
+        Until that is applied here, this member does not serve clients: a member
+        that joined has then caught up with its own addition and knows the
+        membership. A restart with unchanged attributes has nothing to publish.
+        """
+        attrs = peer_pb2.MemberAttributes(
+            id=self.self_id, name=self.cfg.name, client_urls=self.cfg.advertise_client_urls
+        )
+        while not self._is_published():
+            try:
+                await self.node.propose(attrs)
+            except EtcdError as exc:
+                log.info("publishing member attributes: %s; retrying", exc.message)
+                await asyncio.sleep(self.cfg.heartbeat_ms / 1000)
+        self.published.set()
+        log.info("published member %x: name=%s", self.self_id, self.cfg.name)
+
     def _restored(self) -> None:
         record = self.node.store.load_record(MEMBERS_RECORD)
         if record is not None:  # (the bootstrap snapshot carries no state)
@@ -355,38 +401,8 @@ class ClusterMembership:
 
     # ----- listing
 
-    async def _fetch_attributes(self, members: list[Member]) -> None:
-        """Names and client URLs of the other members (each reports its own)."""
-
-        async def fetch(mid: int) -> None:
-            peer = self.transport.peers.get(mid) if self.transport else None
-            if peer is None:
-                return
-            with contextlib.suppress(grpc.aio.AioRpcError):
-                self._attrs[mid] = await peer.stub().GetAttributes(
-                    peer_pb2.AttributesRequest(cluster_id=self.cfg.cluster_id), timeout=0.5
-                )
-
-        missing = [m.id for m in members if m.id != self.self_id and m.id not in self._attrs]
-        if missing:
-            await asyncio.gather(*(fetch(mid) for mid in missing))
-
-    def _described(self, m: Member) -> Member:
-        if m.id == self.self_id:
-            return replace(m, name=self.cfg.name, client_urls=tuple(self.cfg.advertise_client_urls))
-        a = self._attrs.get(m.id)
-        if a is None:
-            return m
-        return replace(m, name=a.name, client_urls=tuple(a.client_urls))
-
-    async def described(self) -> list[Member]:
-        members = self.registry.sorted()
-        await self._fetch_attributes(members)
-        return [self._described(m) for m in members]
-
-    async def _listed(self, members: list[Member]) -> list[rpc_pb2.Member]:
-        await self._fetch_attributes(members)
-        return [self._described(m).to_pb() for m in members]
+    def described(self) -> list[Member]:
+        return self.registry.sorted()
 
     # ----- changes (leader)
 
@@ -436,8 +452,10 @@ class ClusterMembership:
         if self.node.role != Role.LEADER:
             raise _NotLeaderError()
 
-    def _started(self, m: Member) -> bool:
-        return m.id == self.self_id or bool(m.name) or bool(self._attrs.get(m.id))
+    @staticmethod
+    def _started(m: Member) -> bool:
+        """etcd's notion: the member has published its name."""
+        return bool(m.name)
 
     def _connected_since(self, member_id: int, since: float) -> bool:
         peer = self.transport.peers.get(member_id) if self.transport else None
@@ -451,10 +469,9 @@ class ClusterMembership:
             for m in self.registry.voters()
         )
 
-    async def _may_add(self, member: Member) -> None:
+    def _may_add(self, member: Member) -> None:
         """etcd's strict reconfiguration check for MemberAdd."""
         voters = self.registry.voters()
-        await self._fetch_attributes(voters)
         if not member.is_learner:
             started = sum(self._started(m) for m in voters)
             total = len(voters) + 1
@@ -463,13 +480,12 @@ class ClusterMembership:
         if not self._connected_fully():
             raise UnhealthyClusterError()
 
-    async def _may_remove(self, member_id: int) -> None:
+    def _may_remove(self, member_id: int) -> None:
         """etcd's strict reconfiguration check for MemberRemove."""
         target = self.registry.members.get(member_id)
         if target is not None and target.is_learner:
             return
         voters = [m for m in self.registry.voters() if m.id != member_id]
-        await self._fetch_attributes(voters)
         started = sum(self._started(m) for m in voters)
         if started < len(voters) // 2 + 1:
             raise NotEnoughStartedMembersError()
@@ -482,7 +498,7 @@ class ClusterMembership:
         if active - 1 < 1 + (len(all_voters) - 1) // 2:
             raise UnhealthyClusterError()
 
-    async def _may_promote(self, member_id: int) -> None:
+    def _may_promote(self, member_id: int) -> None:
         progress = self.node.raft.progress
         learner = progress.get(member_id)
         own = progress.get(self.self_id)
@@ -493,7 +509,6 @@ class ClusterMembership:
         ):
             raise LearnerNotReadyError()
         voters = self.registry.voters()
-        await self._fetch_attributes(voters)
         started = 1 + sum(self._started(m) for m in voters)
         if started < (len(voters) + 1) // 2 + 1:
             raise NotEnoughStartedMembersError()
@@ -525,23 +540,23 @@ class ClusterMembership:
         urls = _check_urls(list(request.peerURLs))
         member_id = new_member_id(list(urls), int(time.time()))
         member = Member(member_id, "", urls, (), request.isLearner)
-        await self._may_add(member)
+        self._may_add(member)
         self.registry.check_add(member)
         change = {"peer_urls": list(urls), "learner": member.is_learner}
         members = await self._configure("add", member.id, change, learner=member.is_learner)
         resp = rpc_pb2.MemberAddResponse(member=member.to_pb())
-        resp.members.extend(await self._listed(members))
+        resp.members.extend([m.to_pb() for m in members])
         return resp
 
     async def remove_local(
         self, request: rpc_pb2.MemberRemoveRequest
     ) -> rpc_pb2.MemberRemoveResponse:
         self._check_leader()
-        await self._may_remove(request.ID)
+        self._may_remove(request.ID)
         self.registry.check_remove(request.ID)
         members = await self._configure("remove", request.ID, {})
         resp = rpc_pb2.MemberRemoveResponse()
-        resp.members.extend(await self._listed(members))
+        resp.members.extend([m.to_pb() for m in members])
         return resp
 
     async def update_local(
@@ -552,18 +567,18 @@ class ClusterMembership:
         self.registry.check_update(request.ID, urls)
         members = await self._configure("update", request.ID, {"peer_urls": list(urls)})
         resp = rpc_pb2.MemberUpdateResponse()
-        resp.members.extend(await self._listed(members))
+        resp.members.extend([m.to_pb() for m in members])
         return resp
 
     async def promote_local(
         self, request: rpc_pb2.MemberPromoteRequest
     ) -> rpc_pb2.MemberPromoteResponse:
         self._check_leader()
-        await self._may_promote(request.ID)
+        self._may_promote(request.ID)
         self.registry.check_promote(request.ID)
         members = await self._configure("promote", request.ID, {})
         resp = rpc_pb2.MemberPromoteResponse()
-        resp.members.extend(await self._listed(members))
+        resp.members.extend([m.to_pb() for m in members])
         return resp
 
     async def add(self, request: rpc_pb2.MemberAddRequest) -> rpc_pb2.MemberAddResponse:

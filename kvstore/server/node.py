@@ -63,6 +63,7 @@ _ONEOF = {
     rpc_pb2.LeaseGrantRequest: "lease_grant",
     rpc_pb2.LeaseRevokeRequest: "lease_revoke",
     rpc_pb2.LeaseCheckpointRequest: "lease_checkpoint",
+    peer_pb2.MemberAttributes: "member_attributes",
 }
 
 
@@ -165,6 +166,8 @@ class Node:
         """Called with each applied membership change (index, change), after Raft applied it."""
         self.on_restore: Callable[[], None] | None = None
         """Called after the state was replaced by a snapshot from the leader."""
+        self.on_member_attributes: Callable[[int, peer_pb2.MemberAttributes], None] | None = None
+        """Called with each applied publication of a member's name and client URLs."""
 
     # ------------------------------------------------------------------ API (loop thread)
 
@@ -519,6 +522,9 @@ class Node:
             if field is None:
                 continue
             req = getattr(env, field)
+            if field == "member_attributes":
+                self._apply_member_attributes(e.index, env.id, req)
+                continue
             result: Any
             try:
                 result = store.apply(e.index, req)
@@ -548,6 +554,17 @@ class Node:
                 else:
                     keep.append((index, fut))
             self._apply_waits = keep
+
+    def _apply_member_attributes(
+        self, index: int, request_id: int, attrs: peer_pb2.MemberAttributes
+    ) -> None:
+        if self.on_member_attributes is not None:
+            self.on_member_attributes(index, attrs)
+        w = self._waiters.pop(request_id, None) if request_id else None
+        if w is not None:
+            self.metrics.proposals_pending -= 1
+            if not w.future.done():
+                w.future.set_result(None)
 
     def _apply_conf_change(self, e: Entry) -> None:
         cc = decode_conf_change(e.data)

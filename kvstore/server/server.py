@@ -14,7 +14,7 @@ from typing import TypeVar
 import grpc
 
 from kvstore._pb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
-from kvstore._pb.peerpb import peer_pb2, peer_pb2_grpc
+from kvstore._pb.peerpb import peer_pb2_grpc
 from kvstore.mvcc.errors import EtcdError, LeaseNotFoundError, NotPrimaryError
 from kvstore.mvcc.watch import WatchStream
 from kvstore.raft.types import Message, Role
@@ -67,17 +67,6 @@ class PeerService(peer_pb2_grpc.PeerServicer):
         except EtcdError as exc:
             await context.abort(exc.code, exc.message)
             raise
-
-    async def GetAttributes(
-        self, request: peer_pb2.AttributesRequest, context: grpc.aio.ServicerContext
-    ) -> peer_pb2.Attributes:
-        cfg = self.s.cfg
-        return peer_pb2.Attributes(
-            id=cfg.self_id,
-            name=cfg.name,
-            peer_urls=cfg.initial_advertise_peer_urls,
-            client_urls=cfg.advertise_client_urls,
-        )
 
     async def _leader_only(
         self, context: grpc.aio.ServicerContext, fn: Callable[[], Awaitable[R_]]
@@ -245,7 +234,7 @@ class EtcdServer:
         return resp
 
     async def member_list(self) -> list[rpc_pb2.Member]:
-        return [m.to_pb() for m in await self.membership.described()]
+        return [m.to_pb() for m in self.membership.described()]
 
     async def move_leader(self, target: int) -> None:
         self.node.raft.transfer_leadership(target)
@@ -260,7 +249,7 @@ class EtcdServer:
     # ----- HTTP
 
     def _health(self) -> tuple[int, str, str]:
-        if self.node.leader_id:
+        if self.node.leader_id and self.membership.published.is_set():
             return 200, "application/json", json_body({"health": "true", "reason": ""})
         return 503, "application/json", json_body({"health": "false", "reason": "RAFT NO LEADER"})
 
@@ -270,7 +259,7 @@ class EtcdServer:
             "/health": self._health,
             "/readyz": lambda: (
                 (200, "text/plain", "ok\n")
-                if self.node.leader_id
+                if self.node.leader_id and self.membership.published.is_set()
                 else (503, "text/plain", "not ready: no leader\n")
             ),
             "/livez": lambda: (200, "text/plain", "ok\n"),
@@ -293,6 +282,11 @@ class EtcdServer:
 
     def stop(self) -> None:
         self._stop.set()
+
+    async def _serve_clients_once_published(self, client: grpc.aio.Server) -> None:
+        """Like etcd, serve clients once this member's attributes are applied here."""
+        await self.membership.published.wait()
+        await client.start()
 
     async def run(self) -> None:
         cfg = self.cfg
@@ -330,7 +324,6 @@ class EtcdServer:
             peer.add_insecure_port(f"{host}:{port}")
         http_servers = []
         await peer.start()
-        await client.start()
         try:
             for url in cfg.listen_metrics_urls:
                 host, port = host_port(url)
@@ -351,6 +344,8 @@ class EtcdServer:
                     tg.create_task(self.node.run_watch_sync()),
                     tg.create_task(self.transport.run()),
                     tg.create_task(self._monitor_leader()),
+                    tg.create_task(self.membership.publish()),
+                    tg.create_task(self._serve_clients_once_published(client)),
                 ]
                 await self._stop.wait()
                 log.info("member %s stopping", cfg.name)

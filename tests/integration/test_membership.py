@@ -57,12 +57,12 @@ def leader_index(cluster: Server) -> int:
     raise AssertionError("no leader")
 
 
-def wait_same_hash(cluster: Server) -> set[int]:
+def wait_same_hash(cluster: Server) -> None:
     """Wait until every running member reports the same KV hash at the same revision."""
     deadline = time.monotonic() + DEADLINE
-    seen: list[tuple[int, int]] = []
+    seen: dict[str, tuple[int, int]] = {}
     while time.monotonic() < deadline:
-        seen = []
+        seen = {}
         for m in cluster.members:
             if m.removed or not m.running:
                 continue
@@ -71,12 +71,13 @@ def wait_same_hash(cluster: Server) -> set[int]:
                 hkv = json.loads(out)[0]["HashKV"]
             except (ValueError, KeyError, IndexError):
                 break
-            seen.append((hkv["header"]["revision"], hkv["hash"]))
+            seen[m.name] = (hkv["header"]["revision"], hkv["hash"])
         else:
-            if len(set(seen)) == 1:
-                return {h for _, h in seen}
+            if len(set(seen.values())) == 1:
+                return
         time.sleep(0.2)  # members apply on their own; nothing to await from here
-    raise AssertionError(f"members disagree: {seen}")
+    tails = "\n".join(f"--- {m.name}\n{m.log_tail(15)}" for m in cluster.members)
+    raise AssertionError(f"members disagree: {seen}\n{tails}")
 
 
 def put_eventually(cluster: Server, key: str, value: str) -> None:
@@ -106,7 +107,6 @@ def test_add_learner_promote_remove_leader_and_restart(tmp_path: Path) -> None:
 
         # A learner joins an existing cluster, catches up, then is promoted.
         new = cluster.add_member(learner=True)
-        assert "restored snapshot" in cluster.members[new].log_path.read_text()
         rows = {r[2]: r for r in member_rows(cluster)}
         assert rows[cluster.members[new].name][1] == "started"
         assert rows[cluster.members[new].name][5] == "true"
@@ -116,6 +116,7 @@ def test_add_learner_promote_remove_leader_and_restart(tmp_path: Path) -> None:
         assert all(r[5] == "false" for r in rows.values())
         put_eventually(cluster, "/m/after-add", "x")
         wait_same_hash(cluster)
+        assert "restored snapshot" in cluster.members[new].log_path.read_text()
         got = ctl(
             cluster,
             "get",

@@ -50,11 +50,6 @@ class PeerStub:
                 request_serializer=etcdserverpb_dot_rpc__pb2.LeaseTimeToLiveRequest.SerializeToString,
                 response_deserializer=etcdserverpb_dot_rpc__pb2.LeaseTimeToLiveResponse.FromString,
                 _registered_method=True)
-        self.GetAttributes = channel.unary_unary(
-                '/peerpb.Peer/GetAttributes',
-                request_serializer=peerpb_dot_peer__pb2.AttributesRequest.SerializeToString,
-                response_deserializer=peerpb_dot_peer__pb2.Attributes.FromString,
-                _registered_method=True)
         self.MemberAdd = channel.unary_unary(
                 '/peerpb.Peer/MemberAdd',
                 request_serializer=etcdserverpb_dot_rpc__pb2.MemberAddRequest.SerializeToString,
@@ -101,13 +96,6 @@ class PeerServicer:
 
     def LeaseTimeToLive(self, request, context):
         """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def GetAttributes(self, request, context):
-        """Name and client URLs of the member (for MemberList).
-        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -161,11 +149,6 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.LeaseTimeToLive,
                     request_deserializer=etcdserverpb_dot_rpc__pb2.LeaseTimeToLiveRequest.FromString,
                     response_serializer=etcdserverpb_dot_rpc__pb2.LeaseTimeToLiveResponse.SerializeToString,
-            ),
-            'GetAttributes': grpc.unary_unary_rpc_method_handler(
-                    servicer.GetAttributes,
-                    request_deserializer=peerpb_dot_peer__pb2.AttributesRequest.FromString,
-                    response_serializer=peerpb_dot_peer__pb2.Attributes.SerializeToString,
             ),
             'MemberAdd': grpc.unary_unary_rpc_method_handler(
                     servicer.MemberAdd,
@@ -274,33 +257,6 @@ class Peer:
             '/peerpb.Peer/LeaseTimeToLive',
             etcdserverpb_dot_rpc__pb2.LeaseTimeToLiveRequest.SerializeToString,
             etcdserverpb_dot_rpc__pb2.LeaseTimeToLiveResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def GetAttributes(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/peerpb.Peer/GetAttributes',
-            peerpb_dot_peer__pb2.AttributesRequest.SerializeToString,
-            peerpb_dot_peer__pb2.Attributes.FromString,
             options,
             channel_credentials,
             insecure,
