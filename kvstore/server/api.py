@@ -234,6 +234,8 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
         self, request: rpc_pb2.MemberListRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.MemberListResponse:
         async def body() -> rpc_pb2.MemberListResponse:
+            if request.linearizable:
+                await self.s.node.read_index()  # the membership as of now, not as applied here
             resp = rpc_pb2.MemberListResponse()
             for m in await self.s.member_list():
                 resp.members.append(m)

@@ -311,9 +311,6 @@ class ClusterMembership:
     def peer_urls(self) -> dict[int, str]:
         return {m.id: m.peer_urls[0] for m in self.registry.members.values() if m.peer_urls}
 
-    def member_ids(self) -> set[int]:
-        return set(self.registry.members)
-
     # ----- applying (raft loop)
 
     def _applied(self, index: int, cc: ConfChange) -> None:
@@ -381,16 +378,18 @@ class ClusterMembership:
         self._sync_peers()
 
     def _sync_peers(self) -> None:
+        """Stream to every member; stop streaming only to removed ones.
+
+        (After a snapshot the membership may be older than the members we already
+        talk to, the leader among them: they stay until a removal is applied.)
+        """
         if self.transport is None or self.receiver is None:
             return
-        urls = self.peer_urls()
-        for pid in list(self.transport.peers):
-            if pid not in urls:
-                self.transport.remove_peer(pid)
-        for pid, url in urls.items():
+        for pid, url in self.peer_urls().items():
             self.transport.add_peer(pid, url)
-        self.receiver.members.clear()
-        self.receiver.members.update(self.registry.members)
+        for pid in list(self.transport.peers):
+            if pid in self.registry.removed:
+                self.transport.remove_peer(pid)
         self.receiver.removed = self.registry.removed
 
     def _removed(self) -> None:

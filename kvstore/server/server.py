@@ -132,9 +132,7 @@ class EtcdServer:
             self.node.report_unreachable,
             self.node.report_snapshot,
         )
-        self.receiver = PeerReceiver(
-            cfg.cluster_id, self.membership.member_ids(), self.node.receive
-        )
+        self.receiver = PeerReceiver(cfg.cluster_id, self.node.receive)
         self.membership.connect(self.transport, self.receiver)
         self.leader_streams: set[WatchStream] = set()
         self._stop = asyncio.Event()

@@ -212,13 +212,14 @@ class Transport:
 
 
 class PeerReceiver:
-    """Decodes inbound batches; rejects senders that are not members of our cluster."""
+    """Decodes inbound batches; rejects other clusters and members removed from ours.
 
-    def __init__(
-        self, cluster_id: int, members: set[int], deliver: Callable[[list[Message]], None]
-    ):
+    Like etcd, a sender this member does not know yet is accepted: it joined after
+    the state applied here, and its entries are how this member learns of it.
+    """
+
+    def __init__(self, cluster_id: int, deliver: Callable[[list[Message]], None]):
         self.cluster_id = cluster_id
-        self.members = members
         self.removed: set[int] = set()
         self.deliver = deliver
 
@@ -240,8 +241,4 @@ class PeerReceiver:
                 )
             if batch.frm in self.removed:
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, MEMBER_REMOVED_MESSAGE)
-            if batch.frm not in self.members:
-                await context.abort(
-                    grpc.StatusCode.PERMISSION_DENIED, f"unknown member {batch.frm:x}"
-                )
             self.deliver([message_from_pb(p) for p in batch.messages])
