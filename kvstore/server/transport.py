@@ -3,7 +3,8 @@
 Raft tolerates loss, so a full queue drops the message and reports the peer
 unreachable (the leader then probes it instead of pipelining). A broken
 stream is reopened with exponential backoff. Inbound batches are accepted only
-from members of our cluster. Snapshots travel inline in a MsgSnap (no
+from our cluster and never from a removed member. Peers are added and removed
+at runtime as the membership changes. Snapshots travel inline in a MsgSnap (no
 chunking yet), so a snapshot must fit in one gRPC message.
 """
 
