@@ -282,3 +282,27 @@ def test_membership_errors_match_etcd(both: dict[str, Server]) -> None:
     assert outs["etcd"][10] == "3"
     assert outs["etcd"][11:13] == ["Error: etcdserver: unhealthy cluster"] * 2
     assert outs["etcd"][13].startswith("Member <ID> removed from cluster <ID>")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", [KVCluster, EtcdCluster])
+def test_cluster_helpers_add_and_remove_members(
+    kind: type[KVCluster] | type[EtcdCluster], tmp_path: Path
+) -> None:
+    """The membership helpers the chaos harness uses work the same on both servers."""
+    cluster = kind(root=tmp_path, size=3)
+    try:
+        cluster.start()
+        new = cluster.add_member()
+        put_eventually(cluster, "/helpers/a", "1")
+        wait_same_hash(cluster)
+        assert len(member_rows(cluster)) == 4
+        cluster.remove_member(0)
+        assert not cluster.members[0].running
+        put_eventually(cluster, "/helpers/b", "2")
+        assert cluster.members[new].running
+        assert sorted(r[2] for r in member_rows(cluster)) == sorted(
+            m.name for m in cluster.members if not m.removed
+        )
+    finally:
+        cluster.stop()
