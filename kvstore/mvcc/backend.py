@@ -152,6 +152,15 @@ class Backend:
     def put_meta(self, name: bytes, value: int) -> None:
         self.txn().put(name, _I64.pack(value), db=self.meta_db)
 
+    def get_meta_bytes(self, name: bytes) -> bytes | None:
+        return cast("bytes | None", self.txn().get(name, db=self.meta_db))
+
+    def put_meta_bytes(self, name: bytes, value: bytes) -> None:
+        self.txn().put(name, value, db=self.meta_db)
+
+    def delete_meta(self, name: bytes) -> None:
+        self.txn().delete(name, db=self.meta_db)
+
     # ----- leases -----
 
     def put_lease(self, lease_id: int, ttl: int, remaining_ttl: int) -> None:

@@ -819,6 +819,18 @@ class MVCCStore:
         """Write the pinned state to ``dest_dir`` (thread-safe); returns the file."""
         return self._backend.copy_view(view.txn, Path(dest_dir))
 
+    def load_record(self, name: bytes) -> bytes | None:
+        """A record the server keeps in the meta bucket (so it travels in snapshots)."""
+        return self._backend.get_meta_bytes(name)
+
+    def save_record(self, name: bytes, value: bytes) -> None:
+        """Write a meta record in the current batch (durable at the next ``commit``)."""
+        self._backend.put_meta_bytes(name, value)
+
+    def delete_record(self, name: bytes) -> None:
+        """Drop a meta record in the current batch."""
+        self._backend.delete_meta(name)
+
     def restore(self, snapshot_file: Path) -> None:
         """Replace the whole state by a ``snapshot`` file and reload; watchers resync."""
         assert self._changes is None

@@ -248,6 +248,8 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
         self, request: rpc_pb2.MemberListRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.MemberListResponse:
         async def body() -> rpc_pb2.MemberListResponse:
+            if request.linearizable:
+                await self.s.node.read_index()  # the membership as of now, not as applied here
             resp = rpc_pb2.MemberListResponse()
             for m in await self.s.member_list():
                 resp.members.append(m)
@@ -255,6 +257,32 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
             return resp
 
         return await _call(context, body)
+
+    async def MemberAdd(
+        self, request: rpc_pb2.MemberAddRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.MemberAddResponse:
+        return await _call(context, lambda: self._headed(self.s.membership.add(request)))
+
+    async def MemberRemove(
+        self, request: rpc_pb2.MemberRemoveRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.MemberRemoveResponse:
+        return await _call(context, lambda: self._headed(self.s.membership.remove(request)))
+
+    async def MemberUpdate(
+        self, request: rpc_pb2.MemberUpdateRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.MemberUpdateResponse:
+        return await _call(context, lambda: self._headed(self.s.membership.update(request)))
+
+    async def MemberPromote(
+        self, request: rpc_pb2.MemberPromoteRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.MemberPromoteResponse:
+        return await _call(context, lambda: self._headed(self.s.membership.promote(request)))
+
+    async def _headed(self, response: Awaitable[T]) -> T:
+        """A membership change's response with this member's header."""
+        resp = await response
+        self.s.fill_header(resp.header)  # type: ignore[attr-defined]
+        return resp
 
 
 class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):

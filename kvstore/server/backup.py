@@ -5,7 +5,7 @@ etcd appends one to its bbolt file, and etcdctl checks it is there). The file
 is our backend's, not etcd's: restore it with ``kvstore snapshot restore``,
 which plays the part of ``etcdutl snapshot restore``: it checks the digest,
 installs the database into a fresh data directory and forgets the old
-cluster's Raft position, so the member starts a new cluster (flags as for
+cluster's members and Raft position, so the member starts a new cluster (flags as for
 ``kvstore serve``) with the data, revisions and leases of the backup.
 """
 
@@ -20,6 +20,7 @@ from pathlib import Path
 
 from kvstore._pb.etcdserverpb import rpc_pb2
 from kvstore.mvcc.store import MVCCStore
+from kvstore.server.membership import MEMBERS_RECORD
 
 DIGEST_BYTES = hashlib.sha256().digest_size
 CHUNK_BYTES = 1024 * 1024
@@ -105,8 +106,9 @@ def restore_backup(backup: Path, data_dir: Path) -> BackupStatus:
     _install(backup, db_dir)
     store = MVCCStore(db_dir)
     try:
-        # The new cluster's log starts over: everything in the backup counts as applied
-        # before its first entry.
+        # The new cluster has its own members, and its log starts over: everything in
+        # the backup counts as applied before its first entry.
+        store.delete_record(MEMBERS_RECORD)
         store.reset_consistent_index()
         keys = store.range(ALL_KEYS).count
         return BackupStatus(store.current_revision, keys, backup.stat().st_size)

@@ -105,8 +105,8 @@ class ServerConfig:
 
     def validate(self) -> None:
         """Check the flags and derive the member set and IDs."""
-        if self.initial_cluster_state != "new":
-            raise ConfigError("--initial-cluster-state: only 'new' is supported so far")
+        if self.initial_cluster_state not in ("new", "existing"):
+            raise ConfigError("--initial-cluster-state must be 'new' or 'existing'")
         if self.heartbeat_ms <= 0 or self.election_ms < 5 * self.heartbeat_ms:
             raise ConfigError("--election-timeout must be at least 5 times --heartbeat-interval")
         if self.snapshot_count <= 0:

@@ -30,7 +30,8 @@ from kvstore.mvcc.backend import DEFAULT_MAP_SIZE
 from kvstore.mvcc.errors import EtcdError, NoSpaceError
 from kvstore.mvcc.store import MVCCStore, StoreView, costs_space, quota_cost
 from kvstore.raft import Config, EntryType, HardState, Message, RaftNode, Ready, initial_snapshot
-from kvstore.raft.types import Role, Snapshot, SnapshotMetadata
+from kvstore.raft.confchange import decode_conf_change
+from kvstore.raft.types import ConfChange, Entry, Role, Snapshot, SnapshotMetadata
 from kvstore.server.config import ServerConfig
 from kvstore.server.errors import (
     LeaderChangedError,
@@ -65,6 +66,7 @@ _ONEOF = {
     rpc_pb2.LeaseRevokeRequest: "lease_revoke",
     rpc_pb2.LeaseCheckpointRequest: "lease_checkpoint",
     rpc_pb2.AlarmRequest: "alarm",
+    peer_pb2.MemberAttributes: "member_attributes",
 }
 
 
@@ -107,12 +109,13 @@ class Node:
             snap = self.snapshots.load_newest(valid_snapshot_markers(wal_dir))
             self.wal, rec = WAL.open(wal_dir, snap.metadata if snap else None)
             if len(rec.metadata) == _META.size:
+                # Like etcd, a restarted member keeps the IDs in its WAL: the membership
+                # may have changed since --initial-cluster was written (or it joined later).
                 mid, cid = _META.unpack(rec.metadata)
                 if (mid, cid) != (self.id, self.cluster_id):
-                    raise RuntimeError(
-                        f"data dir {cfg.data_dir} belongs to member {mid:x} of cluster {cid:x}, "
-                        f"not {self.id:x} of {self.cluster_id:x}"
-                    )
+                    log.info("member %x of cluster %x (from the WAL)", mid, cid)
+                self.id = raft_cfg.id = cfg.self_id = mid
+                self.cluster_id = cfg.cluster_id = cid
             self.raft = RaftNode(
                 raft_cfg, rng, hard_state=rec.hard_state, snapshot=snap, entries=rec.entries
             )
@@ -124,6 +127,11 @@ class Node:
                 len(rec.entries),
                 self.store.consistent_index,
             )
+        elif cfg.initial_cluster_state == "existing":
+            # Joining a running cluster: an empty log; the leader sends a snapshot or entries.
+            self.wal = WAL.create(wal_dir, _META.pack(self.id, self.cluster_id))
+            self.raft = RaftNode(raft_cfg, rng)
+            log.info("member %x joins existing cluster %x", self.id, self.cluster_id)
         else:
             snap = initial_snapshot(m.id for m in cfg.members)
             hs = HardState(term=1, commit=1)
@@ -161,6 +169,13 @@ class Node:
         self._read_seq = 0
         self._apply_waits: list[tuple[int, asyncio.Future[None]]] = []
         self.no_leader_since: float | None = time.monotonic()
+        self._conf_proposals: list[tuple[ConfChange, asyncio.Future[bool]]] = []
+        self.on_conf_change: Callable[[int, ConfChange], None] | None = None
+        """Called with each applied membership change (index, change), after Raft applied it."""
+        self.on_restore: Callable[[], None] | None = None
+        """Called after the state was replaced by a snapshot from the leader."""
+        self.on_member_attributes: Callable[[int, peer_pb2.MemberAttributes], None] | None = None
+        """Called with each applied publication of a member's name and client URLs."""
 
     # ------------------------------------------------------------------ API (loop thread)
 
@@ -246,6 +261,19 @@ class Node:
         finally:
             timer.cancel()
 
+    async def propose_conf_change(self, cc: ConfChange) -> bool:
+        """Propose a membership change on the leader; False if Raft dropped it.
+
+        Raft drops it while another change is pending or when this member is not
+        (or no longer) the leader.
+        """
+        if self._stopped:
+            raise StoppedError()
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._conf_proposals.append((cc, fut))
+        self._wake.set()
+        return await fut
+
     def stop(self) -> None:
         self._stopped = True
         self._wake.set()
@@ -325,6 +353,13 @@ class Node:
                     self._no_leader_retry.extend(batch)
             if self._proposals:
                 self._wake.set()
+        if self._conf_proposals:
+            proposals, self._conf_proposals = self._conf_proposals, []
+            for cc, fut in proposals:
+                # Only the leader proposes, so a follower never forwards an unchecked change.
+                ok = raft.role == Role.LEADER and raft.propose_conf_change(cc)
+                if not fut.done():
+                    fut.set_result(ok)
         if self._reads_new:
             self._read_seq += 1
             ctx = struct.pack(">QQ", self.id, self._read_seq)
@@ -467,14 +502,17 @@ class Node:
         log.info("snapshot at index %d (%d bytes) in %.3fs", index, len(snap.data), took)
 
     def _restore(self, snap: Snapshot) -> None:
-        tmp = Path(self.snapshots.dir) / "incoming.db"
-        tmp.write_bytes(snap.data)
-        self.store.restore(tmp)
-        tmp.unlink()
+        if snap.data:  # (the bootstrap snapshot at index 1 is the empty state)
+            tmp = Path(self.snapshots.dir) / "incoming.db"
+            tmp.write_bytes(snap.data)
+            self.store.restore(tmp)
+            tmp.unlink()
         self._uncommitted_applies = 0
         self._snap_index = snap.metadata.index
         self.applied_index = snap.metadata.index
         log.info("restored snapshot at index %d", snap.metadata.index)
+        if self.on_restore is not None:
+            self.on_restore()
 
     def _on_soft_state(self, leader: int, role: Role) -> None:
         if leader != self.leader_id:
@@ -509,7 +547,7 @@ class Node:
         applied = 0
         for e in rd.committed_entries:
             if e.type == EntryType.CONF_CHANGE:
-                self.raft.apply_conf_change(e.data)
+                self._apply_conf_change(e)
                 continue
             if not e.data:
                 continue  # a new leader's empty entry
@@ -518,6 +556,9 @@ class Node:
             if field is None:
                 continue
             req = getattr(env, field)
+            if field == "member_attributes":
+                self._apply_member_attributes(e.index, env.id, req)
+                continue
             result: Any
             try:
                 over_quota = self._over_quota(req)
@@ -578,6 +619,23 @@ class Node:
             )
         return NoSpaceError()
 
+    def _apply_member_attributes(
+        self, index: int, request_id: int, attrs: peer_pb2.MemberAttributes
+    ) -> None:
+        if self.on_member_attributes is not None:
+            self.on_member_attributes(index, attrs)
+        w = self._waiters.pop(request_id, None) if request_id else None
+        if w is not None:
+            self.metrics.proposals_pending -= 1
+            if not w.future.done():
+                w.future.set_result(None)
+
+    def _apply_conf_change(self, e: Entry) -> None:
+        cc = decode_conf_change(e.data)
+        self.raft.apply_conf_change(cc)
+        if self.on_conf_change is not None:
+            self.on_conf_change(e.index, cc)
+
     def maybe_commit_backend(self, force: bool = False) -> None:
         """Commit the MVCC batch every BACKEND_BATCH_INTERVAL (etcd's backend batching).
 
@@ -609,6 +667,9 @@ class Node:
         for _, fut in self._apply_waits:
             if not fut.done():
                 fut.set_exception(err)
+        for _, conf_fut in self._conf_proposals:
+            if not conf_fut.done():
+                conf_fut.set_exception(err)
         try:
             self.maybe_commit_backend(force=True)
             self.wal.close()

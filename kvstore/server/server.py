@@ -8,12 +8,13 @@ import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TypeVar
 
 import grpc
 
 from kvstore._pb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
-from kvstore._pb.peerpb import peer_pb2, peer_pb2_grpc
+from kvstore._pb.peerpb import peer_pb2_grpc
 from kvstore._pb.v3electionpb import v3election_pb2_grpc
 from kvstore._pb.v3lockpb import v3lock_pb2_grpc
 from kvstore.mvcc.errors import EtcdError, LeaseNotFoundError, NotPrimaryError
@@ -30,12 +31,15 @@ from kvstore.server.config import (
 )
 from kvstore.server.errors import NoLeaderError, RequestTimeoutError, RequestTooLargeError
 from kvstore.server.http import Handler, json_body, serve_http
+from kvstore.server.membership import ClusterMembership, Member, discover_existing
 from kvstore.server.node import Node
 from kvstore.server.transport import GRPC_OPTIONS, PeerReceiver, Transport
+from kvstore.storage import WAL
 
 log = logging.getLogger(__name__)
 
 R = TypeVar("R", rpc_pb2.LeaseKeepAliveResponse, rpc_pb2.LeaseTimeToLiveResponse)
+R_ = TypeVar("R_")
 
 NO_LEADER_CHECKS = 3
 """Require-leader streams are cancelled after this many election timeouts without a leader."""
@@ -70,28 +74,62 @@ class PeerService(peer_pb2_grpc.PeerServicer):
             await context.abort(exc.code, exc.message)
             raise
 
-    async def GetAttributes(
-        self, request: peer_pb2.AttributesRequest, context: grpc.aio.ServicerContext
-    ) -> peer_pb2.Attributes:
-        cfg = self.s.cfg
-        return peer_pb2.Attributes(
-            id=cfg.self_id,
-            name=cfg.name,
-            peer_urls=cfg.initial_advertise_peer_urls,
-            client_urls=cfg.advertise_client_urls,
-        )
+    async def _leader_only(
+        self, context: grpc.aio.ServicerContext, fn: Callable[[], Awaitable[R_]]
+    ) -> R_:
+        try:
+            return await fn()
+        except EtcdError as exc:
+            await context.abort(exc.code, exc.message)
+            raise
+
+    async def MemberAdd(
+        self, request: rpc_pb2.MemberAddRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.MemberAddResponse:
+        return await self._leader_only(context, lambda: self.s.membership.add_local(request))
+
+    async def MemberRemove(
+        self, request: rpc_pb2.MemberRemoveRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.MemberRemoveResponse:
+        return await self._leader_only(context, lambda: self.s.membership.remove_local(request))
+
+    async def MemberUpdate(
+        self, request: rpc_pb2.MemberUpdateRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.MemberUpdateResponse:
+        return await self._leader_only(context, lambda: self.s.membership.update_local(request))
+
+    async def MemberPromote(
+        self, request: rpc_pb2.MemberPromoteRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.MemberPromoteResponse:
+        return await self._leader_only(context, lambda: self.s.membership.promote_local(request))
+
+    async def MemberList(
+        self, request: rpc_pb2.MemberListRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.MemberListResponse:
+        resp = rpc_pb2.MemberListResponse()
+        resp.members.extend(await self.s.member_list())
+        self.s.fill_header(resp.header)
+        return resp
 
 
 class EtcdServer:
     """A member. ``await run()`` serves until ``stop()`` (or SIGTERM/SIGINT via ``serve``)."""
 
-    def __init__(self, cfg: ServerConfig) -> None:
+    def __init__(self, cfg: ServerConfig, joined: tuple[int, list[Member]] | None = None) -> None:
+        """``joined``: the cluster ID and members learned when joining an existing cluster."""
         cfg.validate()
+        members = None
+        if joined is not None:
+            cfg.cluster_id, members = joined
+            mine = sorted(cfg.initial_advertise_peer_urls)
+            cfg.self_id = next(m.id for m in members if sorted(m.peer_urls) == mine)
         self.cfg = cfg
+        self.node = Node(cfg, self._send)
+        # (After the node: a member that joined at runtime reads its IDs from its WAL.)
         self.member_id = cfg.self_id
         self.cluster_id = cfg.cluster_id
-        self.node = Node(cfg, self._send)
-        peers = {m.id: m.peer_urls[0] for m in cfg.members}
+        self.membership = ClusterMembership(cfg, self.node, self.stop, members)
+        peers = self.membership.peer_urls()
         self.transport = Transport(
             cfg.self_id,
             cfg.cluster_id,
@@ -100,9 +138,9 @@ class EtcdServer:
             self.node.report_unreachable,
             self.node.report_snapshot,
         )
-        self.receiver = PeerReceiver(cfg.cluster_id, {m.id for m in cfg.members}, self.node.receive)
+        self.receiver = PeerReceiver(cfg.cluster_id, self.node.receive)
+        self.membership.connect(self.transport, self.receiver)
         self.leader_streams: set[WatchStream] = set()
-        self._attrs: dict[int, peer_pb2.Attributes] = {}
         self._stop = asyncio.Event()
         self.self_client = SelfClient(self)
 
@@ -201,31 +239,7 @@ class EtcdServer:
         return resp
 
     async def member_list(self) -> list[rpc_pb2.Member]:
-        out = []
-        missing = [
-            m for m in self.cfg.members if m.id != self.member_id and m.id not in self._attrs
-        ]
-
-        async def fetch(mid: int) -> None:
-            with contextlib.suppress(grpc.aio.AioRpcError):
-                stub = self.transport.peers[mid].stub()
-                self._attrs[mid] = await stub.GetAttributes(
-                    peer_pb2.AttributesRequest(cluster_id=self.cluster_id), timeout=0.5
-                )
-
-        if missing:
-            await asyncio.gather(*(fetch(m.id) for m in missing))
-        for m in self.cfg.members:
-            member = rpc_pb2.Member(ID=m.id, peerURLs=m.peer_urls)
-            if m.id == self.member_id:
-                member.name = self.cfg.name
-                member.clientURLs.extend(self.cfg.advertise_client_urls)
-            elif m.id in self._attrs:
-                a = self._attrs[m.id]
-                member.name = a.name
-                member.clientURLs.extend(a.client_urls)
-            out.append(member)
-        return out
+        return [m.to_pb() for m in self.membership.described()]
 
     async def move_leader(self, target: int) -> None:
         self.node.raft.transfer_leadership(target)
@@ -240,7 +254,7 @@ class EtcdServer:
     # ----- HTTP
 
     def _health(self) -> tuple[int, str, str]:
-        if self.node.leader_id:
+        if self.node.leader_id and self.membership.published.is_set():
             return 200, "application/json", json_body({"health": "true", "reason": ""})
         return 503, "application/json", json_body({"health": "false", "reason": "RAFT NO LEADER"})
 
@@ -250,7 +264,7 @@ class EtcdServer:
             "/health": self._health,
             "/readyz": lambda: (
                 (200, "text/plain", "ok\n")
-                if self.node.leader_id
+                if self.node.leader_id and self.membership.published.is_set()
                 else (503, "text/plain", "not ready: no leader\n")
             ),
             "/livez": lambda: (200, "text/plain", "ok\n"),
@@ -273,6 +287,11 @@ class EtcdServer:
 
     def stop(self) -> None:
         self._stop.set()
+
+    async def _serve_clients_once_published(self, client: grpc.aio.Server) -> None:
+        """Like etcd, serve clients once this member's attributes are applied here."""
+        await self.membership.published.wait()
+        await client.start()
 
     async def run(self) -> None:
         cfg = self.cfg
@@ -314,7 +333,6 @@ class EtcdServer:
             peer.add_insecure_port(f"{host}:{port}")
         http_servers = []
         await peer.start()
-        await client.start()
         try:
             for url in cfg.listen_metrics_urls:
                 host, port = host_port(url)
@@ -335,6 +353,8 @@ class EtcdServer:
                     tg.create_task(self.node.run_watch_sync()),
                     tg.create_task(self.transport.run()),
                     tg.create_task(self._monitor_leader()),
+                    tg.create_task(self.membership.publish()),
+                    tg.create_task(self._serve_clients_once_published(client)),
                 ]
                 await self._stop.wait()
                 log.info("member %s stopping", cfg.name)
@@ -354,7 +374,13 @@ class EtcdServer:
 
 async def serve(cfg: ServerConfig) -> None:
     """Run one member until SIGTERM or SIGINT."""
-    server = EtcdServer(cfg)
+    cfg.validate()
+    joined = None
+    if cfg.initial_cluster_state == "existing" and not WAL.exists(
+        Path(cfg.data_dir) / "member" / "wal"
+    ):
+        joined = await discover_existing(cfg)
+    server = EtcdServer(cfg, joined)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, server.stop)

@@ -3,9 +3,10 @@
 Raft tolerates loss, so a full queue drops the message and reports the peer
 unreachable (the leader then probes it instead of pipelining). A broken
 stream is reopened with exponential backoff. Inbound batches are accepted only
-from members of our cluster. A MsgSnap leaves the message stream and goes on
-a stream of its own in chunks, so a snapshot's size is not bounded by the
-largest gRPC message and heartbeats keep flowing while it travels.
+from our cluster and never from a removed member. Peers are added and removed
+at runtime as the membership changes. A MsgSnap leaves the message stream and
+goes on a stream of its own in chunks, so a snapshot's size is not bounded by
+the largest gRPC message and heartbeats keep flowing while it travels.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ GRPC_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 50),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
+MEMBER_REMOVED_MESSAGE = "the member has been permanently removed from the cluster"
+"""etcd's words, sent to (and logged by) a member whose messages are refused after its removal."""
 
 
 class Peer:
@@ -65,6 +68,9 @@ class Peer:
         self.transport = transport
         self.queue: asyncio.Queue[Message] = asyncio.Queue(QUEUE_SIZE)
         self.channel: grpc.aio.Channel | None = None
+        self.active_since: float | None = None
+        """Monotonic time since which writes to this peer succeed (None: not connected)."""
+        self.task: asyncio.Task[None] | None = None
         self.snapshot_task: asyncio.Task[None] | None = None
 
     def stub(self) -> peer_pb2_grpc.PeerStub:
@@ -93,10 +99,15 @@ class Peer:
                             batch.messages.append(message_to_pb(m))
                     if batch.messages:
                         await call.write(batch)
+                        if self.active_since is None:
+                            self.active_since = time.monotonic()
                     pending = None
                     backoff = BACKOFF_MIN
             except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError) as exc:
                 log.debug("stream to peer %x broke: %s", self.id, exc)
+                self.active_since = None
+                if await _refused_as_removed(call, exc):
+                    t.on_removed()
                 t.metrics.peer_sent_failures[f"{self.id:x}"] = (
                     t.metrics.peer_sent_failures.get(f"{self.id:x}", 0) + 1
                 )
@@ -156,11 +167,31 @@ class Peer:
             counts[f"{self.id:x}"] = counts.get(f"{self.id:x}", 0) + 1
             t.on_snapshot_sent(self.id, ok)
 
+    def connected_since(self) -> float | None:
+        """Since when this peer has been reachable without a break (None: it is not now).
+
+        The channel notices a peer that went away before our next write fails.
+        """
+        channel = self.channel
+        if channel is None or channel.get_state() != grpc.ChannelConnectivity.READY:
+            self.active_since = None
+        return self.active_since
+
     async def close(self) -> None:
         if self.snapshot_task is not None:
             self.snapshot_task.cancel()
         if self.channel is not None:
             await self.channel.close(grace=None)
+
+
+async def _refused_as_removed(call: grpc.aio.StreamUnaryCall, exc: Exception) -> bool:
+    """Did the peer end the stream because we were removed from the cluster?"""
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return bool(exc.details() == MEMBER_REMOVED_MESSAGE)
+    # A write after the peer ended the call fails without its status: read it.
+    if not call.done():
+        return False
+    return bool(await call.details() == MEMBER_REMOVED_MESSAGE)
 
 
 class Transport:
@@ -181,6 +212,9 @@ class Transport:
         self.on_unreachable = on_unreachable
         self.on_snapshot_sent = on_snapshot
         self.peers = {pid: Peer(pid, url, self) for pid, url in peers.items() if pid != self_id}
+        self.on_removed: Callable[[], None] = lambda: None
+        """Called when a peer says this member was removed from the cluster."""
+        self._tasks: asyncio.TaskGroup | None = None
 
     def send(self, msgs: list[Message]) -> None:
         """Queue messages (called by the raft loop; never blocks)."""
@@ -198,8 +232,34 @@ class Transport:
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
+            self._tasks = tg
             for p in self.peers.values():
-                tg.create_task(p.run())
+                p.task = tg.create_task(p.run())
+            await asyncio.Future()  # peers come and go until the transport is cancelled
+
+    def add_peer(self, peer_id: int, url: str) -> None:
+        """Start streaming to a member added at runtime (or to a member's new URL)."""
+        if peer_id == self.self_id:
+            return
+        old = self.peers.get(peer_id)
+        if old is not None:
+            host, port = host_port(url)
+            if old.target == f"{host}:{port}":
+                return
+            self.remove_peer(peer_id)
+        peer = self.peers[peer_id] = Peer(peer_id, url, self)
+        if self._tasks is not None:
+            peer.task = self._tasks.create_task(peer.run())
+
+    def remove_peer(self, peer_id: int) -> None:
+        """Stop streaming to a removed member."""
+        peer = self.peers.pop(peer_id, None)
+        if peer is None:
+            return
+        if peer.task is not None:
+            peer.task.cancel()
+        if peer.channel is not None and self._tasks is not None:
+            self._tasks.create_task(peer.close())
 
     async def close(self) -> None:
         for p in self.peers.values():
@@ -207,13 +267,15 @@ class Transport:
 
 
 class PeerReceiver:
-    """Decodes inbound batches; rejects senders that are not members of our cluster."""
+    """Decodes inbound batches; rejects other clusters and members removed from ours.
 
-    def __init__(
-        self, cluster_id: int, members: set[int], deliver: Callable[[list[Message]], None]
-    ):
+    Like etcd, a sender this member does not know yet is accepted: it joined after
+    the state applied here, and its entries are how this member learns of it.
+    """
+
+    def __init__(self, cluster_id: int, deliver: Callable[[list[Message]], None]):
         self.cluster_id = cluster_id
-        self.members = members
+        self.removed: set[int] = set()
         self.deliver = deliver
 
     async def handle(
@@ -264,5 +326,5 @@ class PeerReceiver:
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"cluster ID mismatch: got {cluster_id:x}, want {self.cluster_id:x}",
             )
-        if frm not in self.members:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"unknown member {frm:x}")
+        if frm in self.removed:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, MEMBER_REMOVED_MESSAGE)

@@ -72,17 +72,20 @@ class KVCluster(ProcessCluster[KVMember]):
         else:
             flat = free_ports(3 * self.size)
         self.root.mkdir(parents=True, exist_ok=True)
-        self.members = [
-            KVMember(
-                name=f"kv{i}",
-                client_port=flat[3 * i],
-                peer_port=flat[3 * i + 1],
-                http_port=flat[3 * i + 2],
-                data_dir=self.root / f"kv{i}.data",
-                log_path=self.root / f"kv{i}.log",
-            )
-            for i in range(self.size)
-        ]
+        self.members = [self._member(i, *flat[3 * i : 3 * i + 3]) for i in range(self.size)]
+
+    def _member(self, i: int, client_port: int, peer_port: int, http_port: int) -> KVMember:
+        return KVMember(
+            name=f"kv{i}",
+            client_port=client_port,
+            peer_port=peer_port,
+            http_port=http_port,
+            data_dir=self.root / f"kv{i}.data",
+            log_path=self.root / f"kv{i}.log",
+        )
+
+    def _new_member(self, index: int) -> KVMember:
+        return self._member(index, *free_ports(3))
 
     def command(self, member: KVMember) -> list[str]:
         return [

@@ -62,16 +62,19 @@ class EtcdCluster(ProcessCluster[EtcdMember]):
         else:
             ports = free_ports(2 * self.size)
         self.root.mkdir(parents=True, exist_ok=True)
-        self.members = [
-            EtcdMember(
-                name=f"etcd{i}",
-                client_port=ports[2 * i],
-                peer_port=ports[2 * i + 1],
-                data_dir=self.root / f"etcd{i}.data",
-                log_path=self.root / f"etcd{i}.log",
-            )
-            for i in range(self.size)
-        ]
+        self.members = [self._member(i, *ports[2 * i : 2 * i + 2]) for i in range(self.size)]
+
+    def _member(self, i: int, client_port: int, peer_port: int) -> EtcdMember:
+        return EtcdMember(
+            name=f"etcd{i}",
+            client_port=client_port,
+            peer_port=peer_port,
+            data_dir=self.root / f"etcd{i}.data",
+            log_path=self.root / f"etcd{i}.log",
+        )
+
+    def _new_member(self, index: int) -> EtcdMember:
+        return self._member(index, *free_ports(2))
 
     def _spawn(self, member: EtcdMember) -> None:
         self._popen_logged(

@@ -4,11 +4,14 @@ The machinery shared by our own cluster (:mod:`kvstore.testing.cluster`)
 and the reference etcd (:mod:`kvstore.testing.etcd`): spawn, wait until
 healthy, kill, pause, resume, restart on the same data directory, stop.
 Subclasses say how to spawn a member and how to ask it whether it is healthy.
+Membership changes (``add_member``, ``remove_member``) go through the real
+etcdctl, so they work the same way against both servers.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -35,6 +38,10 @@ class StartError(RuntimeError):
     """A member did not become healthy in time; the message carries its log tail."""
 
 
+class MembershipError(RuntimeError):
+    """etcdctl could not change the membership in time; the message carries its error."""
+
+
 @dataclass
 class MemberProcess:
     name: str
@@ -43,6 +50,11 @@ class MemberProcess:
     data_dir: Path
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
+    # Its --initial-cluster and --initial-cluster-state, fixed when first started
+    # (like a member's configuration file); "existing" for a member added at runtime.
+    initial_cluster: str | None = None
+    initial_cluster_state: str = "new"
+    removed: bool = False
 
     @property
     def endpoint(self) -> str:
@@ -90,19 +102,26 @@ class ProcessCluster(Generic[M]):
 
     @property
     def endpoints(self) -> list[str]:
-        return [m.endpoint for m in self.members]
+        """Client endpoints of the current members (removed ones left out)."""
+        return [m.endpoint for m in self.members if not m.removed]
 
     def _advertised(self, member: M) -> str:
         """The peer URL other members are told to reach ``member`` at."""
-        if self.proxy_ports is None:
+        index = self.members.index(member)
+        if self.proxy_ports is None or index >= len(self.proxy_ports):
             return member.peer_url
-        return f"http://{HOST}:{self.proxy_ports[self.members.index(member)]}"
+        return f"http://{HOST}:{self.proxy_ports[index]}"
 
     def _initial_cluster(self) -> str:
-        return ",".join(f"{m.name}={self._advertised(m)}" for m in self.members)
+        return ",".join(f"{m.name}={self._advertised(m)}" for m in self.members if not m.removed)
 
     def _member_flags(self, member: M) -> list[str]:
-        """etcd's flags for a member of a new cluster; our ``kvstore serve`` takes the same."""
+        """etcd's flags for a member; our ``kvstore serve`` takes the same.
+
+        A member added at runtime joins with the membership it was added to.
+        """
+        if member.initial_cluster is None:
+            member.initial_cluster = self._initial_cluster()
         return [
             f"--name={member.name}",
             f"--data-dir={member.data_dir}",
@@ -110,10 +129,14 @@ class ProcessCluster(Generic[M]):
             f"--advertise-client-urls={member.client_url}",
             f"--listen-peer-urls={member.peer_url}",
             f"--initial-advertise-peer-urls={self._advertised(member)}",
-            f"--initial-cluster={self._initial_cluster()}",
+            f"--initial-cluster={member.initial_cluster}",
             f"--initial-cluster-token={self.token}",
-            "--initial-cluster-state=new",
+            f"--initial-cluster-state={member.initial_cluster_state}",
         ]
+
+    def _new_member(self, index: int) -> M:
+        """A member (ports, directories) for ``add_member``; not started."""
+        raise NotImplementedError
 
     def _spawn(self, member: M) -> None:
         raise NotImplementedError
@@ -130,13 +153,108 @@ class ProcessCluster(Generic[M]):
 
     def start(self, timeout: float = 60.0) -> None:
         for member in self.members:
-            self._spawn(member)
+            if not member.removed:
+                self._spawn(member)
         self.wait_healthy(timeout=timeout)
+
+    # ----- membership changes
+
+    def etcdctl(
+        self, *args: str, endpoints: list[str] | None = None, timeout: float = 30.0
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the real etcdctl against the current members (or the given endpoints)."""
+        from kvstore.testing.etcd import etcdctl_path
+
+        endpoints = self.endpoints if endpoints is None else endpoints
+        return subprocess.run(
+            [str(etcdctl_path()), f"--endpoints={','.join(endpoints)}", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=dict(os.environ, ETCDCTL_API="3"),
+        )
+
+    def _etcdctl_until_done(self, args: list[str], timeout: float) -> str:
+        """Retry a membership command while the cluster refuses it as not ready yet.
+
+        Both servers refuse changes until the leader has been connected to every
+        voter for a while (etcd's strict reconfiguration check).
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            proc = self.etcdctl(*args)
+            if proc.returncode == 0:
+                return proc.stdout
+            if time.monotonic() > deadline or not any(
+                reason in proc.stderr
+                for reason in ("unhealthy cluster", "not enough started", "timed out", "leader")
+            ):
+                raise MembershipError(f"etcdctl {' '.join(args)}: {proc.stderr.strip()}")
+            time.sleep(0.5)  # the cluster becomes ready on its own; nothing to await
+
+    def member_id(self, index: int) -> int:
+        """The cluster's ID for member ``index`` (looked up by its peer URL)."""
+        listing = json.loads(self.etcdctl("member", "list", "-w", "json").stdout)
+        url = self._advertised(self.members[index])
+        for m in listing["members"]:
+            if url in m.get("peerURLs", []):
+                return int(m["ID"])
+        raise MembershipError(f"member {self.members[index].name} ({url}) is not in the cluster")
+
+    def add_member(self, learner: bool = False, start: bool = True, timeout: float = 60.0) -> int:
+        """MemberAdd a new member, then (by default) start it joining the cluster.
+
+        Returns its index in ``members``.
+        """
+        index = len(self.members)
+        member = self._new_member(index)
+        self.members.append(member)
+        url = self._advertised(member)
+        args = ["member", "add", member.name, f"--peer-urls={url}"]
+        if learner:
+            args.append("--learner")
+        try:
+            self._etcdctl_until_done(args, timeout)
+        except MembershipError:
+            self.members.pop()
+            raise
+        member.initial_cluster = self._initial_cluster()
+        member.initial_cluster_state = "existing"
+        if start:
+            self._spawn(member)
+            self.wait_healthy([member], timeout=timeout)
+        return index
+
+    def promote_member(self, index: int, timeout: float = 60.0) -> None:
+        """Promote learner ``index`` once it has caught up with the leader."""
+        member_id = f"{self.member_id(index):x}"
+        deadline = time.monotonic() + timeout
+        while True:
+            proc = self.etcdctl("member", "promote", member_id)
+            if proc.returncode == 0:
+                return
+            if time.monotonic() > deadline or "in sync with leader" not in proc.stderr:
+                raise MembershipError(f"etcdctl member promote: {proc.stderr.strip()}")
+            time.sleep(0.2)  # the learner catches up on its own; nothing to await
+
+    def remove_member(self, index: int, timeout: float = 60.0) -> None:
+        """MemberRemove member ``index``; a running member then stops by itself."""
+        member = self.members[index]
+        member_id = f"{self.member_id(index):x}"
+        self._etcdctl_until_done(["member", "remove", member_id], timeout)
+        member.removed = True
+        if member.process is not None:
+            try:
+                member.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                raise MembershipError(
+                    f"{member.name} still runs {timeout}s after its removal:\n{member.log_tail()}"
+                ) from None
 
     def wait_healthy(self, members: list[M] | None = None, timeout: float = 60.0) -> None:
         """Wait until each running member reports a healthy cluster (it sees a leader)."""
         deadline = time.monotonic() + timeout
-        for member in members or [m for m in self.members if m.running]:
+        for member in members or [m for m in self.members if m.running and not m.removed]:
             while not self._healthy(member):
                 if not member.running:
                     raise self.start_error(f"{member.name} exited:\n{member.log_tail()}")

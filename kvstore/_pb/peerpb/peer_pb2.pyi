@@ -108,7 +108,7 @@ class SnapshotChunk(_message.Message):
     def __init__(self, cluster_id: _Optional[int] = ..., frm: _Optional[int] = ..., message: _Optional[_Union[Message, _Mapping]] = ..., total_size: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Request(_message.Message):
-    __slots__ = ("id", "put", "delete_range", "txn", "compaction", "lease_grant", "lease_revoke", "lease_checkpoint", "alarm")
+    __slots__ = ("id", "put", "delete_range", "txn", "compaction", "lease_grant", "lease_revoke", "lease_checkpoint", "alarm", "member_attributes")
     ID_FIELD_NUMBER: _ClassVar[int]
     PUT_FIELD_NUMBER: _ClassVar[int]
     DELETE_RANGE_FIELD_NUMBER: _ClassVar[int]
@@ -118,6 +118,7 @@ class Request(_message.Message):
     LEASE_REVOKE_FIELD_NUMBER: _ClassVar[int]
     LEASE_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     ALARM_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     id: int
     put: _rpc_pb2.PutRequest
     delete_range: _rpc_pb2.DeleteRangeRequest
@@ -127,22 +128,15 @@ class Request(_message.Message):
     lease_revoke: _rpc_pb2.LeaseRevokeRequest
     lease_checkpoint: _rpc_pb2.LeaseCheckpointRequest
     alarm: _rpc_pb2.AlarmRequest
-    def __init__(self, id: _Optional[int] = ..., put: _Optional[_Union[_rpc_pb2.PutRequest, _Mapping]] = ..., delete_range: _Optional[_Union[_rpc_pb2.DeleteRangeRequest, _Mapping]] = ..., txn: _Optional[_Union[_rpc_pb2.TxnRequest, _Mapping]] = ..., compaction: _Optional[_Union[_rpc_pb2.CompactionRequest, _Mapping]] = ..., lease_grant: _Optional[_Union[_rpc_pb2.LeaseGrantRequest, _Mapping]] = ..., lease_revoke: _Optional[_Union[_rpc_pb2.LeaseRevokeRequest, _Mapping]] = ..., lease_checkpoint: _Optional[_Union[_rpc_pb2.LeaseCheckpointRequest, _Mapping]] = ..., alarm: _Optional[_Union[_rpc_pb2.AlarmRequest, _Mapping]] = ...) -> None: ...
+    member_attributes: MemberAttributes
+    def __init__(self, id: _Optional[int] = ..., put: _Optional[_Union[_rpc_pb2.PutRequest, _Mapping]] = ..., delete_range: _Optional[_Union[_rpc_pb2.DeleteRangeRequest, _Mapping]] = ..., txn: _Optional[_Union[_rpc_pb2.TxnRequest, _Mapping]] = ..., compaction: _Optional[_Union[_rpc_pb2.CompactionRequest, _Mapping]] = ..., lease_grant: _Optional[_Union[_rpc_pb2.LeaseGrantRequest, _Mapping]] = ..., lease_revoke: _Optional[_Union[_rpc_pb2.LeaseRevokeRequest, _Mapping]] = ..., lease_checkpoint: _Optional[_Union[_rpc_pb2.LeaseCheckpointRequest, _Mapping]] = ..., alarm: _Optional[_Union[_rpc_pb2.AlarmRequest, _Mapping]] = ..., member_attributes: _Optional[_Union[MemberAttributes, _Mapping]] = ...) -> None: ...
 
-class AttributesRequest(_message.Message):
-    __slots__ = ("cluster_id",)
-    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
-    cluster_id: int
-    def __init__(self, cluster_id: _Optional[int] = ...) -> None: ...
-
-class Attributes(_message.Message):
-    __slots__ = ("id", "name", "peer_urls", "client_urls")
+class MemberAttributes(_message.Message):
+    __slots__ = ("id", "name", "client_urls")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
-    PEER_URLS_FIELD_NUMBER: _ClassVar[int]
     CLIENT_URLS_FIELD_NUMBER: _ClassVar[int]
     id: int
     name: str
-    peer_urls: _containers.RepeatedScalarFieldContainer[str]
     client_urls: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, id: _Optional[int] = ..., name: _Optional[str] = ..., peer_urls: _Optional[_Iterable[str]] = ..., client_urls: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, id: _Optional[int] = ..., name: _Optional[str] = ..., client_urls: _Optional[_Iterable[str]] = ...) -> None: ...

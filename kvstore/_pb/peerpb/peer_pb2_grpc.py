@@ -55,10 +55,30 @@ class PeerStub:
                 request_serializer=etcdserverpb_dot_rpc__pb2.LeaseTimeToLiveRequest.SerializeToString,
                 response_deserializer=etcdserverpb_dot_rpc__pb2.LeaseTimeToLiveResponse.FromString,
                 _registered_method=True)
-        self.GetAttributes = channel.unary_unary(
-                '/peerpb.Peer/GetAttributes',
-                request_serializer=peerpb_dot_peer__pb2.AttributesRequest.SerializeToString,
-                response_deserializer=peerpb_dot_peer__pb2.Attributes.FromString,
+        self.MemberAdd = channel.unary_unary(
+                '/peerpb.Peer/MemberAdd',
+                request_serializer=etcdserverpb_dot_rpc__pb2.MemberAddRequest.SerializeToString,
+                response_deserializer=etcdserverpb_dot_rpc__pb2.MemberAddResponse.FromString,
+                _registered_method=True)
+        self.MemberRemove = channel.unary_unary(
+                '/peerpb.Peer/MemberRemove',
+                request_serializer=etcdserverpb_dot_rpc__pb2.MemberRemoveRequest.SerializeToString,
+                response_deserializer=etcdserverpb_dot_rpc__pb2.MemberRemoveResponse.FromString,
+                _registered_method=True)
+        self.MemberUpdate = channel.unary_unary(
+                '/peerpb.Peer/MemberUpdate',
+                request_serializer=etcdserverpb_dot_rpc__pb2.MemberUpdateRequest.SerializeToString,
+                response_deserializer=etcdserverpb_dot_rpc__pb2.MemberUpdateResponse.FromString,
+                _registered_method=True)
+        self.MemberPromote = channel.unary_unary(
+                '/peerpb.Peer/MemberPromote',
+                request_serializer=etcdserverpb_dot_rpc__pb2.MemberPromoteRequest.SerializeToString,
+                response_deserializer=etcdserverpb_dot_rpc__pb2.MemberPromoteResponse.FromString,
+                _registered_method=True)
+        self.MemberList = channel.unary_unary(
+                '/peerpb.Peer/MemberList',
+                request_serializer=etcdserverpb_dot_rpc__pb2.MemberListRequest.SerializeToString,
+                response_deserializer=etcdserverpb_dot_rpc__pb2.MemberListResponse.FromString,
                 _registered_method=True)
 
 
@@ -92,8 +112,33 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def GetAttributes(self, request, context):
-        """Name and client URLs of the member (for MemberList).
+    def MemberAdd(self, request, context):
+        """Membership changes are decided by the leader: followers forward them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MemberRemove(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MemberUpdate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MemberPromote(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MemberList(self, request, context):
+        """The applied membership and cluster ID: how a member joining an existing cluster learns them.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -122,10 +167,30 @@ def add_PeerServicer_to_server(servicer, server):
                     request_deserializer=etcdserverpb_dot_rpc__pb2.LeaseTimeToLiveRequest.FromString,
                     response_serializer=etcdserverpb_dot_rpc__pb2.LeaseTimeToLiveResponse.SerializeToString,
             ),
-            'GetAttributes': grpc.unary_unary_rpc_method_handler(
-                    servicer.GetAttributes,
-                    request_deserializer=peerpb_dot_peer__pb2.AttributesRequest.FromString,
-                    response_serializer=peerpb_dot_peer__pb2.Attributes.SerializeToString,
+            'MemberAdd': grpc.unary_unary_rpc_method_handler(
+                    servicer.MemberAdd,
+                    request_deserializer=etcdserverpb_dot_rpc__pb2.MemberAddRequest.FromString,
+                    response_serializer=etcdserverpb_dot_rpc__pb2.MemberAddResponse.SerializeToString,
+            ),
+            'MemberRemove': grpc.unary_unary_rpc_method_handler(
+                    servicer.MemberRemove,
+                    request_deserializer=etcdserverpb_dot_rpc__pb2.MemberRemoveRequest.FromString,
+                    response_serializer=etcdserverpb_dot_rpc__pb2.MemberRemoveResponse.SerializeToString,
+            ),
+            'MemberUpdate': grpc.unary_unary_rpc_method_handler(
+                    servicer.MemberUpdate,
+                    request_deserializer=etcdserverpb_dot_rpc__pb2.MemberUpdateRequest.FromString,
+                    response_serializer=etcdserverpb_dot_rpc__pb2.MemberUpdateResponse.SerializeToString,
+            ),
+            'MemberPromote': grpc.unary_unary_rpc_method_handler(
+                    servicer.MemberPromote,
+                    request_deserializer=etcdserverpb_dot_rpc__pb2.MemberPromoteRequest.FromString,
+                    response_serializer=etcdserverpb_dot_rpc__pb2.MemberPromoteResponse.SerializeToString,
+            ),
+            'MemberList': grpc.unary_unary_rpc_method_handler(
+                    servicer.MemberList,
+                    request_deserializer=etcdserverpb_dot_rpc__pb2.MemberListRequest.FromString,
+                    response_serializer=etcdserverpb_dot_rpc__pb2.MemberListResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -247,7 +312,7 @@ class Peer:
             _registered_method=True)
 
     @staticmethod
-    def GetAttributes(request,
+    def MemberAdd(request,
             target,
             options=(),
             channel_credentials=None,
@@ -260,9 +325,117 @@ class Peer:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/peerpb.Peer/GetAttributes',
-            peerpb_dot_peer__pb2.AttributesRequest.SerializeToString,
-            peerpb_dot_peer__pb2.Attributes.FromString,
+            '/peerpb.Peer/MemberAdd',
+            etcdserverpb_dot_rpc__pb2.MemberAddRequest.SerializeToString,
+            etcdserverpb_dot_rpc__pb2.MemberAddResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MemberRemove(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/peerpb.Peer/MemberRemove',
+            etcdserverpb_dot_rpc__pb2.MemberRemoveRequest.SerializeToString,
+            etcdserverpb_dot_rpc__pb2.MemberRemoveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MemberUpdate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/peerpb.Peer/MemberUpdate',
+            etcdserverpb_dot_rpc__pb2.MemberUpdateRequest.SerializeToString,
+            etcdserverpb_dot_rpc__pb2.MemberUpdateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MemberPromote(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/peerpb.Peer/MemberPromote',
+            etcdserverpb_dot_rpc__pb2.MemberPromoteRequest.SerializeToString,
+            etcdserverpb_dot_rpc__pb2.MemberPromoteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MemberList(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/peerpb.Peer/MemberList',
+            etcdserverpb_dot_rpc__pb2.MemberListRequest.SerializeToString,
+            etcdserverpb_dot_rpc__pb2.MemberListResponse.FromString,
             options,
             channel_credentials,
             insecure,
