@@ -78,7 +78,9 @@ class Peer:
                     while len(pending) < MAX_BATCH and not self.queue.empty():
                         pending.append(self.queue.get_nowait())
                     batch = peer_pb2.MessageBatch(cluster_id=t.cluster_id, frm=t.self_id)
-                    batch.messages.extend(message_to_pb(m) for m in pending)
+                    add = batch.messages.add
+                    for m in pending:
+                        message_to_pb(m, add())
                     snaps = [m for m in pending if m.type == MessageType.SNAP]
                     await call.write(batch)
                     for _ in snaps:
