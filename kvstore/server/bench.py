@@ -5,6 +5,10 @@ loopback ports and, against each, measures with the same Python load generator:
 
 * put throughput at 1 and 64 concurrent clients (small values, 1000 keys);
 * linearizable range throughput at the same concurrency;
+
+all sent to the leader (``--via leader``, the default) or to a follower, which
+forwards writes and asks the leader for each read index: a run that let the
+election pick would measure either path by chance;
 * the failover gap: a steady writer, SIGKILL of the leader, time until a write
   succeeds again.
 """
@@ -73,7 +77,14 @@ async def _failover_gap(cluster: Cluster) -> float:
                 continue
 
 
-def run(seconds: float, concurrency: list[int]) -> dict[str, dict[str, float]]:
+async def _ordered_endpoints(cluster: Cluster, via: str) -> list[str]:
+    """The endpoints with the one the load should use first (the client sticks to it)."""
+    leader = await _leader(cluster)
+    first = leader if via == "leader" else (leader + 1) % len(cluster.endpoints)
+    return [cluster.endpoints[first]] + [ep for i, ep in enumerate(cluster.endpoints) if i != first]
+
+
+def run(seconds: float, concurrency: list[int], via: str = "leader") -> dict[str, dict[str, float]]:
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="kvbench-") as tmp:
         for name in ("kvstore", "etcd"):
@@ -84,9 +95,10 @@ def run(seconds: float, concurrency: list[int]) -> dict[str, dict[str, float]]:
             cluster.start()
             try:
                 r: dict[str, float] = {}
+                endpoints = anyio.run(_ordered_endpoints, cluster, via)
                 for n in concurrency:
-                    r[f"put/s @{n}"] = anyio.run(_load, cluster.endpoints, n, seconds, "put")
-                    r[f"range/s @{n}"] = anyio.run(_load, cluster.endpoints, n, seconds, "get")
+                    r[f"put/s @{n}"] = anyio.run(_load, endpoints, n, seconds, "put")
+                    r[f"range/s @{n}"] = anyio.run(_load, endpoints, n, seconds, "get")
                 r["failover gap s"] = anyio.run(_failover_gap, cluster)
                 results[name] = r
             finally:
@@ -98,8 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kvstore bench", description=__doc__)
     parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
     parser.add_argument("--clients", default="1,64", help="comma-separated concurrencies")
+    parser.add_argument(
+        "--via", choices=("leader", "follower"), default="leader", help="member the load goes to"
+    )
     args = parser.parse_args(argv)
-    results = run(args.seconds, [int(c) for c in args.clients.split(",")])
+    results = run(args.seconds, [int(c) for c in args.clients.split(",")], args.via)
     keys = list(results["kvstore"])
     print(f"{'':18}{'kvstore':>12}{'etcd':>12}")
     for k in keys:
