@@ -57,6 +57,12 @@ BATCH_HOLD_SECONDS = 0.02
 new ones wait for it, at most this long, and then go together: every batch costs a round
 of peer messages, far more than its entries do, so under load batches grow with the load.
 A request that finds nothing in flight goes at once."""
+READ_GATHER_SECONDS = 0.003
+READ_GATHER_READERS = 8
+"""With at least this many reads waiting (queued now plus the last round), a read round
+starts no sooner than READ_GATHER_SECONDS after the one before: a round costs a heartbeat
+to every follower and back, so under load more reads share it. Fewer readers (one client
+polling) are not delayed: for them the gathering would only cap throughput."""
 INLINE_FSYNC_SECONDS = 0.0005
 """A WAL write whose recent average is faster than this runs on the loop thread: handing it
 to a worker costs more CPU and latency than it saves. Slower disks get a worker thread, so
@@ -165,6 +171,7 @@ class Node:
         self._batch_tail: _Waiter | None = None  # last proposal of the batch in flight
         self._batch_sent_at = 0.0
         self._read_sent_at = 0.0
+        self._last_read_round = 0  # reads in the last round sent
         self._hold_timer: asyncio.TimerHandle | None = None
         self.no_leader_since: float | None = time.monotonic()
 
@@ -337,9 +344,17 @@ class Node:
             if self._proposals:
                 self._wake.set()
         read_deadline = self._read_sent_at + BATCH_HOLD_SECONDS
+        gather_until = self._read_sent_at + READ_GATHER_SECONDS
         if self._reads_new and self._reads_inflight and now < read_deadline:
             self._hold_until(read_deadline)
+        elif (
+            self._reads_new
+            and now < gather_until
+            and len(self._reads_new) + self._last_read_round >= READ_GATHER_READERS
+        ):
+            self._hold_until(gather_until)
         elif self._reads_new:
+            self._last_read_round = len(self._reads_new)
             self._read_sent_at = now
             self._read_seq += 1
             ctx = struct.pack(">QQ", self.id, self._read_seq)
