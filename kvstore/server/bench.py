@@ -5,13 +5,21 @@ loopback ports and, against each, measures with the same Python load generator:
 
 * put throughput at 1 and 64 concurrent clients (small values, 1000 keys);
 * linearizable range throughput at the same concurrency;
+* for each, the CPU time per request of the members and the load generator
+  together, which a shared, busy machine disturbs far less than the rates;
 * the failover gap: a steady writer, SIGKILL of the leader, time until a write
   succeeds again.
+
+The load goes to the leader (``--via leader``, the default) or to a follower,
+which forwards writes and asks the leader for every read index: left to the
+election, a run would measure either path by chance.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +33,28 @@ from kvstore.testing.etcd import EtcdCluster
 Cluster = KVCluster | EtcdCluster
 
 
-async def _load(endpoints: list[str], clients: int, seconds: float, op: str) -> float:
+def _cpu_seconds(cluster: Cluster) -> float:
+    """CPU time used so far by the members and by this process (the load generator).
+
+    On a shared machine the rates move with everyone else's load; CPU per request
+    moves far less, so it is reported beside them (Linux: read from /proc).
+    """
+    total = time.process_time()
+    ticks = os.sysconf("SC_CLK_TCK")
+    for member in cluster.members:
+        if member.process is None or member.process.poll() is not None:
+            continue
+        try:
+            with open(f"/proc/{member.process.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return math.nan
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return total
+
+
+async def _load(endpoints: list[str], clients: int, seconds: float, op: str) -> tuple[float, int]:
+    """Requests per second and the number of requests done."""
     done = 0
     async with Client(endpoints, default_timeout=10) as client:
         await client.put("bench/warm", "x")
@@ -46,7 +75,7 @@ async def _load(endpoints: list[str], clients: int, seconds: float, op: str) -> 
         async with anyio.create_task_group() as tg:
             for w in range(clients):
                 tg.start_soon(worker, w)
-        return done / (time.monotonic() - t0)
+        return done / (time.monotonic() - t0), done
 
 
 async def _leader(cluster: Cluster) -> int:
@@ -73,7 +102,14 @@ async def _failover_gap(cluster: Cluster) -> float:
                 continue
 
 
-def run(seconds: float, concurrency: list[int]) -> dict[str, dict[str, float]]:
+async def _ordered_endpoints(cluster: Cluster, via: str) -> list[str]:
+    """The endpoints with the one the load should use first (the client sticks to it)."""
+    leader = await _leader(cluster)
+    first = leader if via == "leader" else (leader + 1) % len(cluster.endpoints)
+    return [cluster.endpoints[first]] + [ep for i, ep in enumerate(cluster.endpoints) if i != first]
+
+
+def run(seconds: float, concurrency: list[int], via: str = "leader") -> dict[str, dict[str, float]]:
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="kvbench-") as tmp:
         for name in ("kvstore", "etcd"):
@@ -84,9 +120,13 @@ def run(seconds: float, concurrency: list[int]) -> dict[str, dict[str, float]]:
             cluster.start()
             try:
                 r: dict[str, float] = {}
+                endpoints = anyio.run(_ordered_endpoints, cluster, via)
                 for n in concurrency:
-                    r[f"put/s @{n}"] = anyio.run(_load, cluster.endpoints, n, seconds, "put")
-                    r[f"range/s @{n}"] = anyio.run(_load, cluster.endpoints, n, seconds, "get")
+                    for op, label in (("put", "put"), ("get", "range")):
+                        cpu0 = _cpu_seconds(cluster)
+                        rate, done = anyio.run(_load, endpoints, n, seconds, op)
+                        r[f"{label}/s @{n}"] = rate
+                        r[f"{label} cpu us @{n}"] = (_cpu_seconds(cluster) - cpu0) / done * 1e6
                 r["failover gap s"] = anyio.run(_failover_gap, cluster)
                 results[name] = r
             finally:
@@ -98,8 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kvstore bench", description=__doc__)
     parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
     parser.add_argument("--clients", default="1,64", help="comma-separated concurrencies")
+    parser.add_argument(
+        "--via", choices=("leader", "follower"), default="leader", help="member the load goes to"
+    )
     args = parser.parse_args(argv)
-    results = run(args.seconds, [int(c) for c in args.clients.split(",")])
+    results = run(args.seconds, [int(c) for c in args.clients.split(",")], args.via)
     keys = list(results["kvstore"])
     print(f"{'':18}{'kvstore':>12}{'etcd':>12}")
     for k in keys:

@@ -32,19 +32,25 @@ def _conf_from_pb(p: peer_pb2.ConfState) -> ConfState:
     )
 
 
-def message_to_pb(m: Message) -> peer_pb2.Message:
-    p = peer_pb2.Message(
-        type=int(m.type),
-        to=m.to,
-        frm=m.frm,
-        term=m.term,
-        log_term=m.log_term,
-        index=m.index,
-        commit=m.commit,
-        reject=m.reject,
-        reject_hint=m.reject_hint,
-        context=m.context,
-    )
+def message_to_pb(m: Message, p: peer_pb2.Message | None = None) -> peer_pb2.Message:
+    """Encode ``m`` into ``p`` (in place, e.g. a new element of a batch) or a new message."""
+    if p is None:
+        p = peer_pb2.Message()
+    p.type = m.type
+    p.to = m.to
+    p.frm = m.frm
+    p.term = m.term
+    p.index = m.index
+    p.commit = m.commit
+    # Fields that are usually zero: skipping them is cheaper than setting them.
+    if m.log_term:
+        p.log_term = m.log_term
+    if m.reject:
+        p.reject = True
+    if m.reject_hint:
+        p.reject_hint = m.reject_hint
+    if m.context:
+        p.context = m.context
     if m.entries:
         add = p.entries.add
         for e in m.entries:

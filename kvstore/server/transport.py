@@ -92,11 +92,12 @@ class Peer:
                     while len(pending) < MAX_BATCH and not self.queue.empty():
                         pending.append(self.queue.get_nowait())
                     batch = peer_pb2.MessageBatch(cluster_id=t.cluster_id, frm=t.self_id)
+                    add = batch.messages.add
                     for m in pending:
                         if m.type == MessageType.SNAP:
                             self.start_snapshot(m)
                         else:
-                            batch.messages.append(message_to_pb(m))
+                            message_to_pb(m, add())
                     if batch.messages:
                         await call.write(batch)
                         if self.active_since is None:
