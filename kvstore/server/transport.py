@@ -41,6 +41,9 @@ GRPC_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 50),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
+PEER_USER_AGENT = "kvstore-peer/"
+"""Followed by the sender's member id (hex): every peer call names its sender, so a
+proxy on the link (the chaos harness's fault proxy) can tell who is talking."""
 
 
 class Peer:
@@ -61,7 +64,9 @@ class Peer:
 
     def stub(self) -> peer_pb2_grpc.PeerStub:
         if self.channel is None:
-            self.channel = grpc.aio.insecure_channel(self.target, options=GRPC_OPTIONS)
+            user_agent = f"{PEER_USER_AGENT}{self.transport.self_id:x}"
+            options = [*GRPC_OPTIONS, ("grpc.primary_user_agent", user_agent)]
+            self.channel = grpc.aio.insecure_channel(self.target, options=options)
         return peer_pb2_grpc.PeerStub(self.channel)  # type: ignore[no-untyped-call]
 
     async def run(self) -> None:
