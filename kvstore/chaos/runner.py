@@ -40,6 +40,7 @@ from kvstore.chaos.workloads import (
     RegisterWorkload,
     WatchWorkload,
     read_history,
+    run_watched,
 )
 from kvstore.client import Client, EtcdError
 
@@ -258,9 +259,11 @@ async def run_campaign(
         specs = schedule(
             config.seed, config.rounds, config.round_seconds, network=cluster.network is not None
         )
+        ended_early: list[str] = []
         async with anyio.create_task_group() as tg:
             for workload in (kv, multi, watch, leases, locks, monitor):
-                tg.start_soon(workload.run, stop)
+                name = type(workload).__name__
+                tg.start_soon(run_watched, workload.run(stop), name, stop, ended_early)
             await injector.run(specs, stop)
         result.faults = injector.records
         result.leaders = monitor.leaders_over_time()
@@ -305,6 +308,14 @@ async def run_campaign(
             "holder_stalls": locks.stalls,
             "stalled_writes_refused": locks.stalled_writes_refused,
             "unconfirmed_lease_reads": sum(unconfirmed_lease_reads(x) for x in leases.logs),
+            # Worker tasks that died before the end: their checks lost coverage.
+            "workers_ended_early": sorted(
+                ended_early
+                + kv.ended_early
+                + watch.ended_early
+                + leases.ended_early
+                + locks.ended_early
+            ),
         }
         result.lease_logs = leases.logs
     except Exception as error:  # report harness failures with the artifacts, not a bare trace

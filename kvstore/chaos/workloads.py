@@ -46,6 +46,23 @@ def _value_of(kvs: Any) -> tuple[str | None, int]:
     return kvs[0].value.decode(), int(kvs[0].mod_revision)
 
 
+async def run_watched(
+    worker: Awaitable[None], name: str, stop: anyio.Event, ended_early: list[str]
+) -> None:
+    """Run one worker; note ``name`` in ``ended_early`` if it ends while the campaign goes on.
+
+    Workers loop until ``stop``; one that ends before (a cancellation leaking out
+    of a client call ends a task silently) would otherwise take its share of the
+    checks with it unnoticed.
+    """
+    try:
+        await worker
+    finally:
+        if not stop.is_set():
+            log.warning("workload task %s ended before the campaign did", name)
+            ended_early.append(name)
+
+
 # ---------------------------------------------------------------------------- register
 
 
@@ -64,6 +81,7 @@ class RegisterWorkload:
     keys: int = 4
     op_timeout: float = 2.0
     pace: float = 0.01
+    ended_early: list[str] = field(default_factory=list)
 
     def key(self, i: int) -> str:
         return f"{KV_PREFIX}k{i}"
@@ -71,8 +89,8 @@ class RegisterWorkload:
     async def run(self, stop: anyio.Event) -> None:
         async with anyio.create_task_group() as tg:
             for w in range(self.workers):
-                seed = self.rng.getrandbits(64)
-                tg.start_soon(self._worker, f"kv{w}", random.Random(seed), stop)
+                worker = self._worker(f"kv{w}", random.Random(self.rng.getrandbits(64)), stop)
+                tg.start_soon(run_watched, worker, f"kv{w}", stop, self.ended_early)
 
     async def _worker(self, name: str, rng: random.Random, stop: anyio.Event) -> None:
         seen: dict[str, tuple[str | None, int]] = {}
@@ -226,11 +244,13 @@ class WatchWorkload:
     prefix: str = PREFIX
     request_progress: bool = False
     logs: list[WatcherLog] = field(default_factory=list)
+    ended_early: list[str] = field(default_factory=list)
 
     async def run(self, stop: anyio.Event) -> None:
         async with anyio.create_task_group() as tg:
             for w in range(self.watchers):
-                tg.start_soon(self._watcher, f"watch{w}", stop)
+                name = f"watch{w}"
+                tg.start_soon(run_watched, self._watcher(name, stop), name, stop, self.ended_early)
 
     async def _watcher(self, name: str, stop: anyio.Event) -> None:
         start = 1
@@ -324,13 +344,13 @@ class LeaseWorkload:
     ttl: int = 2
     op_timeout: float = 2.0
     logs: list[LeaseLog] = field(default_factory=list)
+    ended_early: list[str] = field(default_factory=list)
 
     async def run(self, stop: anyio.Event) -> None:
         async with anyio.create_task_group() as tg:
             for w in range(self.workers):
-                tg.start_soon(
-                    self._worker, f"lease{w}", random.Random(self.rng.getrandbits(64)), stop
-                )
+                worker = self._worker(f"lease{w}", random.Random(self.rng.getrandbits(64)), stop)
+                tg.start_soon(run_watched, worker, f"lease{w}", stop, self.ended_early)
 
     async def _worker(self, name: str, rng: random.Random, stop: anyio.Event) -> None:
         async with Client(self.endpoints, default_timeout=self.op_timeout) as client:
@@ -599,12 +619,14 @@ class LockWorkload:
     stalls: int = 0
     # Writes made after a stall that the store refused: the fence at work.
     stalled_writes_refused: int = 0
+    ended_early: list[str] = field(default_factory=list)
 
     async def run(self, stop: anyio.Event) -> None:
         async with anyio.create_task_group() as tg:
             for w in range(self.contenders):
                 rng = random.Random(self.rng.getrandbits(64))
-                tg.start_soon(self._contender, f"locker{w}", rng, stop)
+                worker = self._contender(f"locker{w}", rng, stop)
+                tg.start_soon(run_watched, worker, f"locker{w}", stop, self.ended_early)
 
     async def _contender(self, name: str, rng: random.Random, stop: anyio.Event) -> None:
         async with (
