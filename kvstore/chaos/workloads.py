@@ -38,6 +38,11 @@ LOCK_DATA = PREFIX + "lock/data"
 # The election package's lock (its record and fencing keys live under /registry/).
 LOCK_NAMESPACE = "chaos"
 LOCK_NAME = "lock"
+# Deadline of one lease keepalive: well past any wait inside the store (a member
+# forwarding to a leader gives up after two election timeouts). A keepalive that
+# times out in the client ends its calling task with a bare cancellation, which
+# would stop the lease workload for the rest of the campaign.
+KEEPALIVE_TIMEOUT = 10.0
 
 
 def _value_of(kvs: Any) -> tuple[str | None, int]:
@@ -375,7 +380,7 @@ class LeaseWorkload:
             await anyio.sleep(lease.ttl / 3)
             sent = time.monotonic()
             try:
-                ttl = await client.keepalive_once(lease.lease_id)
+                ttl = await client.keepalive_once(lease.lease_id, timeout=KEEPALIVE_TIMEOUT)
             except LeaseNotFoundError:
                 lease.gone.append((time.monotonic(), "keepalive"))
                 break
@@ -577,7 +582,7 @@ class TxnLeaseLock:
     @staticmethod
     async def _renew(client: HolderClient, lease_id: int) -> None:
         with contextlib.suppress(LeaseNotFoundError):  # lost: the next write must fail
-            await client.keepalive_once(lease_id)
+            await client.keepalive_once(lease_id, timeout=KEEPALIVE_TIMEOUT)
 
     @staticmethod
     async def _write(client: HolderClient, token: int, data: str) -> int:
