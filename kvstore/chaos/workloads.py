@@ -311,9 +311,11 @@ async def read_history(
 ) -> list[Event]:
     """Read the committed events under ``prefix`` from ``start_revision`` through ``upto``.
 
-    Stops once an event at ``upto`` arrived, or the stream went quiet for two
-    seconds after reporting a revision >= ``upto`` (the last revisions may
-    hold no event under ``prefix``).
+    Stops once an event at ``upto`` arrived, or a progress notification at or
+    past ``upto`` said every earlier event was delivered (the members send them
+    periodically once caught up; a member restarted just before may still be
+    applying), or the stream went quiet for two seconds after reporting a
+    revision >= ``upto`` (the last revisions may hold no event under ``prefix``).
     """
     events: list[Event] = []
     if upto < start_revision:
@@ -321,7 +323,13 @@ async def read_history(
     with anyio.fail_after(timeout):
         async with (
             Client(endpoints) as client,
-            client.watch(prefix, prefix=True, start_revision=start_revision, prev_kv=True) as watch,
+            client.watch(
+                prefix,
+                prefix=True,
+                start_revision=start_revision,
+                prev_kv=True,
+                progress_notify=True,
+            ) as watch,
         ):
             iterator = watch.__aiter__()
             header = 0
@@ -332,6 +340,8 @@ async def read_history(
                 if batch is None:
                     break
                 header = max(header, int(batch.revision))
+                if batch.is_progress_notify and header >= upto:
+                    break
                 events.extend(event_from_pb(e) for e in batch.events)
     return [e for e in events if e.revision <= upto]
 
