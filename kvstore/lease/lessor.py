@@ -210,13 +210,17 @@ class Lessor:
         return lease.ttl
 
     def remaining_ttl(self, lease_id: int) -> int:
-        """Whole seconds left (etcd truncates); the granted TTL when not primary."""
+        """Whole seconds left (etcd truncates); the granted TTL when not primary.
+
+        0 once the deadline has passed: the lease (and its keys) lives on until
+        its revoke is applied, and a negative TTL would read as -1, "not found".
+        """
         lease = self._leases.get(lease_id)
         if lease is None:
             raise LeaseNotFoundError()
         if not self._primary:
             return self._base_ttl(lease)
-        return int(lease.remaining(self._clock()))
+        return max(0, int(lease.remaining(self._clock())))
 
     def expired(self, limit: int = MAX_EXPIRED_PER_CALL) -> list[int]:
         """IDs of expired leases (primary only) for the driver to revoke through Raft.

@@ -36,7 +36,11 @@ from kvstore.mvcc.errors import EtcdError
 from kvstore.raft.types import ConfChange, ConfChangeSingle, ConfChangeType, Role
 from kvstore.server.config import ConfigError, ServerConfig, host_port
 from kvstore.server.errors import LeaderChangedError, NoLeaderError, RequestTimeoutError
-from kvstore.server.transport import GRPC_OPTIONS, MEMBER_REMOVED_MESSAGE
+from kvstore.server.transport import (
+    GRPC_OPTIONS,
+    MEMBER_REMOVED_MESSAGE,
+    peer_channel_options,
+)
 
 if TYPE_CHECKING:
     from kvstore.server.node import Node
@@ -424,7 +428,8 @@ class ClusterMembership:
             if member is None or not member.peer_urls:
                 raise NoLeaderError()
             host, port = host_port(member.peer_urls[0])
-            async with grpc.aio.insecure_channel(f"{host}:{port}", options=GRPC_OPTIONS) as ch:
+            options = peer_channel_options(self.self_id)
+            async with grpc.aio.insecure_channel(f"{host}:{port}", options=options) as ch:
                 stub = peer_pb2_grpc.PeerStub(ch)  # type: ignore[no-untyped-call]
                 try:
                     return await remote(stub)

@@ -72,6 +72,26 @@ def test_only_primary_expires_and_renews() -> None:
     assert lessor.expired() == []
 
 
+def test_an_expired_lease_awaiting_its_revoke_reports_ttl_zero_not_minus_one(
+    tmp_path: Path,
+) -> None:
+    """TTL -1 means "no such lease"; until the revoke is applied the lease and its keys
+    still exist, so the leader must not say -1 (nor -2, ...) however late the revoke is."""
+    clock = Clock()
+    store = MVCCStore(tmp_path / "s", clock=clock)
+    store.lessor.promote(extend=0.0)
+    store.apply(1, rpc_pb2.LeaseGrantRequest(ID=7, TTL=2))
+    _put(store, 2, b"k", 7)
+    for late in (1.5, 2.5, 30.0):  # the revoke waits for a leader and a quorum
+        clock.now = 1002.0 + late
+        assert store.lessor.expired() in ([7], [])
+        assert store.lease_time_to_live(rpc_pb2.LeaseTimeToLiveRequest(ID=7)).TTL == 0
+        assert store.lessor.remaining_ttl(7) == 0
+    store.execute(rpc_pb2.LeaseRevokeRequest(ID=7))
+    assert store.lease_time_to_live(rpc_pb2.LeaseTimeToLiveRequest(ID=7)).TTL == -1
+    store.close()
+
+
 def test_promote_extends_so_nothing_expires_early() -> None:
     clock = Clock()
     lessor = Lessor(clock)
