@@ -11,6 +11,7 @@ import pytest
 from kvstore._pb.etcdserverpb import rpc_pb2
 from kvstore._pb.mvccpb import kv_pb2
 from kvstore.lease import MAX_LEASE_TTL, Lessor
+from kvstore.lease.lessor import LeaseExpiringError
 from kvstore.mvcc import MVCCStore
 from kvstore.mvcc.errors import (
     LeaseExistsError,
@@ -65,9 +66,11 @@ def test_only_primary_expires_and_renews() -> None:
     assert lessor.expired() == []  # reported once, retried only after a while
     clock.now += 3.1
     assert lessor.expired() == [1]  # revoke not applied yet: report again
-    with pytest.raises(LeaseNotFoundError):
-        lessor.renew(1)  # an expired lease cannot be renewed
+    with pytest.raises(LeaseExpiringError):
+        lessor.renew(1)  # an expired lease cannot be renewed; its revoke is on its way
     lessor.revoke(1)
+    with pytest.raises(LeaseNotFoundError):
+        lessor.renew(1)
     clock.now += 10
     assert lessor.expired() == []
 
