@@ -167,10 +167,22 @@ class Client:
 
     @staticmethod
     async def _ready(channel: grpc.aio.Channel, timeout: float) -> bool:
-        if channel.get_state(try_to_connect=True) == grpc.ChannelConnectivity.READY:
-            return True
+        """Whether ``channel`` connects within ``timeout``.
+
+        A failed connection attempt (refused, reset: a dead member) answers
+        no at once rather than waiting out ``timeout`` for gRPC's reconnect
+        backoff, so the call moves on to the next endpoint.
+        """
+        state = channel.get_state(try_to_connect=True)
         with anyio.move_on_after(timeout):
-            await channel.channel_ready()
+            while state != grpc.ChannelConnectivity.READY:
+                if state in (
+                    grpc.ChannelConnectivity.TRANSIENT_FAILURE,
+                    grpc.ChannelConnectivity.SHUTDOWN,
+                ):
+                    return False
+                await channel.wait_for_state_change(state)
+                state = channel.get_state(try_to_connect=True)
             return True
         return False
 
