@@ -140,7 +140,10 @@ class Client:
                 raise DeadlineExceededError(f"{path} did not complete within {budget}s")
             target = endpoint or self._pool.current
             channel = self._pool.channel(target)
-            if not await self._ready(channel, min(remaining, self.connect_timeout)):
+            # With nowhere else to go, a member that is (re)starting is worth waiting for.
+            fail_fast = endpoint is None and len(self._pool.endpoints) > 1
+            connect_timeout = min(remaining, self.connect_timeout)
+            if not await self._ready(channel, connect_timeout, fail_fast=fail_fast):
                 last = UnavailableError(f"{target}: cannot connect")
                 if endpoint is not None:
                     raise last
@@ -166,19 +169,18 @@ class Client:
                 attempt += 1
 
     @staticmethod
-    async def _ready(channel: grpc.aio.Channel, timeout: float) -> bool:
+    async def _ready(channel: grpc.aio.Channel, timeout: float, *, fail_fast: bool) -> bool:
         """Whether ``channel`` connects within ``timeout``.
 
-        A failed connection attempt (refused, reset: a dead member) answers
-        no at once rather than waiting out ``timeout`` for gRPC's reconnect
-        backoff, so the call moves on to the next endpoint.
+        With ``fail_fast``, a failed connection attempt (refused, reset: a dead
+        member) answers no at once instead of waiting out ``timeout`` through
+        gRPC's reconnect backoff, so the call moves on to another endpoint.
         """
         state = channel.get_state(try_to_connect=True)
         with anyio.move_on_after(timeout):
             while state != grpc.ChannelConnectivity.READY:
-                if state in (
-                    grpc.ChannelConnectivity.TRANSIENT_FAILURE,
-                    grpc.ChannelConnectivity.SHUTDOWN,
+                if state == grpc.ChannelConnectivity.SHUTDOWN or (
+                    fail_fast and state == grpc.ChannelConnectivity.TRANSIENT_FAILURE
                 ):
                     return False
                 await channel.wait_for_state_change(state)
