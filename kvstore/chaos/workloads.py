@@ -39,9 +39,8 @@ LOCK_DATA = PREFIX + "lock/data"
 LOCK_NAMESPACE = "chaos"
 LOCK_NAME = "lock"
 # Deadline of one lease keepalive: well past any wait inside the store (a member
-# forwarding to a leader gives up after two election timeouts). A keepalive that
-# times out in the client ends its calling task with a bare cancellation, which
-# would stop the lease workload for the rest of the campaign.
+# forwarding to a leader gives up after two election timeouts, and a keepalive on
+# an expired lease waits for its revoke), so a timeout means the store is stuck.
 KEEPALIVE_TIMEOUT = 10.0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from types import TracebackType
@@ -45,6 +46,32 @@ async def _renew(call: grpc.aio.StreamStreamCall, lease_id: int) -> int:
     return ttl
 
 
+async def _renew_within(call: grpc.aio.StreamStreamCall, lease_id: int, seconds: float) -> int:
+    """``_renew`` with a deadline: ``TimeoutError`` when it passes, and the call is cancelled.
+
+    The exchange runs in a task of its own and is awaited through a shield, so
+    a deadline (or an outer cancellation) never cancels grpc's awaitables
+    directly: a cancelled grpc call can raise a bare ``CancelledError`` that no
+    cancel scope owns, which would escape every timeout and kill the caller.
+    """
+    exchange = asyncio.ensure_future(_renew(call, lease_id))
+    exchange.add_done_callback(_consume_outcome)
+    try:
+        with anyio.move_on_after(seconds):
+            await asyncio.shield(exchange)
+    finally:
+        if not exchange.done():
+            call.cancel()
+    if not exchange.done():
+        raise TimeoutError
+    return exchange.result()
+
+
+def _consume_outcome(task: asyncio.Future[int]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved here, so an abandoned exchange logs nothing
+
+
 class LeaseKeepAlive:
     """Renews a lease at a third of its TTL while the context is open.
 
@@ -69,8 +96,7 @@ class LeaseKeepAlive:
         endpoint = pool.current
         call = _open_stream(pool, endpoint)
         try:
-            with anyio.fail_after(timeout):
-                ttl = await _renew(call, lease_id)
+            ttl = await _renew_within(call, lease_id, timeout)
         except TimeoutError:
             raise DeadlineExceededError(f"lease keepalive took over {timeout}s") from None
         except grpc.aio.AioRpcError as error:
@@ -123,8 +149,7 @@ class LeaseKeepAlive:
         try:
             while True:
                 sent = time.monotonic()
-                with anyio.fail_after(max(self.deadline - sent, 0.01)):
-                    ttl = await _renew(call, self.lease_id)
+                ttl = await _renew_within(call, self.lease_id, max(self.deadline - sent, 0.01))
                 if ttl <= 0:
                     log.warning("lease %x is gone", self.lease_id)
                     self.lost.set()
