@@ -28,11 +28,13 @@ from kvstore.server.config import (
     SERVER_VERSION,
     ServerConfig,
     host_port,
+    is_https,
 )
 from kvstore.server.errors import NoLeaderError, RequestTimeoutError, RequestTooLargeError
 from kvstore.server.http import Handler, json_body, serve_http
 from kvstore.server.membership import ClusterMembership, Member, discover_existing
 from kvstore.server.node import Node
+from kvstore.server.tls import server_credentials
 from kvstore.server.transport import GRPC_OPTIONS, PeerReceiver, Transport
 from kvstore.storage import WAL
 
@@ -137,6 +139,7 @@ class EtcdServer:
             self.node.metrics,
             self.node.report_unreachable,
             self.node.report_snapshot,
+            cfg.peer_tls,
         )
         self.receiver = PeerReceiver(cfg.cluster_id, self.node.receive)
         self.membership.connect(self.transport, self.receiver)
@@ -317,7 +320,10 @@ class EtcdServer:
         )
         for url in cfg.listen_client_urls:
             host, port = host_port(url)
-            client.add_insecure_port(f"{host}:{port}")
+            if is_https(url):
+                client.add_secure_port(f"{host}:{port}", server_credentials(cfg.client_tls))
+            else:
+                client.add_insecure_port(f"{host}:{port}")
         peer = grpc.aio.server(
             options=[
                 *GRPC_OPTIONS,
@@ -330,7 +336,10 @@ class EtcdServer:
         peer_pb2_grpc.add_PeerServicer_to_server(PeerService(self, self.receiver), peer)  # type: ignore[no-untyped-call]
         for url in cfg.listen_peer_urls:
             host, port = host_port(url)
-            peer.add_insecure_port(f"{host}:{port}")
+            if is_https(url):
+                peer.add_secure_port(f"{host}:{port}", server_credentials(cfg.peer_tls))
+            else:
+                peer.add_insecure_port(f"{host}:{port}")
         http_servers = []
         await peer.start()
         try:

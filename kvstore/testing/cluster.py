@@ -82,6 +82,7 @@ class KVCluster(ProcessCluster[KVMember]):
             http_port=http_port,
             data_dir=self.root / f"kv{i}.data",
             log_path=self.root / f"kv{i}.log",
+            secure=self.tls is not None,
         )
 
     def _new_member(self, index: int) -> KVMember:
