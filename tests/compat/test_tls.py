@@ -16,13 +16,18 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
+import grpc
 import pytest
 
+from kvstore._pb.v3lockpb import v3lock_pb2 as lpb
+from kvstore._pb.v3lockpb import v3lock_pb2_grpc
 from kvstore.client import Client, DeadlineExceededError, TLSConfig, UnavailableError
 from kvstore.testing.etcd import etcd_bin_dir, run_etcdctl
 from kvstore.testing.ports import free_ports
 from kvstore.testing.tls import Certificates, make_certificates
 from tests.compat.pairs import Server, side_by_side
+from tests.controllers.harness import Processes
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +130,43 @@ async def test_our_client_over_tls(servers: dict[str, Server], certs: Certificat
         ) as client:
             with pytest.raises((UnavailableError, DeadlineExceededError)):
                 await client.get("/tls/client")
+
+
+async def test_lock_service_over_tls(servers: dict[str, Server], certs: Certificates) -> None:
+    """v3lock runs on the member's client of itself: it must dial its own TLS port."""
+    credentials = grpc.ssl_channel_credentials(
+        certs.ca.read_bytes(),
+        certs.path("client", "key").read_bytes(),
+        certs.path("client").read_bytes(),
+    )
+    for s in servers.values():
+        async with (
+            Client(s.endpoints, tls=certs.client_tls(), default_timeout=10) as client,
+            grpc.aio.secure_channel(s.endpoints[0], credentials) as channel,
+        ):
+            lease = (await client.grant(30)).ID
+            locks = v3lock_pb2_grpc.LockStub(channel)  # type: ignore[no-untyped-call]
+            held = await locks.Lock(lpb.LockRequest(name=b"/tls/lock", lease=lease), timeout=15)
+            assert held.key == b"/tls/lock/" + format(lease, "x").encode()
+            await locks.Unlock(lpb.UnlockRequest(key=held.key), timeout=15)
+            assert (await client.get(held.key)).count == 0
+
+
+async def test_controller_manager_leads_over_tls(
+    servers: dict[str, Server], certs: Certificates, tmp_path: Path
+) -> None:
+    tls_flags = [
+        f"--etcd-cafile={certs.ca}",
+        f"--etcd-certfile={certs.path('client')}",
+        f"--etcd-keyfile={certs.path('client', 'key')}",
+    ]
+    async with anyio.create_task_group() as tasks:
+        procs = Processes(tasks, servers["kvstore"].endpoints, tmp_path)
+        try:
+            await procs.start("cm", "controller_manager", *tls_flags)
+            await procs.wait_for(lambda _, event: event["event"] == "started_leading")
+        finally:
+            await procs.close()
 
 
 def _follower(server: Server) -> int:
