@@ -169,6 +169,26 @@ async def test_controller_manager_leads_over_tls(
             await procs.close()
 
 
+def test_membership_changes_over_tls_peers(servers: dict[str, Server]) -> None:
+    """A member joins over https peer URLs; a follower forwards a change to the leader."""
+    outputs = {}
+    for name, s in servers.items():
+        index = s.add_member()
+        joined = s.members[index]
+        assert joined.peer_url.startswith("https://")
+        new_id = f"{s.member_id(index):x}"
+        follower = s.members[_follower(s)].endpoint
+        updated = ctl(
+            s, "member", "update", new_id, f"--peer-urls={joined.peer_url}", endpoints=[follower]
+        )
+        listed = _mask_member_list(ctl(s, "member", "list"))
+        s.remove_member(index)
+        outputs[name] = [re.sub(r"(Member|cluster) +[0-9a-f]+", r"\1 <ID>", updated), listed]
+    assert outputs["kvstore"] == outputs["etcd"]
+    assert outputs["etcd"][0] == "Member <ID> updated in cluster <ID>\n"
+    assert len(outputs["etcd"][1]) == 4
+
+
 def _follower(server: Server) -> int:
     """Index of a member that does not lead (killing it leaves the leader in place)."""
     for status in json.loads(ctl(server, "endpoint", "status", "-w", "json")):
