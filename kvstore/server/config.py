@@ -228,9 +228,7 @@ class ServerConfig:
         self.peer_tls.check_urls(
             [*self.listen_peer_urls, *self.initial_advertise_peer_urls], "peer"
         )
-        for url in self.listen_metrics_urls:
-            if is_https(url):
-                raise ConfigError(f"--listen-metrics-urls {url}: serve metrics over http")
+        self.client_tls.check_urls(self.listen_metrics_urls, "metrics")
         self.members = parse_initial_cluster(self.initial_cluster, self.initial_cluster_token)
         mine = [m for m in self.members if m.name == self.name]
         if not mine:

@@ -34,7 +34,7 @@ from kvstore.server.errors import NoLeaderError, RequestTimeoutError, RequestToo
 from kvstore.server.http import Handler, json_body, serve_http
 from kvstore.server.membership import ClusterMembership, Member, discover_existing
 from kvstore.server.node import Node
-from kvstore.server.tls import server_credentials
+from kvstore.server.tls import http_ssl_context, server_credentials
 from kvstore.server.transport import GRPC_OPTIONS, PeerReceiver, Transport
 from kvstore.storage import WAL
 
@@ -345,7 +345,8 @@ class EtcdServer:
         try:
             for url in cfg.listen_metrics_urls:
                 host, port = host_port(url)
-                http_servers.append(await serve_http(host, port, self._routes()))
+                context = http_ssl_context(cfg.client_tls) if is_https(url) else None
+                http_servers.append(await serve_http(host, port, self._routes(), context))
             log.info(
                 "member %s (%x) serving clients on %s, peers on %s, http on %s",
                 cfg.name,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 import grpc
@@ -19,6 +20,17 @@ def server_credentials(tls: TLSFiles) -> grpc.ServerCredentials:
         root_certificates=tls.pem("trusted-ca-file"),
         require_client_auth=tls.client_cert_auth,
     )
+
+
+def http_ssl_context(tls: TLSFiles) -> ssl.SSLContext:
+    """For an https metrics listener: the client side's certificate, CA and client-cert check."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tls.cert_file, tls.key_file)
+    if tls.trusted_ca_file:
+        context.load_verify_locations(tls.trusted_ca_file)
+    if tls.client_cert_auth:
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 def channel_credentials(tls: TLSFiles) -> grpc.ChannelCredentials:

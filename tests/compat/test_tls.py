@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import json
 import re
+import ssl
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +26,7 @@ import pytest
 from kvstore._pb.v3lockpb import v3lock_pb2 as lpb
 from kvstore._pb.v3lockpb import v3lock_pb2_grpc
 from kvstore.client import Client, DeadlineExceededError, TLSConfig, UnavailableError
+from kvstore.testing.cluster import KVMember
 from kvstore.testing.etcd import etcd_bin_dir, run_etcdctl
 from kvstore.testing.ports import free_ports
 from kvstore.testing.tls import Certificates, make_certificates
@@ -116,6 +120,25 @@ def test_etcdctl_without_a_client_certificate_is_refused(
         assert "authentication handshake failed" in proc.stderr, (name, proc.stderr)
         assert proc.stderr.splitlines()[-1] == "Error: context deadline exceeded", proc.stderr
         assert proc.stdout == ""
+
+
+def _health_url(server: Server, index: int) -> str:
+    member = server.members[index]
+    base = member.http_url if isinstance(member, KVMember) else member.client_url
+    return f"{base}/health"
+
+
+def test_health_over_https_needs_a_client_certificate(
+    servers: dict[str, Server], certs: Certificates
+) -> None:
+    for s in servers.values():
+        url = _health_url(s, 0)
+        assert url.startswith("https://")
+        with urllib.request.urlopen(url, timeout=10, context=certs.ssl_context()) as resp:
+            assert json.loads(resp.read())["health"] == "true"
+        without_cert = ssl.create_default_context(cafile=str(certs.ca))
+        with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
+            urllib.request.urlopen(url, timeout=10, context=without_cert).read()
 
 
 async def test_our_client_over_tls(servers: dict[str, Server], certs: Certificates) -> None:
