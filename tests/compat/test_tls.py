@@ -155,6 +155,23 @@ async def test_our_client_over_tls(servers: dict[str, Server], certs: Certificat
                 await client.get("/tls/client")
 
 
+async def test_client_takes_https_urls_and_checks_server_certificates(
+    servers: dict[str, Server], certs: Certificates
+) -> None:
+    """https:// URLs work as endpoints; a server the client cannot verify gets no call."""
+    with pytest.raises(ValueError, match="cert_file and key_file must both be given"):
+        TLSConfig(ca_file=certs.ca, cert_file=certs.path("client"))
+    ours = servers["kvstore"]
+    urls = [m.client_url for m in ours.members]
+    async with Client(urls, tls=certs.client_tls(), default_timeout=10) as client:
+        await client.put("/tls/https", "yes")
+        assert (await client.get("/tls/https")).kvs[0].value == b"yes"
+    # An https:// endpoint alone means TLS with the system's CAs, which do not trust our CA.
+    async with Client(urls[:1], default_timeout=2, connect_timeout=1) as client:
+        with pytest.raises((UnavailableError, DeadlineExceededError)):
+            await client.get("/tls/https")
+
+
 async def test_lock_service_over_tls(servers: dict[str, Server], certs: Certificates) -> None:
     """v3lock runs on the member's client of itself: it must dial its own TLS port."""
     credentials = grpc.ssl_channel_credentials(
