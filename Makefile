@@ -46,10 +46,14 @@ bench: $(INSTALLED)
 	$(BIN)/python -m kvstore.storage.bench
 	$(BIN)/python -m kvstore.mvcc.bench
 
-## make chaos ROUNDS=200: a fault campaign against a real 3-member etcd (see kvstore/chaos/README.md).
+## make chaos ROUNDS=200 TARGET=etcd|ours SEED=1: a fault campaign against 3 members of a real
+## etcd or of our store (lease reads judged strictly there); see kvstore/chaos/README.md.
 ROUNDS ?= 200
+TARGET ?= etcd
+SEED ?= 1
+CHAOS_TARGET = $(if $(filter ours kvstore,$(TARGET)),kvstore --strict-leases,$(TARGET))
 chaos: $(INSTALLED)
-	$(BIN)/python -m kvstore.chaos --seed 1 --rounds $(ROUNDS) --members 3 --round-seconds 1.5 --network --out run/chaos
+	$(BIN)/python -m kvstore.chaos --seed $(SEED) --rounds $(ROUNDS) --members 3 --round-seconds 1.5 --network --target $(CHAOS_TARGET) --out run/chaos
 
 ## make soak: the long-running tests left out of the default run.
 soak: $(INSTALLED)

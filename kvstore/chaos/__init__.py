@@ -1,9 +1,9 @@
 """Chaos harness: fault injection, recorded workloads and history checkers.
 
 Run ``python -m kvstore.chaos --seed N --rounds R --members 3`` against a real
-etcd cluster (see :mod:`kvstore.chaos.runner`). The cluster under test sits
-behind :class:`kvstore.chaos.cluster.ClusterUnderTest`, so the same harness
-will run against our own server.
+etcd cluster, or ``--target kvstore`` against our own server (see
+:mod:`kvstore.chaos.runner`). The cluster under test sits behind
+:class:`kvstore.chaos.cluster.ClusterUnderTest`.
 
 Modules: ``history`` (recorded operations), ``linearizability`` (per-key
 Wing-Gong/Lowe search), ``checkers`` (watch, lease, lock, durability),

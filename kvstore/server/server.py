@@ -17,6 +17,7 @@ from kvstore._pb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 from kvstore._pb.peerpb import peer_pb2_grpc
 from kvstore._pb.v3electionpb import v3election_pb2_grpc
 from kvstore._pb.v3lockpb import v3lock_pb2_grpc
+from kvstore.lease.lessor import LeaseExpiringError
 from kvstore.mvcc.errors import EtcdError, LeaseNotFoundError, NotPrimaryError
 from kvstore.mvcc.watch import WatchStream
 from kvstore.raft.types import Message, Role
@@ -62,7 +63,7 @@ class PeerService(peer_pb2_grpc.PeerServicer):
         self, request: rpc_pb2.LeaseKeepAliveRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.LeaseKeepAliveResponse:
         try:
-            return self.s.local_renew(request)
+            return await self.s.local_renew(request)
         except EtcdError as exc:
             await context.abort(exc.code, exc.message)
             raise
@@ -71,7 +72,7 @@ class PeerService(peer_pb2_grpc.PeerServicer):
         self, request: rpc_pb2.LeaseTimeToLiveRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.LeaseTimeToLiveResponse:
         try:
-            return self.s.local_time_to_live(request)
+            return await self.s.local_time_to_live(request)
         except EtcdError as exc:
             await context.abort(exc.code, exc.message)
             raise
@@ -178,16 +179,30 @@ class EtcdServer:
     def _leader_stub(self, leader: int) -> peer_pb2_grpc.PeerStub:
         return self.transport.peers[leader].stub()
 
-    def local_renew(self, req: rpc_pb2.LeaseKeepAliveRequest) -> rpc_pb2.LeaseKeepAliveResponse:
+    async def local_renew(
+        self, req: rpc_pb2.LeaseKeepAliveRequest
+    ) -> rpc_pb2.LeaseKeepAliveResponse:
+        """Keepalive on the leader.
+
+        As in etcd, a lease past its deadline whose revoke is still on its way is
+        answered once the revoke is applied (TTL 0) or this member stops leading:
+        "not found" must never come while the lease's keys can still be read.
+        """
         resp = rpc_pb2.LeaseKeepAliveResponse(ID=req.ID)
-        try:
-            resp.TTL = self.node.store.lessor.renew(req.ID)
-        except LeaseNotFoundError:
-            resp.TTL = 0
+        node = self.node
+        while True:
+            try:
+                resp.TTL = node.store.lessor.renew(req.ID)
+                break
+            except LeaseExpiringError:
+                await node.wait_applied(node.applied_index + 1)
+            except LeaseNotFoundError:
+                resp.TTL = 0
+                break
         self.fill_header(resp.header)
         return resp
 
-    def local_time_to_live(
+    async def local_time_to_live(
         self, req: rpc_pb2.LeaseTimeToLiveRequest
     ) -> rpc_pb2.LeaseTimeToLiveResponse:
         if self.node.role != Role.LEADER:
@@ -198,14 +213,14 @@ class EtcdServer:
 
     async def _forward(
         self,
-        call_local: Callable[[], R],
+        call_local: Callable[[], Awaitable[R]],
         call_remote: Callable[[peer_pb2_grpc.PeerStub], Awaitable[R]],
     ) -> R:
         for _ in range(3):
             leader = await self._await_leader()
             if leader == self.member_id:
                 try:
-                    return call_local()
+                    return await call_local()
                 except NotPrimaryError:
                     await asyncio.sleep(self.cfg.heartbeat_ms / 1000)
                     continue

@@ -52,6 +52,14 @@ GRPC_OPTIONS = [
 ]
 MEMBER_REMOVED_MESSAGE = "the member has been permanently removed from the cluster"
 """etcd's words, sent to (and logged by) a member whose messages are refused after its removal."""
+PEER_USER_AGENT = "kvstore-peer/"
+"""Followed by the sender's member id (hex): every peer call names its sender, so a
+proxy on the link (the chaos harness's fault proxy) can tell who is talking."""
+
+
+def peer_channel_options(self_id: int) -> list[tuple[str, object]]:
+    """Options of every channel a member opens to a peer (it names itself in the user agent)."""
+    return [*GRPC_OPTIONS, ("grpc.primary_user_agent", f"{PEER_USER_AGENT}{self_id:x}")]
 
 
 class Peer:
@@ -77,7 +85,8 @@ class Peer:
 
     def stub(self) -> peer_pb2_grpc.PeerStub:
         if self.channel is None:
-            self.channel = open_channel(self.url, self.transport.tls, GRPC_OPTIONS)
+            options = peer_channel_options(self.transport.self_id)
+            self.channel = open_channel(self.url, self.transport.tls, options)
         return peer_pb2_grpc.PeerStub(self.channel)  # type: ignore[no-untyped-call]
 
     async def run(self) -> None:

@@ -1,8 +1,8 @@
 """The short chaos campaign against our own 3-member store: zero violations expected.
 
-Process faults only (kill, pause, restart, leader transfer): our peer
-transport does not yet identify its sender to the chaos proxy, so per-link
-network faults would not reach it. Lease reads are judged strictly.
+Process faults (kill, pause, restart, leader transfer) and network faults on the peer
+links (partition, one-way drop, delay, loss) through the fault proxy; lock contenders
+use the election package; lease reads are judged strictly.
 """
 
 from __future__ import annotations
@@ -16,15 +16,18 @@ from kvstore.chaos.runner import CampaignConfig, run_campaign
 async def test_short_campaign_against_our_store(tmp_path: Path) -> None:
     config = CampaignConfig(
         seed=7,
-        rounds=10,
+        rounds=20,
         members=3,
         round_seconds=1.0,
         out_dir=tmp_path,
         target="kvstore",
         strict_leases=True,
+        network=True,
     )
     result = await run_campaign(config)
     assert result.ok, result.summary()
     assert len(result.faults) == config.rounds
     assert result.counts["put"].get(OK, 0) > 0, result.summary()
     assert result.counts["cas"].get(OK, 0) > 0, result.summary()
+    assert result.stats["lock_acquisitions"] > 0, result.summary()
+    assert result.stats["guarded_writes"] > 0, result.summary()

@@ -428,6 +428,61 @@ def test_locks_reject_unbacked_acquisition() -> None:
     assert check_locks("/lk", "/d", ref, [("b", 3)])
 
 
+def test_locks_reject_acquisition_of_someone_elses_token() -> None:
+    ref = [ev("put", "/lk", "a", 2)]
+    assert any("which is a's" in x for x in check_locks("/lk", "/d", ref, [("b", 2)]))
+
+
+# The election package's model: every put of a non-empty holder on the fencing key starts a
+# tenure (token = its revision); takeover needs no delete; an empty value is a release.
+
+
+def fenced(token: int, who: str) -> str:
+    return json.dumps({"token": token, "who": who, "seq": 1})
+
+
+def elector_locks(ref: list[Event], *args: object) -> list[str]:
+    return check_locks("/f", "/d", ref, *args, tokens_are_create_revisions=False)  # type: ignore[arg-type]
+
+
+def test_fencing_key_tenures_accept_fenced_writes_and_takeovers() -> None:
+    ref = [
+        ev("put", "/f", "a", 2),
+        ev("put", "/d", fenced(2, "a"), 3),
+        ev("put", "/f", "b", 4),  # b took over after a's lease ran out: no delete needed
+        ev("put", "/d", fenced(4, "b"), 5),
+        ev("put", "/f", "", 6),  # b released
+        ev("put", "/f", "a", 7),
+        ev("put", "/d", fenced(7, "a"), 8),
+    ]
+    assert elector_locks(ref, [("a", 2), ("b", 4), ("a", 7)], [("b", 4, 5), ("a", 7, 8)]) == []
+
+
+def test_fencing_key_tenures_reject_a_paused_holders_late_write() -> None:
+    ref = [
+        ev("put", "/f", "a", 2),
+        ev("put", "/f", "b", 3),
+        ev("put", "/d", fenced(2, "a"), 4),  # a's write, delivered after b took over
+    ]
+    assert any("while the holder's token was 3" in x for x in elector_locks(ref))
+
+
+def test_fencing_key_tenures_reject_a_write_after_release() -> None:
+    ref = [ev("put", "/f", "a", 2), ev("put", "/f", "", 3), ev("put", "/d", fenced(2, "a"), 4)]
+    assert any("while the holder's token was None" in x for x in elector_locks(ref))
+
+
+def test_fencing_key_tenures_reject_a_write_by_another_contender() -> None:
+    ref = [ev("put", "/f", "a", 2), ev("put", "/d", fenced(2, "b"), 3)]
+    assert any("under a's token 2" in x for x in elector_locks(ref))
+
+
+def test_fencing_key_tenures_reject_unbacked_acks() -> None:
+    ref = [ev("put", "/f", "a", 2), ev("put", "/d", fenced(2, "a"), 3)]
+    assert elector_locks(ref, [("a", 5)], [])
+    assert elector_locks(ref, [("a", 2)], [("a", 2, 4)])  # acked at a revision not committed
+
+
 def test_empty_inputs() -> None:
     assert lin.check([]).ok
     assert check_reference([], []) == []

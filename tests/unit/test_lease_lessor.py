@@ -11,6 +11,7 @@ import pytest
 from kvstore._pb.etcdserverpb import rpc_pb2
 from kvstore._pb.mvccpb import kv_pb2
 from kvstore.lease import MAX_LEASE_TTL, Lessor
+from kvstore.lease.lessor import LeaseExpiringError
 from kvstore.mvcc import MVCCStore
 from kvstore.mvcc.errors import (
     LeaseExistsError,
@@ -65,11 +66,33 @@ def test_only_primary_expires_and_renews() -> None:
     assert lessor.expired() == []  # reported once, retried only after a while
     clock.now += 3.1
     assert lessor.expired() == [1]  # revoke not applied yet: report again
-    with pytest.raises(LeaseNotFoundError):
-        lessor.renew(1)  # an expired lease cannot be renewed
+    with pytest.raises(LeaseExpiringError):
+        lessor.renew(1)  # an expired lease cannot be renewed; its revoke is on its way
     lessor.revoke(1)
+    with pytest.raises(LeaseNotFoundError):
+        lessor.renew(1)
     clock.now += 10
     assert lessor.expired() == []
+
+
+def test_an_expired_lease_awaiting_its_revoke_reports_ttl_zero_not_minus_one(
+    tmp_path: Path,
+) -> None:
+    """TTL -1 means "no such lease"; until the revoke is applied the lease and its keys
+    still exist, so the leader must not say -1 (nor -2, ...) however late the revoke is."""
+    clock = Clock()
+    store = MVCCStore(tmp_path / "s", clock=clock)
+    store.lessor.promote(extend=0.0)
+    store.apply(1, rpc_pb2.LeaseGrantRequest(ID=7, TTL=2))
+    _put(store, 2, b"k", 7)
+    for late in (1.5, 2.5, 30.0):  # the revoke waits for a leader and a quorum
+        clock.now = 1002.0 + late
+        assert store.lessor.expired() in ([7], [])
+        assert store.lease_time_to_live(rpc_pb2.LeaseTimeToLiveRequest(ID=7)).TTL == 0
+        assert store.lessor.remaining_ttl(7) == 0
+    store.execute(rpc_pb2.LeaseRevokeRequest(ID=7))
+    assert store.lease_time_to_live(rpc_pb2.LeaseTimeToLiveRequest(ID=7)).TTL == -1
+    store.close()
 
 
 def test_promote_extends_so_nothing_expires_early() -> None:
