@@ -29,7 +29,7 @@ from election import (
     LeadershipLost,
 )
 from election.config import default_identity
-from kvstore.client import Client, EtcdError
+from kvstore.client import Client, EtcdError, TLSConfig
 from kvstore.durations import parse_duration
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,17 @@ def add_store_flags(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_PREFIX,
         help="key prefix of the object registry (as kube-apiserver's --etcd-prefix)",
     )
+    # kube-apiserver's names for the files of a TLS etcd.
+    parser.add_argument("--etcd-cafile", default=None, help="CA that signs the store's certificate")
+    parser.add_argument("--etcd-certfile", default=None, help="client certificate for the store")
+    parser.add_argument("--etcd-keyfile", default=None, help="key of --etcd-certfile")
+
+
+def store_tls(args: argparse.Namespace) -> TLSConfig | None:
+    """TLS towards the store if any of the --etcd-*file flags is given."""
+    if args.etcd_cafile is None and args.etcd_certfile is None and args.etcd_keyfile is None:
+        return None
+    return TLSConfig(args.etcd_cafile, args.etcd_certfile, args.etcd_keyfile)
 
 
 def add_leader_election_flags(parser: argparse.ArgumentParser, resource_name: str) -> None:
@@ -148,7 +159,10 @@ async def run_leader_elected(client: Client, args: argparse.Namespace, lead: Lea
 async def serve(args: argparse.Namespace, body: Callable[[Client], Awaitable[None]]) -> None:
     """Connect, run ``body`` until SIGTERM/SIGINT, then exit cleanly."""
     endpoints = [e.strip() for e in args.endpoints.split(",") if e.strip()]
-    async with Client(endpoints) as client, anyio.create_task_group() as tasks:
+    async with (
+        Client(endpoints, tls=store_tls(args)) as client,
+        anyio.create_task_group() as tasks,
+    ):
 
         async def run_body() -> None:
             await body(client)

@@ -66,6 +66,15 @@ def _urls(value: str) -> list[str]:
     return [u.strip() for u in value.split(",") if u.strip()]
 
 
+def _bool_flag(value: str) -> bool:
+    """A Go boolean flag's value: ``--flag``, ``--flag=true`` or ``--flag=false``."""
+    if value.lower() in ("1", "t", "true"):
+        return True
+    if value.lower() in ("0", "f", "false"):
+        return False
+    raise argparse.ArgumentTypeError(f"invalid boolean value {value!r}")
+
+
 def _duration_flag(flag: str, value: str) -> float:
     from kvstore.server.config import ConfigError
 
@@ -82,7 +91,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # read when grpc is first imported
 
-    from kvstore.server.config import ConfigError, ServerConfig, host_port
+    from kvstore.server.config import ConfigError, ServerConfig, TLSFiles, host_port
     from kvstore.server.server import serve
 
     peer = _urls(args.initial_advertise_peer_urls)
@@ -113,6 +122,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
             watch_progress_notify_interval=_duration_flag(
                 "--experimental-watch-progress-notify-interval",
                 args.experimental_watch_progress_notify_interval,
+            ),
+            client_tls=TLSFiles(
+                args.cert_file, args.key_file, args.trusted_ca_file, args.client_cert_auth
+            ),
+            peer_tls=TLSFiles(
+                args.peer_cert_file,
+                args.peer_key_file,
+                args.peer_trusted_ca_file,
+                args.peer_client_cert_auth,
+                prefix="peer-",
             ),
         )
         cfg.validate()
@@ -277,6 +296,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="HTTP /health /metrics /version (default: client port + 2)",
     )
+    for side, who in (("", "client"), ("peer-", "peer")):
+        srv.add_argument(f"--{side}cert-file", default="", help=f"{who} TLS certificate (PEM)")
+        srv.add_argument(f"--{side}key-file", default="", help=f"{who} TLS key (PEM)")
+        srv.add_argument(
+            f"--{side}trusted-ca-file", default="", help=f"CA that signs {who} certificates"
+        )
+        srv.add_argument(
+            f"--{side}client-cert-auth",
+            type=_bool_flag,
+            nargs="?",
+            const=True,
+            default=False,
+            help=f"require {who} certificates signed by --{side}trusted-ca-file",
+        )
     srv.set_defaults(func=cmd_serve)
 
     clu = commands.add_parser("cluster", help="local multi-member clusters")

@@ -7,6 +7,7 @@
 
 from kvstore.client import txn
 from kvstore.client.client import Client
+from kvstore.client.endpoints import TLSConfig
 from kvstore.client.errors import (
     CompactedError,
     DeadlineExceededError,
@@ -42,6 +43,7 @@ __all__ = [
     "PermissionDeniedError",
     "ResourceExhaustedError",
     "RevisionError",
+    "TLSConfig",
     "Txn",
     "UnavailableError",
     "Watch",

@@ -15,7 +15,7 @@ import grpc.aio
 from google.protobuf.message import Message
 
 from kvstore._pb.etcdserverpb import rpc_pb2 as pb
-from kvstore.client.endpoints import EndpointPool
+from kvstore.client.endpoints import EndpointPool, TLSConfig
 from kvstore.client.errors import (
     DeadlineExceededError,
     EtcdError,
@@ -64,6 +64,8 @@ class Client:
     (it may have been applied) and the next call uses the next endpoint.
 
     Every call takes ``timeout`` (seconds, default ``default_timeout``).
+    ``tls`` (a :class:`TLSConfig`) talks TLS to the endpoints, with a client
+    certificate if the servers require one.
     """
 
     def __init__(
@@ -72,8 +74,9 @@ class Client:
         *,
         default_timeout: float = 5.0,
         connect_timeout: float = 2.0,
+        tls: TLSConfig | None = None,
     ) -> None:
-        self._pool = EndpointPool(endpoints)
+        self._pool = EndpointPool(endpoints, tls)
         self.default_timeout = default_timeout
         self.connect_timeout = connect_timeout
         self._task_group: anyio.abc.TaskGroup | None = None

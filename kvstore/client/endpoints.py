@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -30,6 +32,34 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
 ]
 
 
+@dataclass(frozen=True)
+class TLSConfig:
+    """TLS towards the servers, like etcdctl's ``--cacert``, ``--cert`` and ``--key``.
+
+    ``ca_file`` verifies the servers' certificates (default: the system's CAs);
+    ``cert_file`` and ``key_file`` are the client certificate for servers that
+    require one (etcd's ``--client-cert-auth``).
+    """
+
+    ca_file: str | Path | None = None
+    cert_file: str | Path | None = None
+    key_file: str | Path | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("TLSConfig: cert_file and key_file must both be given")
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        def read(path: str | Path | None) -> bytes | None:
+            return None if path is None else Path(path).read_bytes()
+
+        return grpc.ssl_channel_credentials(
+            root_certificates=read(self.ca_file),
+            private_key=read(self.key_file),
+            certificate_chain=read(self.cert_file),
+        )
+
+
 def normalize_endpoint(endpoint: str) -> str:
     """Accept ``host:port``, ``http://host:port`` or ``https://host:port``; return ``host:port``."""
     for scheme in ("http://", "https://"):
@@ -48,10 +78,14 @@ class EndpointPool:
     to the next one in the list (round robin), the way etcd's clientv3 does.
     """
 
-    def __init__(self, endpoints: Sequence[str]) -> None:
+    def __init__(self, endpoints: Sequence[str], tls: TLSConfig | None = None) -> None:
         if not endpoints:
             raise ValueError("at least one endpoint is required")
         self.endpoints: list[str] = [normalize_endpoint(e) for e in endpoints]
+        # Like clientv3, an https:// endpoint means TLS even without a TLSConfig.
+        if tls is None and any(e.startswith("https://") for e in endpoints):
+            tls = TLSConfig()
+        self._credentials = None if tls is None else tls.credentials()
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._current = 0
 
@@ -62,7 +96,12 @@ class EndpointPool:
     def channel(self, endpoint: str) -> grpc.aio.Channel:
         channel = self._channels.get(endpoint)
         if channel is None:
-            channel = grpc.aio.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
+            if self._credentials is None:
+                channel = grpc.aio.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
+            else:
+                channel = grpc.aio.secure_channel(
+                    endpoint, self._credentials, options=CHANNEL_OPTIONS
+                )
             self._channels[endpoint] = channel
         return channel
 

@@ -22,9 +22,9 @@ from kvstore._pb.v3electionpb import v3election_pb2 as epb
 from kvstore._pb.v3electionpb import v3election_pb2_grpc
 from kvstore._pb.v3lockpb import v3lock_pb2 as lpb
 from kvstore._pb.v3lockpb import v3lock_pb2_grpc
-from kvstore.client import Client
+from kvstore.client import Client, TLSConfig
 from kvstore.client.errors import EtcdError as ClientError
-from kvstore.server.config import host_port
+from kvstore.server.config import host_port, is_https
 
 if TYPE_CHECKING:
     from kvstore.server.server import EtcdServer
@@ -49,10 +49,22 @@ class SelfClient:
             host, port = host_port(self.server.cfg.listen_client_urls[0])
             if host in ("0.0.0.0", "::", ""):
                 host = "127.0.0.1"
-            client = Client([f"{host}:{port}"], default_timeout=self.server.cfg.request_timeout)
+            client = Client(
+                [f"{host}:{port}"],
+                default_timeout=self.server.cfg.request_timeout,
+                tls=self._tls(),
+            )
             await client.__aenter__()
             self._client = client
         return self._client
+
+    def _tls(self) -> TLSConfig | None:
+        """Like etcd's own gateway, dial our TLS client port with our own certificate."""
+        cfg = self.server.cfg
+        if not is_https(cfg.listen_client_urls[0]):
+            return None
+        tls = cfg.client_tls
+        return TLSConfig(tls.trusted_ca_file or tls.cert_file, tls.cert_file, tls.key_file)
 
     async def close(self) -> None:
         if self._client is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import ssl
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ class ConfigError(ValueError):
 
 
 def host_port(url: str) -> tuple[str, int]:
-    """``http://host:port`` (or ``host:port``) -> (host, port)."""
+    """``http(s)://host:port`` (or ``host:port``) -> (host, port)."""
     if "://" not in url:
         url = "http://" + url
     parts = urlsplit(url)
@@ -35,9 +36,105 @@ def host_port(url: str) -> tuple[str, int]:
         port = parts.port
     except ValueError:
         port = None
-    if parts.scheme not in ("http", "") or parts.hostname is None or port is None:
-        raise ConfigError(f"bad URL {url!r}: want http://host:port (TLS is not supported)")
+    if parts.scheme not in ("http", "https") or parts.hostname is None or port is None:
+        raise ConfigError(f"bad URL {url!r}: want http://host:port or https://host:port")
     return parts.hostname, port
+
+
+def is_https(url: str) -> bool:
+    return urlsplit(url).scheme == "https"
+
+
+@dataclass
+class TLSFiles:
+    """One side's certificate, key, trusted CA and whether client certificates are required.
+
+    ``prefix`` is ``""`` for the client side and ``"peer-"`` for the peer side;
+    it names the flags in error messages.
+    """
+
+    cert_file: str = ""
+    key_file: str = ""
+    trusted_ca_file: str = ""
+    client_cert_auth: bool = False
+    prefix: str = ""
+    _pem: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
+
+    def empty(self) -> bool:
+        """No certificate or key given (etcd's TLSInfo.Empty)."""
+        return not self.cert_file and not self.key_file
+
+    def flag(self, name: str) -> str:
+        return f"--{self.prefix}{name}"
+
+    def validate(self) -> None:
+        """Check that the flags fit together and that the files are usable."""
+        if self.empty():
+            if self.client_cert_auth:
+                raise ConfigError(
+                    f"{self.flag('client-cert-auth')} needs {self.flag('cert-file')} "
+                    f"and {self.flag('key-file')}"
+                )
+            if self.trusted_ca_file:
+                raise ConfigError(
+                    f"{self.flag('trusted-ca-file')} needs {self.flag('cert-file')} "
+                    f"and {self.flag('key-file')}"
+                )
+            return
+        if not self.cert_file or not self.key_file:
+            given, missing = (
+                ("cert-file", "key-file") if self.cert_file else ("key-file", "cert-file")
+            )
+            raise ConfigError(
+                f"{self.flag(given)} given without {self.flag(missing)}: both must be present"
+            )
+        if self.client_cert_auth and not self.trusted_ca_file:
+            raise ConfigError(
+                f"{self.flag('client-cert-auth')} needs {self.flag('trusted-ca-file')} "
+                "(the CA that signs client certificates)"
+            )
+        for name, path in (
+            ("cert-file", self.cert_file),
+            ("key-file", self.key_file),
+            ("trusted-ca-file", self.trusted_ca_file),
+        ):
+            if path:
+                try:
+                    self._pem[name] = Path(path).read_bytes()
+                except OSError as error:
+                    raise ConfigError(
+                        f"cannot read {self.flag(name)} {path}: {error.strerror}"
+                    ) from None
+        # The ssl module parses the PEM and checks that the key belongs to the certificate.
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        try:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        except ssl.SSLError as error:
+            raise ConfigError(
+                f"{self.flag('cert-file')} {self.cert_file} and {self.flag('key-file')} "
+                f"{self.key_file} are not a certificate and its key: {error.reason}"
+            ) from None
+        if self.trusted_ca_file:
+            try:
+                context.load_verify_locations(self.trusted_ca_file)
+            except ssl.SSLError as error:
+                raise ConfigError(
+                    f"{self.flag('trusted-ca-file')} {self.trusted_ca_file} holds no "
+                    f"usable certificate: {error.reason}"
+                ) from None
+
+    def check_urls(self, urls: list[str], what: str) -> None:
+        """An https URL needs a certificate and key (etcd's check, in its words)."""
+        for url in urls:
+            if is_https(url) and self.empty():
+                raise ConfigError(
+                    f"TLS key/cert ({self.flag('cert-file')}, {self.flag('key-file')}) "
+                    f"must be provided for {what} url {url} with HTTPS scheme"
+                )
+
+    def pem(self, name: str) -> bytes | None:
+        """The contents of the file given by flag ``name`` (read by validate), if given."""
+        return self._pem.get(name)
 
 
 def member_id(peer_urls: list[str], token: str) -> int:
@@ -99,6 +196,8 @@ class ServerConfig:
     listen_metrics_urls: list[str] = field(default_factory=list)
     # etcd's --experimental-watch-progress-notify-interval (default 10 minutes).
     watch_progress_notify_interval: float = 600.0
+    client_tls: TLSFiles = field(default_factory=TLSFiles)
+    peer_tls: TLSFiles = field(default_factory=lambda: TLSFiles(prefix="peer-"))
     members: list[MemberInfo] = field(default_factory=list)
     self_id: int = 0
     cluster_id: int = 0
@@ -121,6 +220,15 @@ class ServerConfig:
             *self.listen_metrics_urls,
         ]:
             host_port(url)
+        self.client_tls.validate()
+        self.peer_tls.validate()
+        self.client_tls.check_urls(
+            [*self.listen_client_urls, *self.advertise_client_urls], "client"
+        )
+        self.peer_tls.check_urls(
+            [*self.listen_peer_urls, *self.initial_advertise_peer_urls], "peer"
+        )
+        self.client_tls.check_urls(self.listen_metrics_urls, "metrics")
         self.members = parse_initial_cluster(self.initial_cluster, self.initial_cluster_token)
         mine = [m for m in self.members if m.name == self.name]
         if not mine:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 from collections.abc import Callable
 
 log = logging.getLogger(__name__)
@@ -17,8 +18,13 @@ Handler = Callable[[], tuple[int, str, str]]
 _REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
 
 
-async def serve_http(host: str, port: int, routes: dict[str, Handler]) -> asyncio.Server:
-    """Start serving ``routes`` (path -> handler returning (status, content type, body))."""
+async def serve_http(
+    host: str, port: int, routes: dict[str, Handler], context: ssl.SSLContext | None = None
+) -> asyncio.Server:
+    """Start serving ``routes`` (path -> handler returning (status, content type, body)).
+
+    With ``context``, the listener speaks HTTPS.
+    """
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -49,12 +55,12 @@ async def serve_http(host: str, port: int, routes: dict[str, Handler]) -> asynci
                 )
                 writer.write(head.encode() + (b"" if method == "HEAD" else data))
                 await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError):
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
             pass
         finally:
             writer.close()
 
-    return await asyncio.start_server(handle, host, port, reuse_address=True)
+    return await asyncio.start_server(handle, host, port, reuse_address=True, ssl=context)
 
 
 def json_body(obj: object) -> str:

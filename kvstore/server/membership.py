@@ -36,6 +36,7 @@ from kvstore.mvcc.errors import EtcdError
 from kvstore.raft.types import ConfChange, ConfChangeSingle, ConfChangeType, Role
 from kvstore.server.config import ConfigError, ServerConfig, host_port
 from kvstore.server.errors import LeaderChangedError, NoLeaderError, RequestTimeoutError
+from kvstore.server.tls import open_channel
 from kvstore.server.transport import (
     GRPC_OPTIONS,
     MEMBER_REMOVED_MESSAGE,
@@ -427,9 +428,9 @@ class ClusterMembership:
             member = self.registry.members.get(leader)
             if member is None or not member.peer_urls:
                 raise NoLeaderError()
-            host, port = host_port(member.peer_urls[0])
+            url = member.peer_urls[0]
             options = peer_channel_options(self.self_id)
-            async with grpc.aio.insecure_channel(f"{host}:{port}", options=options) as ch:
+            async with open_channel(url, self.cfg.peer_tls, options) as ch:
                 stub = peer_pb2_grpc.PeerStub(ch)  # type: ignore[no-untyped-call]
                 try:
                     return await remote(stub)
@@ -626,8 +627,7 @@ async def discover_existing(cfg: ServerConfig) -> tuple[int, list[Member]]:
     mine = sorted(cfg.initial_advertise_peer_urls)
     urls = [u for m in cfg.members if sorted(m.peer_urls) != mine for u in m.peer_urls]
     for url in urls:
-        host, port = host_port(url)
-        async with grpc.aio.insecure_channel(f"{host}:{port}", options=GRPC_OPTIONS) as channel:
+        async with open_channel(url, cfg.peer_tls, GRPC_OPTIONS) as channel:
             stub = peer_pb2_grpc.PeerStub(channel)  # type: ignore[no-untyped-call]
             try:
                 resp = await stub.MemberList(rpc_pb2.MemberListRequest(), timeout=2.0)

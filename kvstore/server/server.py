@@ -29,11 +29,13 @@ from kvstore.server.config import (
     SERVER_VERSION,
     ServerConfig,
     host_port,
+    is_https,
 )
 from kvstore.server.errors import NoLeaderError, RequestTimeoutError, RequestTooLargeError
 from kvstore.server.http import Handler, json_body, serve_http
 from kvstore.server.membership import ClusterMembership, Member, discover_existing
 from kvstore.server.node import Node
+from kvstore.server.tls import http_ssl_context, server_credentials
 from kvstore.server.transport import GRPC_OPTIONS, PeerReceiver, Transport
 from kvstore.storage import WAL
 
@@ -138,6 +140,7 @@ class EtcdServer:
             self.node.metrics,
             self.node.report_unreachable,
             self.node.report_snapshot,
+            cfg.peer_tls,
         )
         self.receiver = PeerReceiver(cfg.cluster_id, self.node.receive)
         self.membership.connect(self.transport, self.receiver)
@@ -332,7 +335,10 @@ class EtcdServer:
         )
         for url in cfg.listen_client_urls:
             host, port = host_port(url)
-            client.add_insecure_port(f"{host}:{port}")
+            if is_https(url):
+                client.add_secure_port(f"{host}:{port}", server_credentials(cfg.client_tls))
+            else:
+                client.add_insecure_port(f"{host}:{port}")
         peer = grpc.aio.server(
             options=[
                 *GRPC_OPTIONS,
@@ -345,13 +351,17 @@ class EtcdServer:
         peer_pb2_grpc.add_PeerServicer_to_server(PeerService(self, self.receiver), peer)  # type: ignore[no-untyped-call]
         for url in cfg.listen_peer_urls:
             host, port = host_port(url)
-            peer.add_insecure_port(f"{host}:{port}")
+            if is_https(url):
+                peer.add_secure_port(f"{host}:{port}", server_credentials(cfg.peer_tls))
+            else:
+                peer.add_insecure_port(f"{host}:{port}")
         http_servers = []
         await peer.start()
         try:
             for url in cfg.listen_metrics_urls:
                 host, port = host_port(url)
-                http_servers.append(await serve_http(host, port, self._routes()))
+                context = http_ssl_context(cfg.client_tls) if is_https(url) else None
+                http_servers.append(await serve_http(host, port, self._routes(), context))
             log.info(
                 "member %s (%x) serving clients on %s, peers on %s, http on %s",
                 cfg.name,

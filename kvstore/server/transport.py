@@ -23,8 +23,9 @@ import grpc
 from kvstore._pb.peerpb import peer_pb2, peer_pb2_grpc
 from kvstore.raft.types import Message, MessageType, Snapshot
 from kvstore.server.codec import message_from_pb, message_to_pb
-from kvstore.server.config import host_port
+from kvstore.server.config import TLSFiles, host_port
 from kvstore.server.metrics import Metrics
+from kvstore.server.tls import open_channel
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class Peer:
     ) -> None:
         self.id = peer_id
         host, port = host_port(url)
+        self.url = url
         self.target = f"{host}:{port}"
         self.transport = transport
         self.queue: asyncio.Queue[Message] = asyncio.Queue(QUEUE_SIZE)
@@ -84,7 +86,7 @@ class Peer:
     def stub(self) -> peer_pb2_grpc.PeerStub:
         if self.channel is None:
             options = peer_channel_options(self.transport.self_id)
-            self.channel = grpc.aio.insecure_channel(self.target, options=options)
+            self.channel = open_channel(self.url, self.transport.tls, options)
         return peer_pb2_grpc.PeerStub(self.channel)  # type: ignore[no-untyped-call]
 
     async def run(self) -> None:
@@ -215,8 +217,11 @@ class Transport:
         metrics: Metrics,
         on_unreachable: Callable[[int], None],
         on_snapshot: Callable[[int, bool], None],
+        tls: TLSFiles | None = None,
     ) -> None:
+        """``tls``: the peer certificate, key and CA used to dial https peers."""
         self.self_id = self_id
+        self.tls = tls or TLSFiles(prefix="peer-")
         self.cluster_id = cluster_id
         self.metrics = metrics
         self.on_unreachable = on_unreachable
@@ -253,8 +258,7 @@ class Transport:
             return
         old = self.peers.get(peer_id)
         if old is not None:
-            host, port = host_port(url)
-            if old.target == f"{host}:{port}":
+            if old.url == url:
                 return
             self.remove_peer(peer_id)
         peer = self.peers[peer_id] = Peer(peer_id, url, self)

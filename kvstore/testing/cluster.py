@@ -35,8 +35,8 @@ class KVMember(MemberProcess):
 
     @property
     def http_url(self) -> str:
-        """Base URL of /health, /metrics, /version."""
-        return f"http://{HOST}:{self.http_port}"
+        """Base URL of /health, /metrics, /version (https, like the client URL, with TLS)."""
+        return f"{self.scheme}://{HOST}:{self.http_port}"
 
 
 def _pump(name: str, src: IO[bytes], log_path: Path) -> None:
@@ -82,6 +82,7 @@ class KVCluster(ProcessCluster[KVMember]):
             http_port=http_port,
             data_dir=self.root / f"kv{i}.data",
             log_path=self.root / f"kv{i}.log",
+            secure=self.tls is not None,
         )
 
     def _new_member(self, index: int) -> KVMember:
@@ -120,7 +121,8 @@ class KVCluster(ProcessCluster[KVMember]):
         self._popen_logged(member, args, env)
 
     def _healthy(self, member: KVMember) -> bool:
-        return http_health(f"{member.http_url}/health")
+        context = self.tls.ssl_context() if self.tls is not None else None
+        return http_health(f"{member.http_url}/health", context)
 
     def stop(self, grace: float | None = None) -> None:
         super().stop(grace)

@@ -71,6 +71,7 @@ class EtcdCluster(ProcessCluster[EtcdMember]):
             peer_port=peer_port,
             data_dir=self.root / f"etcd{i}.data",
             log_path=self.root / f"etcd{i}.log",
+            secure=self.tls is not None,
         )
 
     def _new_member(self, index: int) -> EtcdMember:
@@ -88,7 +89,8 @@ class EtcdCluster(ProcessCluster[EtcdMember]):
         )
 
     def _healthy(self, member: EtcdMember) -> bool:
-        return http_health(f"{member.client_url}/health")
+        context = self.tls.ssl_context() if self.tls is not None else None
+        return http_health(f"{member.client_url}/health", context)
 
 
 def run_etcdctl(

@@ -14,21 +14,25 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Generic, Self, TypeVar
+from typing import TYPE_CHECKING, ClassVar, Generic, Self, TypeVar
+
+if TYPE_CHECKING:
+    from kvstore.testing.tls import Certificates
 
 HOST = "127.0.0.1"
 
 
-def http_health(url: str) -> bool:
+def http_health(url: str, context: ssl.SSLContext | None = None) -> bool:
     """True if ``url`` answers etcd's health JSON with ``"health": "true"``."""
     try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
+        with urllib.request.urlopen(url, timeout=2, context=context) as resp:
             return bool(json.loads(resp.read()).get("health") == "true")
     except (urllib.error.URLError, OSError, ValueError):
         return False
@@ -55,6 +59,12 @@ class MemberProcess:
     initial_cluster: str | None = None
     initial_cluster_state: str = "new"
     removed: bool = False
+    # https client and peer URLs (the cluster's ``tls`` certificates).
+    secure: bool = False
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.secure else "http"
 
     @property
     def endpoint(self) -> str:
@@ -63,11 +73,11 @@ class MemberProcess:
 
     @property
     def client_url(self) -> str:
-        return f"http://{self.endpoint}"
+        return f"{self.scheme}://{self.endpoint}"
 
     @property
     def peer_url(self) -> str:
-        return f"http://{HOST}:{self.peer_port}"
+        return f"{self.scheme}://{HOST}:{self.peer_port}"
 
     @property
     def running(self) -> bool:
@@ -94,6 +104,10 @@ class ProcessCluster(Generic[M]):
     # If set, member i advertises proxy_ports[i] as its peer URL while it listens
     # on its own peer port: a proxy in between can then cut or slow links (chaos).
     proxy_ports: list[int] | None = None
+    # If set, members serve https client and peer URLs with these certificates
+    # and require client certificates on both (etcd's --client-cert-auth and
+    # --peer-client-cert-auth); etcdctl calls present the client certificate.
+    tls: Certificates | None = None
     members: list[M] = field(default_factory=list)
 
     start_error: ClassVar[type[StartError]] = StartError
@@ -110,7 +124,7 @@ class ProcessCluster(Generic[M]):
         index = self.members.index(member)
         if self.proxy_ports is None or index >= len(self.proxy_ports):
             return member.peer_url
-        return f"http://{HOST}:{self.proxy_ports[index]}"
+        return f"{member.scheme}://{HOST}:{self.proxy_ports[index]}"
 
     def _initial_cluster(self) -> str:
         return ",".join(f"{m.name}={self._advertised(m)}" for m in self.members if not m.removed)
@@ -132,6 +146,7 @@ class ProcessCluster(Generic[M]):
             f"--initial-cluster={member.initial_cluster}",
             f"--initial-cluster-token={self.token}",
             f"--initial-cluster-state={member.initial_cluster_state}",
+            *(self.tls.member_flags() if self.tls is not None else []),
         ]
 
     def _new_member(self, index: int) -> M:
@@ -166,8 +181,9 @@ class ProcessCluster(Generic[M]):
         from kvstore.testing.etcd import etcdctl_path
 
         endpoints = self.endpoints if endpoints is None else endpoints
+        tls = self.tls.etcdctl_flags() if self.tls is not None else []
         return subprocess.run(
-            [str(etcdctl_path()), f"--endpoints={','.join(endpoints)}", *args],
+            [str(etcdctl_path()), f"--endpoints={','.join(endpoints)}", *tls, *args],
             capture_output=True,
             text=True,
             timeout=timeout,

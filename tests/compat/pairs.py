@@ -9,17 +9,28 @@ import pytest
 
 from kvstore.testing.cluster import KVCluster
 from kvstore.testing.etcd import EtcdCluster
+from kvstore.testing.tls import Certificates
 
 Server = KVCluster | EtcdCluster
 
 
 @contextlib.contextmanager
 def side_by_side(
-    tmp_path_factory: pytest.TempPathFactory, label: str, flags: tuple[str, ...] = ()
+    tmp_path_factory: pytest.TempPathFactory,
+    label: str,
+    flags: tuple[str, ...] = (),
+    tls: Certificates | None = None,
 ) -> Iterator[dict[str, Server]]:
-    """``{"etcd": ..., "kvstore": ...}``, both serving until the block ends."""
-    etcd = EtcdCluster(root=tmp_path_factory.mktemp(f"{label}-etcd"), size=3, extra_args=[*flags])
-    ours = KVCluster(root=tmp_path_factory.mktemp(f"{label}-kv"), size=3, extra_args=[*flags])
+    """``{"etcd": ..., "kvstore": ...}``, both serving until the block ends.
+
+    With ``tls``, both serve https client and peer URLs and require client certificates.
+    """
+    etcd = EtcdCluster(
+        root=tmp_path_factory.mktemp(f"{label}-etcd"), size=3, extra_args=[*flags], tls=tls
+    )
+    ours = KVCluster(
+        root=tmp_path_factory.mktemp(f"{label}-kv"), size=3, extra_args=[*flags], tls=tls
+    )
     try:
         etcd.start()
         ours.start()

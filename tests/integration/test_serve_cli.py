@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from kvstore.testing.ports import free_ports
+from kvstore.testing.tls import Certificates, make_certificates
 
 
 @pytest.fixture
@@ -46,7 +47,11 @@ def serve(tmp_path: Path, *flags: str) -> subprocess.CompletedProcess[str]:
     ("flags", "message"),
     [
         (("--listen-client-urls", "http://127.0.0.1:notaport"), "bad URL"),
-        (("--listen-peer-urls", "https://127.0.0.1:2380"), "TLS is not supported"),
+        (
+            ("--listen-peer-urls", "https://127.0.0.1:2380"),
+            "TLS key/cert (--peer-cert-file, --peer-key-file) must be provided for peer url "
+            "https://127.0.0.1:2380 with HTTPS scheme",
+        ),
         (("--heartbeat-interval", "500"), "at least 5 times --heartbeat-interval"),
         (("--snapshot-count", "0"), "--snapshot-count must be positive"),
         (("--initial-cluster", "other=http://127.0.0.1:1"), "no member named 'm'"),
@@ -61,6 +66,62 @@ def test_bad_flags_give_one_line(tmp_path: Path, flags: tuple[str, ...], message
     assert "Traceback" not in proc.stderr and message in lines[-1], proc.stderr
     assert len(lines) == 1 or lines[0].startswith("usage:"), proc.stderr  # argparse adds usage
     assert not (tmp_path / "m.etcd").exists()  # nothing written for a refused start
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+    return make_certificates(tmp_path_factory.mktemp("certs"))
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ("--listen-client-urls", "https://127.0.0.1:{port}"),
+            "kvstore serve: TLS key/cert (--cert-file, --key-file) must be provided for client "
+            "url https://127.0.0.1:{port} with HTTPS scheme",
+        ),
+        (
+            ("--cert-file", "{dir}/server.crt"),
+            "kvstore serve: --cert-file given without --key-file: both must be present",
+        ),
+        (
+            ("--peer-key-file", "{dir}/peer.key"),
+            "kvstore serve: --peer-key-file given without --peer-cert-file: both must be present",
+        ),
+        (
+            (
+                *("--cert-file", "{dir}/server.crt", "--key-file", "{dir}/server.key"),
+                *("--client-cert-auth", "true"),
+            ),
+            "kvstore serve: --client-cert-auth needs --trusted-ca-file "
+            "(the CA that signs client certificates)",
+        ),
+        (
+            ("--peer-cert-file", "{dir}/peer.crt", "--peer-key-file", "{dir}/missing.key"),
+            "kvstore serve: cannot read --peer-key-file {dir}/missing.key: "
+            "No such file or directory",
+        ),
+        (
+            ("--cert-file", "{dir}/server.crt", "--key-file", "{dir}/client.key"),
+            "kvstore serve: --cert-file {dir}/server.crt and --key-file {dir}/client.key "
+            "are not a certificate and its key: KEY_VALUES_MISMATCH",
+        ),
+        (
+            ("--peer-client-cert-auth", "true"),
+            "kvstore serve: --peer-client-cert-auth needs --peer-cert-file and --peer-key-file",
+        ),
+    ],
+)
+def test_inconsistent_tls_flags_give_one_line(
+    tmp_path: Path, certs: Certificates, flags: tuple[str, ...], message: str
+) -> None:
+    port = free_ports(1)[0]
+    filled = [f.format(dir=certs.directory, port=port) for f in flags]
+    proc = serve(tmp_path, *filled)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == message.format(dir=certs.directory, port=port) + "\n"
+    assert not (tmp_path / "m.etcd").exists()
 
 
 def test_busy_port_gives_one_line(tmp_path: Path, busy_port: int) -> None:
