@@ -397,14 +397,15 @@ def check_durability(
     reference: Sequence[Event],
     final_values: dict[str, str | None],
     hashes: dict[str, tuple[int, int]],
+    members: Sequence[str] = (),
 ) -> list[str]:
     """After healing, every member agrees and the final state is the committed history's end.
 
     ``final_values``: key -> value read after the run (None = absent), for the
     keys of the workload. ``hashes``: member -> (revision, HashKV) at one
-    common revision.
+    common revision; each of ``members`` (the members at the end) must have one.
     """
-    v: list[str] = []
+    v: list[str] = [f"{m} gave no HashKV after healing" for m in members if m not in hashes]
     last: dict[str, Event] = {}
     for e in reference:
         last[e.key] = e

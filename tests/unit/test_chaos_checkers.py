@@ -291,6 +291,10 @@ def test_durability() -> None:
     assert check_durability(REF, {"/c/a": "4", "/c/b": "5"}, hashes) == []
     assert check_durability(REF, {"/c/a": "3"}, hashes)
     assert check_durability(REF, {}, {"m0": (6, 111), "m1": (6, 112)})
+    # Every member present at the end must have answered HashKV (one replaced m1 here).
+    members = ["m0", "m2", "m3"]
+    assert check_durability(REF, {}, {**hashes, "m3": (6, 111)}, members) == []
+    assert check_durability(REF, {}, hashes, members) == ["m3 gave no HashKV after healing"]
 
 
 # ---------------------------------------------------------------- watch
