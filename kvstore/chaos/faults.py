@@ -10,6 +10,12 @@ follower, a majority), SIGSTOP/SIGCONT pauses, graceful restarts, and leader
 transfers (MoveLeader). With a cluster whose peer links run through a
 :class:`~kvstore.chaos.proxy.ProxyMesh` (``network`` is set), schedules also
 hold partitions (a minority cut off both ways), one-way drops, delay and loss.
+With a spare slot (``membership``), schedules also hold membership changes:
+``replace_member`` adds a fresh voter and then removes the leader or a
+follower; ``learner_cycle`` adds a learner, promotes it once it has caught up,
+and then removes the leader or another follower. Each returns the cluster to
+its configured size within its round, so the other faults always meet
+``size`` members and the cluster never has fewer.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import anyio
 from kvstore.chaos.cluster import ClusterUnderTest
 from kvstore.chaos.proxy import LinkRule
 from kvstore.client import Client, EtcdError
+from kvstore.testing.processes import MembershipError, StartError
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +43,11 @@ FAULT_KINDS = (
     "none",
 )
 NETWORK_FAULT_KINDS = ("partition", "oneway", "delay", "loss")
+MEMBERSHIP_FAULT_KINDS = ("replace_member", "learner_cycle")
 # Relative weights of each kind in a random schedule.
 WEIGHTS = {"kill": 4, "pause": 4, "restart": 2, "kill_majority": 1, "move_leader": 2, "none": 1}
 NETWORK_WEIGHTS = {"partition": 4, "oneway": 3, "delay": 2, "loss": 2}
+MEMBERSHIP_WEIGHTS = {"replace_member": 1, "learner_cycle": 1}
 
 
 @dataclass(frozen=True)
@@ -53,11 +62,21 @@ class FaultSpec:
 
 
 def schedule(
-    seed: int, rounds: int, round_seconds: float = 1.5, *, network: bool = False
+    seed: int,
+    rounds: int,
+    round_seconds: float = 1.5,
+    *,
+    network: bool = False,
+    membership: bool = False,
 ) -> list[FaultSpec]:
-    """The replayable fault schedule for ``seed`` (with network faults if ``network``)."""
+    """The replayable fault schedule for ``seed`` (with network faults if ``network``,
+    membership changes if ``membership``)."""
     rng = random.Random(seed)
-    table = {**WEIGHTS, **(NETWORK_WEIGHTS if network else {})}
+    table = {
+        **WEIGHTS,
+        **(NETWORK_WEIGHTS if network else {}),
+        **(MEMBERSHIP_WEIGHTS if membership else {}),
+    }
     kinds = list(table)
     weights = [table[k] for k in kinds]
     out = []
@@ -106,7 +125,8 @@ class LeaderMonitor:
     async def leader(self, client: Client, timeout: float = 1.0) -> int | None:
         """The index of the member that currently claims a leader, by majority of answers."""
         votes: dict[int, int] = {}
-        for i, endpoint in enumerate(self.cluster.endpoints):
+        for i in self.cluster.members:
+            endpoint = self.cluster.endpoints[i]
             try:
                 st = await client.status(endpoint, timeout=timeout)
             except (EtcdError, OSError):
@@ -125,6 +145,10 @@ class LeaderMonitor:
             while not stop.is_set():
                 await self.leader(client, timeout=0.5)
                 await anyio.sleep(self.interval)
+
+    def forget(self, slot: int) -> None:
+        """Drop the member ids learned for ``slot`` (its member was removed)."""
+        self.member_ids = {mid: i for mid, i in self.member_ids.items() if i != slot}
 
     def leaders_over_time(self) -> list[tuple[float, int | None]]:
         """(time, leader index) at each change, as seen by any member."""
@@ -146,16 +170,25 @@ class FaultInjector:
     rng: random.Random
     records: list[FaultRecord] = field(default_factory=list)
     heal_timeout: float = 60.0
+    # Members added and removed (each MemberAdd, MemberPromote, MemberRemove done).
+    membership_changes: int = 0
+    # Membership changes a healed cluster did not complete in time.
+    membership_failures: list[str] = field(default_factory=list)
+    # The slot of a learner whose promotion failed: the next membership round removes it.
+    unpromoted_learner: int | None = None
 
-    async def _pick(self, client: Client, spec: FaultSpec) -> list[int]:
-        n = self.cluster.size
+    async def _pick(
+        self, client: Client, spec: FaultSpec, exclude: tuple[int, ...] = ()
+    ) -> list[int]:
+        members = [i for i in self.cluster.members if i not in exclude]
+        n = len(members)
         leader = await self.monitor.leader(client)
         if spec.target == "majority":
             start = self.rng.randrange(n)
-            return [(start + k) % n for k in range(n // 2 + 1)]
-        if spec.target == "leader" and leader is not None:
+            return [members[(start + k) % n] for k in range(n // 2 + 1)]
+        if spec.target == "leader" and leader in members:
             return [leader]
-        others = [i for i in range(n) if i != leader]
+        others = [i for i in members if i != leader]
         return [self.rng.choice(others)]
 
     async def run(self, specs: list[FaultSpec], stop: anyio.Event) -> None:
@@ -171,6 +204,9 @@ class FaultInjector:
             stop.set()
 
     async def apply(self, client: Client, spec: FaultSpec) -> None:
+        if spec.kind in MEMBERSHIP_FAULT_KINDS:
+            await self._change_membership(client, spec)
+            return
         members = await self._pick(client, spec)
         rec = FaultRecord(spec.round, spec.kind, members, time.monotonic())
         self.records.append(rec)
@@ -212,15 +248,16 @@ class FaultInjector:
         net = self.cluster.network
         if net is None:
             return "no network control"
-        if len(self.monitor.member_ids) < self.cluster.size:
+        current = self.cluster.members
+        if set(current) - set(self.monitor.member_ids.values()):
             await self.monitor.leader(client)
         net.set_member_ids(self.monitor.member_ids)
-        n = self.cluster.size
+        n = len(current)
         x = members[0]
-        others = [i for i in range(n) if i != x]
+        others = [i for i in current if i != x]
         if spec.kind == "partition":
             minority = [x, self.rng.choice(others)] if n >= 5 and self.rng.random() < 0.5 else [x]
-            majority = [i for i in range(n) if i not in minority]
+            majority = [i for i in current if i not in minority]
             net.partition([minority, majority])
             return f"partition {minority} | {majority}"
         if spec.kind == "oneway":
@@ -244,7 +281,7 @@ class FaultInjector:
         if leader is None:
             return "no leader"
         ids = {i: mid for mid, i in self.monitor.member_ids.items()}
-        targets = [i for i in range(self.cluster.size) if i != leader and i in ids]
+        targets = [i for i in self.cluster.members if i != leader and i in ids]
         if not targets:
             return "no target"
         target = self.rng.choice(targets)
@@ -256,11 +293,61 @@ class FaultInjector:
             return f"move to {target} failed: {type(error).__name__}"
         return f"moved {leader} -> {target}"
 
+    async def _change_membership(self, client: Client, spec: FaultSpec) -> None:
+        """Add a member (a voter, or a learner then promoted), hold, remove another one.
+
+        The member removed is picked when it is removed (the leader may have
+        changed since the round began), among the members other than the new one.
+        """
+        c = self.cluster
+        rec = FaultRecord(spec.round, spec.kind, [], time.monotonic())
+        self.records.append(rec)
+        learner = spec.kind == "learner_cycle"
+        steps: list[str] = []
+        try:
+            added = None
+            if len(c.members) == c.size:
+                added = await anyio.to_thread.run_sync(c.add_member, learner)
+                self.membership_changes += 1
+                rec.members.append(added)
+                steps.append(f"added {'learner ' if learner else ''}m{added}")
+                log.info("round %d: %s", spec.round, steps[-1])
+                if learner:
+                    self.unpromoted_learner = added
+                    await anyio.to_thread.run_sync(c.promote_member, added)
+                    self.unpromoted_learner = None
+                    self.membership_changes += 1
+                    steps.append(f"promoted m{added}")
+                await anyio.sleep(spec.hold)
+            if self.unpromoted_learner is not None:
+                # An earlier round left a learner behind: removing it restores the
+                # configured number of voters, where removing a voter would go below it.
+                victim, role = self.unpromoted_learner, "learner"
+                self.unpromoted_learner = None
+            else:
+                [victim] = await self._pick(client, spec, exclude=() if added is None else (added,))
+                role = "leader" if victim == await self.monitor.leader(client) else "follower"
+            await anyio.to_thread.run_sync(c.remove_member, victim)
+            self.membership_changes += 1
+            self.monitor.forget(victim)
+            rec.members.append(victim)
+            steps.append(f"removed {role} m{victim}")
+            log.info("round %d: %s", spec.round, steps[-1])
+            await anyio.to_thread.run_sync(c.wait_healthy, self.heal_timeout)
+        except (MembershipError, StartError) as error:
+            # etcdctl's own error is its last line (warnings come before it).
+            lines = str(error).splitlines() or [type(error).__name__]
+            steps.append(f"failed: {lines[0]} {lines[-1] if len(lines) > 1 else ''}".strip())
+            self.membership_failures.append(f"round {spec.round} {spec.kind}: {'; '.join(steps)}")
+        finally:
+            rec.note = "; ".join(steps)
+            rec.end = time.monotonic()
+
     def heal_all(self) -> None:
         """Heal the network, resume paused and start stopped members; wait until healthy."""
         if self.cluster.network is not None:
             self.cluster.network.heal()
-        for i in range(self.cluster.size):
+        for i in self.cluster.members:
             self.cluster.resume(i)
             if not self.cluster.is_running(i):
                 self.cluster.start_member(i)

@@ -25,6 +25,7 @@ from kvstore.chaos.checkers import (
     check_reference,
     check_resume,
     check_watch,
+    lagging_progress_notifies,
     unconfirmed_lease_reads,
 )
 from kvstore.chaos.cluster import ClusterUnderTest, ProcessClusterUnderTest
@@ -95,6 +96,9 @@ class CampaignConfig:
     # is not (etcd-io/etcd#13915, fixed by #13690): only committed evidence is judged then.
     # Our server must be: run it with --strict-leases.
     strict_leases: bool = False
+    # Membership changes in the fault mix (replace_member, learner_cycle): the cluster
+    # gets a spare slot and grows to members + 1 for part of those rounds.
+    membership: bool = True
     # Which store the cluster runs: "etcd" (the reference) or "kvstore" (ours).
     target: str = "etcd"
     # How the lock contenders lock: "election" (the election package's LeaderElector,
@@ -106,6 +110,7 @@ class CampaignConfig:
         extra += " --request-progress" if self.request_progress else ""
         extra += " --network" if self.network else ""
         extra += " --strict-leases" if self.strict_leases else ""
+        extra += "" if self.membership else " --no-membership"
         extra += f" --lock-backend {self.lock_backend}"
         return (
             f"python -m kvstore.chaos --seed {self.seed} --rounds {self.rounds} "
@@ -184,7 +189,8 @@ async def _final_state(
             final[key] = value
         revision = int((await client.get("/")).header.revision)
         hashes: dict[str, tuple[int, int]] = {}
-        for i, endpoint in enumerate(cluster.endpoints):
+        for i in cluster.members:
+            endpoint = cluster.endpoints[i]
             for _ in range(50):  # a restarted member may still be catching up
                 try:
                     resp_h = await client.hash_kv(endpoint, revision, timeout=5.0)
@@ -221,6 +227,7 @@ async def run_campaign(
             target=config.target,
             extra_args=MEMBER_EXTRA_ARGS,
             network=config.network,
+            membership=config.membership,
             seed=config.seed,
         )
     )
@@ -257,7 +264,11 @@ async def run_campaign(
         monitor = LeaderMonitor(cluster)
         injector = FaultInjector(cluster, monitor, random.Random(rng.getrandbits(64)))
         specs = schedule(
-            config.seed, config.rounds, config.round_seconds, network=cluster.network is not None
+            config.seed,
+            config.rounds,
+            config.round_seconds,
+            network=cluster.network is not None,
+            membership=cluster.membership_changes,
         )
         ended_early: list[str] = []
         async with anyio.create_task_group() as tg:
@@ -273,12 +284,11 @@ async def run_campaign(
         await anyio.to_thread.run_sync(cluster.start)
         keys = [kv.key(i) for i in range(config.keys)]
         revision, final, hashes = await _final_state(cluster, history, keys)
-        reference = await read_history(cluster.endpoints, PREFIX, 1, revision)
-        lock_events = await lock_history(cluster.endpoints, locks, reference, revision)
+        current = [cluster.endpoints[i] for i in cluster.members]
+        reference = await read_history(current, PREFIX, 1, revision)
+        lock_events = await lock_history(current, locks, reference, revision)
         resume_from = rng.randint(1, max(1, revision))
-        replay = await read_history(
-            list(reversed(cluster.endpoints)), PREFIX, resume_from, revision
-        )
+        replay = await read_history(list(reversed(current)), PREFIX, resume_from, revision)
         ops = history.ops
         result.ops = ops
         result.reference = reference
@@ -291,12 +301,16 @@ async def run_campaign(
             resume_from,
             final,
             hashes,
+            [f"m{i}" for i in cluster.members],
             watch,
             leases,
             locks,
             lock_events,
             config.strict_leases,
+            # etcd 3.5.1 has etcd-io/etcd#20221; our store must not.
+            progress_may_lag=config.target == "etcd",
         )
+        result.violations["membership"] = injector.membership_failures
         result.counts = History.counts(ops)
         result.stats = {
             "final_revision": revision,
@@ -307,6 +321,9 @@ async def run_campaign(
             "guarded_writes": len(locks.guarded_acks),
             "holder_stalls": locks.stalls,
             "stalled_writes_refused": locks.stalled_writes_refused,
+            "membership_changes": injector.membership_changes,
+            "members_at_end": [f"m{i}" for i in cluster.members],
+            "lagging_progress_notifies": sum(lagging_progress_notifies(w) for w in watch.logs),
             "unconfirmed_lease_reads": sum(unconfirmed_lease_reads(x) for x in leases.logs),
             # Worker tasks that died before the end: their checks lost coverage.
             "workers_ended_early": sorted(
@@ -350,11 +367,13 @@ def _check(
     resume_from: int,
     final: dict[str, str | None],
     hashes: dict[str, tuple[int, int]],
+    members: list[str],
     watch: WatchWorkload,
     leases: LeaseWorkload,
     locks: LockWorkload,
     lock_events: list[Event],
     strict_leases: bool,
+    progress_may_lag: bool,
 ) -> dict[str, list[str]]:
     v: dict[str, list[str]] = {}
     lin = linearizability.check(ops)
@@ -362,10 +381,12 @@ def _check(
         f"{k}: undecided (search budget)" for k in lin.unknown
     ]
     v["revision-order"] = linearizability.check_revision_order(ops)
-    v["durability"] = check_reference(reference, ops) + check_durability(reference, final, hashes)
-    v["watch"] = [x for w in watch.logs for x in check_watch(w, reference)] + check_resume(
-        resume_from, PREFIX, replay, reference
+    v["durability"] = check_reference(reference, ops) + check_durability(
+        reference, final, hashes, members
     )
+    v["watch"] = [
+        x for w in watch.logs for x in check_watch(w, reference, progress_may_lag=progress_may_lag)
+    ] + check_resume(resume_from, PREFIX, replay, reference)
     v["lease"] = [
         x
         for lease in leases.logs
@@ -413,10 +434,9 @@ def _save(result: CampaignResult, cluster: ClusterUnderTest, history: History) -
                 f.write(json.dumps(asdict(lease)) + "\n")
         logs = out / "logs"
         logs.mkdir(exist_ok=True)
-        for i in range(cluster.size):
-            src = cluster.log_path(i)
+        for src in cluster.all_log_paths():
             if src.exists():
-                shutil.copy(src, logs / f"member{i}.log")
+                shutil.copy(src, logs / src.name)
         (out / "REPRODUCE").write_text(result.config.repro() + "\n")
     else:
         shutil.rmtree(out / "cluster", ignore_errors=True)

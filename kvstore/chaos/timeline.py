@@ -143,7 +143,8 @@ class Canvas:
 
 def render_timeline(result: CampaignResult, path: Path, width: int = 1600) -> None:
     """Draw ``result``'s faults, leaders and operation latencies into a PNG at ``path``."""
-    n = result.config.members
+    # One lane per slot: with membership changes a member may sit in the spare one.
+    n = result.config.members + (1 if result.config.membership else 0)
     left, right = 110, 20
     lane_h, lat_h = 34, 220
     top = 10
@@ -163,7 +164,7 @@ def render_timeline(result: CampaignResult, path: Path, width: int = 1600) -> No
     for f in result.faults:
         for i in f.members:
             y = top + i * lane_h
-            if f.kind == "move_leader":
+            if f.kind in ("move_leader", "replace_member", "learner_cycle"):
                 cv.rect(x_of(f.start), y, x_of(f.start) + 2, y + lane_h - 10, PURPLE)
             elif f.kind in FAULT_COLOURS:
                 cv.rect(x_of(f.start), y, x_of(f.end), y + lane_h - 14, FAULT_COLOURS[f.kind])

@@ -244,9 +244,11 @@ class ProcessCluster(Generic[M]):
     def promote_member(self, index: int, timeout: float = 60.0) -> None:
         """Promote learner ``index`` once it has caught up with the leader."""
         member_id = f"{self.member_id(index):x}"
+        # Not through the learner itself: a learner refuses MemberPromote.
+        voters = [m.endpoint for i, m in enumerate(self.members) if i != index and not m.removed]
         deadline = time.monotonic() + timeout
         while True:
-            proc = self.etcdctl("member", "promote", member_id)
+            proc = self.etcdctl("member", "promote", member_id, endpoints=voters)
             if proc.returncode == 0:
                 return
             if time.monotonic() > deadline or "in sync with leader" not in proc.stderr:

@@ -1,6 +1,6 @@
 """Chaos campaigns against a real 3-member etcd: zero violations expected.
 
-The short campaign (process and network faults) runs in the default suite;
+The short campaign (process, network and membership faults) runs in the default suite;
 longer ones are marked slow.
 The same run is also used to show that the checkers would notice a broken
 history of each kind (a corrupted copy of the real history).
@@ -18,6 +18,7 @@ from kvstore.chaos import linearizability
 from kvstore.chaos.checkers import Batch, check_reference, check_watch
 from kvstore.chaos.history import OK, Op
 from kvstore.chaos.runner import CampaignConfig, CampaignResult, run_campaign
+from tests.chaos.expectations import assert_members_replaced
 
 
 def _assert_clean(result: CampaignResult) -> None:
@@ -29,10 +30,11 @@ def _assert_clean(result: CampaignResult) -> None:
 
 async def test_short_campaign_has_no_violations(tmp_path: Path) -> None:
     config = CampaignConfig(
-        seed=11, rounds=12, members=3, round_seconds=1.0, out_dir=tmp_path, network=True
+        seed=35, rounds=12, members=3, round_seconds=1.0, out_dir=tmp_path, network=True
     )
     result = await run_campaign(config)
     _assert_clean(result)
+    assert_members_replaced(result)
     assert (tmp_path / "summary.txt").exists()
     assert (tmp_path / "timeline.png").read_bytes().startswith(b"\x89PNG")
 

@@ -1,7 +1,8 @@
 """The short chaos campaign against our own 3-member store: zero violations expected.
 
-Process faults (kill, pause, restart, leader transfer) and network faults on the peer
-links (partition, one-way drop, delay, loss) through the fault proxy; lock contenders
+Process faults (kill, pause, restart, leader transfer), network faults on the peer
+links (partition, one-way drop, delay, loss) through the fault proxy, and membership
+changes (a member replaced, a learner added, promoted, another member removed); lock contenders
 use the election package; lease reads are judged strictly.
 """
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from kvstore.chaos.history import OK
 from kvstore.chaos.runner import CampaignConfig, run_campaign
+from tests.chaos.expectations import assert_members_replaced
 
 
 async def test_short_campaign_against_our_store(tmp_path: Path) -> None:
@@ -31,3 +33,4 @@ async def test_short_campaign_against_our_store(tmp_path: Path) -> None:
     assert result.counts["cas"].get(OK, 0) > 0, result.summary()
     assert result.stats["lock_acquisitions"] > 0, result.summary()
     assert result.stats["guarded_writes"] > 0, result.summary()
+    assert_members_replaced(result)

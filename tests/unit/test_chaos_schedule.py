@@ -6,7 +6,12 @@ import struct
 import zlib
 from pathlib import Path
 
-from kvstore.chaos.faults import FAULT_KINDS, NETWORK_FAULT_KINDS, schedule
+from kvstore.chaos.faults import (
+    FAULT_KINDS,
+    MEMBERSHIP_FAULT_KINDS,
+    NETWORK_FAULT_KINDS,
+    schedule,
+)
 from kvstore.chaos.history import History
 from kvstore.chaos.runner import CampaignConfig, CampaignResult
 from kvstore.chaos.timeline import render_timeline
@@ -20,6 +25,17 @@ def test_schedule_is_a_function_of_the_seed() -> None:
     assert all(s.target == "majority" for s in schedule(1, 300) if s.kind == "kill_majority")
     with_net = {spec.kind for spec in schedule(1, 300, network=True)}
     assert with_net == set(FAULT_KINDS) | set(NETWORK_FAULT_KINDS)
+
+
+def test_membership_changes_join_the_schedule_replayably() -> None:
+    full = schedule(5, 300, network=True, membership=True)
+    assert full == schedule(5, 300, network=True, membership=True)
+    assert full != schedule(6, 300, network=True, membership=True)
+    kinds = {spec.kind for spec in full}
+    assert kinds == set(FAULT_KINDS) | set(NETWORK_FAULT_KINDS) | set(MEMBERSHIP_FAULT_KINDS)
+    assert {s.target for s in full if s.kind in MEMBERSHIP_FAULT_KINDS} == {"leader", "follower"}
+    without = {spec.kind for spec in schedule(5, 300, network=True)}
+    assert not without & set(MEMBERSHIP_FAULT_KINDS)
 
 
 def test_history_roundtrip(tmp_path: Path) -> None:
