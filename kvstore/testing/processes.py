@@ -19,9 +19,10 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Generic, Self, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Self, TypeVar
 
 if TYPE_CHECKING:
     from kvstore.testing.tls import Certificates
@@ -190,29 +191,55 @@ class ProcessCluster(Generic[M]):
             env=dict(os.environ, ETCDCTL_API="3"),
         )
 
-    def _etcdctl_until_done(self, args: list[str], timeout: float) -> str:
+    def _etcdctl_until_done(
+        self, args: list[str], timeout: float, applied: Callable[[], bool]
+    ) -> None:
         """Retry a membership command while the cluster refuses it as not ready yet.
 
         Both servers refuse changes until the leader has been connected to every
-        voter for a while (etcd's strict reconfiguration check).
+        voter for a while (etcd's strict reconfiguration check). A command that
+        timed out may still have been applied: ``applied`` tells, from the member
+        list, before it is sent again.
         """
         deadline = time.monotonic() + timeout
         while True:
             proc = self.etcdctl(*args)
             if proc.returncode == 0:
-                return proc.stdout
-            if time.monotonic() > deadline or not any(
+                return
+            retryable = any(
                 reason in proc.stderr
-                for reason in ("unhealthy cluster", "not enough started", "timed out", "leader")
-            ):
+                for reason in (
+                    "unhealthy cluster",
+                    "not enough started",
+                    "timed out",
+                    "leader",
+                    "deadline exceeded",
+                )
+            )
+            if retryable and self._listed_and(applied):
+                return
+            if time.monotonic() > deadline or not retryable:
                 raise MembershipError(f"etcdctl {' '.join(args)}: {proc.stderr.strip()}")
             time.sleep(0.5)  # the cluster becomes ready on its own; nothing to await
 
+    def _listed_and(self, check: Callable[[], bool]) -> bool:
+        """``check()``, or False while the member list cannot be read."""
+        try:
+            return check()
+        except (MembershipError, ValueError, KeyError):
+            return False
+
+    def _members_listed(self) -> list[dict[str, Any]]:
+        proc = self.etcdctl("member", "list", "-w", "json")
+        if proc.returncode != 0:
+            raise MembershipError(f"etcdctl member list: {proc.stderr.strip()}")
+        members: list[dict[str, Any]] = json.loads(proc.stdout).get("members", [])
+        return members
+
     def member_id(self, index: int) -> int:
         """The cluster's ID for member ``index`` (looked up by its peer URL)."""
-        listing = json.loads(self.etcdctl("member", "list", "-w", "json").stdout)
         url = self._advertised(self.members[index])
-        for m in listing["members"]:
+        for m in self._members_listed():
             if url in m.get("peerURLs", []):
                 return int(m["ID"])
         raise MembershipError(f"member {self.members[index].name} ({url}) is not in the cluster")
@@ -230,7 +257,11 @@ class ProcessCluster(Generic[M]):
         if learner:
             args.append("--learner")
         try:
-            self._etcdctl_until_done(args, timeout)
+            self._etcdctl_until_done(
+                args,
+                timeout,
+                lambda: any(url in m.get("peerURLs", []) for m in self._members_listed()),
+            )
         except MembershipError:
             self.members.pop()
             raise
@@ -259,7 +290,11 @@ class ProcessCluster(Generic[M]):
         """MemberRemove member ``index``; a running member then stops by itself."""
         member = self.members[index]
         member_id = f"{self.member_id(index):x}"
-        self._etcdctl_until_done(["member", "remove", member_id], timeout)
+        self._etcdctl_until_done(
+            ["member", "remove", member_id],
+            timeout,
+            lambda: all(f"{int(m['ID']):x}" != member_id for m in self._members_listed()),
+        )
         member.removed = True
         if member.process is not None:
             try:
