@@ -17,7 +17,6 @@ configuration from the snapshot's ConfState plus the replayed changes).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
@@ -419,7 +418,7 @@ class ClusterMembership:
         leader, and with it the Raft stream to it, before the answer arrives.
         """
         for _ in range(FORWARD_ATTEMPTS):
-            leader = await self._await_leader()
+            leader = await self.node.await_leader()
             if leader == self.self_id:
                 try:
                     return await local()
@@ -442,16 +441,6 @@ class ClusterMembership:
                         raise RequestTimeoutError() from None  # the leader is unreachable
                     raise _remote_error(exc) from None
         raise NoLeaderError()
-
-    async def _await_leader(self) -> int:
-        deadline = time.monotonic() + 2 * self.cfg.election_ms / 1000
-        while not self.node.leader_id:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise NoLeaderError()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.node.leader_changed.wait(), left)
-        return self.node.leader_id
 
     def _check_leader(self) -> None:
         if self.node.role != Role.LEADER:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import os
 import random
@@ -268,6 +269,17 @@ class Node:
         finally:
             timer.cancel()
         await self.wait_applied(index)
+
+    async def await_leader(self) -> int:
+        """The current leader's ID, waiting up to two election timeouts for one."""
+        deadline = time.monotonic() + 2 * self.cfg.election_ms / 1000
+        while not self.leader_id:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise NoLeaderError()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.leader_changed.wait(), left)
+        return self.leader_id
 
     async def wait_applied(self, index: int) -> None:
         """Wait (up to the request timeout) until ``index`` is applied here."""

@@ -165,17 +165,6 @@ class EtcdServer:
         if size > self.cfg.max_request_bytes:
             raise RequestTooLargeError()
 
-    async def _await_leader(self) -> int:
-        """The current leader, waiting up to an election timeout for one."""
-        deadline = time.monotonic() + self.cfg.election_ms / 1000 * 2
-        while not self.node.leader_id:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise NoLeaderError()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.node.leader_changed.wait(), left)
-        return self.node.leader_id
-
     def _leader_stub(self, leader: int) -> peer_pb2_grpc.PeerStub:
         return self.transport.peers[leader].stub()
 
@@ -217,7 +206,7 @@ class EtcdServer:
         call_remote: Callable[[peer_pb2_grpc.PeerStub], Awaitable[R]],
     ) -> R:
         for _ in range(3):
-            leader = await self._await_leader()
+            leader = await self.node.await_leader()
             if leader == self.member_id:
                 try:
                     return await call_local()

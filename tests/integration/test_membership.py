@@ -19,8 +19,8 @@ import pytest
 from kvstore.client import Client
 from kvstore.testing.cluster import KVCluster
 from kvstore.testing.etcd import EtcdCluster
+from tests.compat.pairs import Server, side_by_side
 
-Server = KVCluster | EtcdCluster
 DEADLINE = 60.0
 
 
@@ -184,15 +184,8 @@ def test_add_learner_promote_remove_leader_and_restart(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def both(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Server]]:
-    etcd = EtcdCluster(root=Path(tmp_path_factory.mktemp("member-etcd")), size=3)
-    ours = KVCluster(root=Path(tmp_path_factory.mktemp("member-kv")), size=3)
-    try:
-        etcd.start()
-        ours.start()
-        yield {"etcd": etcd, "kvstore": ours}
-    finally:
-        ours.stop()
-        etcd.stop()
+    with side_by_side(tmp_path_factory, "member") as pair:
+        yield pair
 
 
 def _mask(text: str) -> str:
