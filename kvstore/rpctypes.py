@@ -27,3 +27,13 @@ ERR_REQUEST_TOO_LARGE = "etcdserver: request is too large"
 ERR_TOO_MANY_REQUESTS = "etcdserver: too many requests"
 ERR_NOT_CAPABLE = "etcdserver: not capable"
 ERR_MEMBER_NOT_FOUND = "etcdserver: member not found"
+ERR_MEMBER_EXISTS = "etcdserver: member ID already exist"
+ERR_PEER_URL_EXISTS = "etcdserver: Peer URLs already exists"
+ERR_MEMBER_BAD_URLS = "etcdserver: given member URLs are invalid"
+ERR_MEMBER_NOT_LEARNER = "etcdserver: can only promote a learner member"
+ERR_LEARNER_NOT_READY = "etcdserver: can only promote a learner member which is in sync with leader"
+ERR_TOO_MANY_LEARNERS = "etcdserver: too many learner members in cluster"
+ERR_NOT_ENOUGH_STARTED_MEMBERS = (
+    "etcdserver: re-configuration failed due to not enough started members"
+)
+ERR_UNHEALTHY = "etcdserver: unhealthy cluster"

@@ -33,6 +33,18 @@ from kvstore._pb.etcdserverpb import rpc_pb2
 from kvstore._pb.peerpb import peer_pb2, peer_pb2_grpc
 from kvstore.mvcc.errors import EtcdError
 from kvstore.raft.types import ConfChange, ConfChangeSingle, ConfChangeType, Role
+from kvstore.rpctypes import (
+    ERR_LEARNER_NOT_READY,
+    ERR_MEMBER_BAD_URLS,
+    ERR_MEMBER_EXISTS,
+    ERR_MEMBER_NOT_FOUND,
+    ERR_MEMBER_NOT_LEARNER,
+    ERR_NOT_ENOUGH_STARTED_MEMBERS,
+    ERR_NOT_LEADER,
+    ERR_PEER_URL_EXISTS,
+    ERR_TOO_MANY_LEARNERS,
+    ERR_UNHEALTHY,
+)
 from kvstore.server.config import ConfigError, ServerConfig, host_port
 from kvstore.server.errors import LeaderChangedError, NoLeaderError, RequestTimeoutError
 from kvstore.server.tls import open_channel
@@ -57,52 +69,52 @@ HEALTH_INTERVAL = 5.0
 LEARNER_READY_PERCENT = 0.9
 """A learner may be promoted once its log matches this share of the leader's."""
 FORWARD_ATTEMPTS = 3
-_NOT_LEADER = "etcdserver: not leader"  # between members only: the forwarder retries
+_NOT_LEADER = ERR_NOT_LEADER  # between members only: the forwarder retries
 
 
 class MemberNotFoundError(EtcdError):
     code = grpc.StatusCode.NOT_FOUND
-    message = "etcdserver: member not found"
+    message = ERR_MEMBER_NOT_FOUND
 
 
 class MemberExistError(EtcdError):
     code = grpc.StatusCode.FAILED_PRECONDITION
-    message = "etcdserver: member ID already exist"
+    message = ERR_MEMBER_EXISTS
 
 
 class PeerURLExistError(EtcdError):
     code = grpc.StatusCode.FAILED_PRECONDITION
-    message = "etcdserver: Peer URLs already exists"
+    message = ERR_PEER_URL_EXISTS
 
 
 class MemberBadURLsError(EtcdError):
     code = grpc.StatusCode.INVALID_ARGUMENT
-    message = "etcdserver: given member URLs are invalid"
+    message = ERR_MEMBER_BAD_URLS
 
 
 class MemberNotLearnerError(EtcdError):
     code = grpc.StatusCode.FAILED_PRECONDITION
-    message = "etcdserver: can only promote a learner member"
+    message = ERR_MEMBER_NOT_LEARNER
 
 
 class LearnerNotReadyError(EtcdError):
     code = grpc.StatusCode.FAILED_PRECONDITION
-    message = "etcdserver: can only promote a learner member which is in sync with leader"
+    message = ERR_LEARNER_NOT_READY
 
 
 class TooManyLearnersError(EtcdError):
     code = grpc.StatusCode.FAILED_PRECONDITION
-    message = "etcdserver: too many learner members in cluster"
+    message = ERR_TOO_MANY_LEARNERS
 
 
 class NotEnoughStartedMembersError(EtcdError):
     code = grpc.StatusCode.FAILED_PRECONDITION
-    message = "etcdserver: re-configuration failed due to not enough started members"
+    message = ERR_NOT_ENOUGH_STARTED_MEMBERS
 
 
 class UnhealthyClusterError(EtcdError):
     code = grpc.StatusCode.UNAVAILABLE
-    message = "etcdserver: unhealthy cluster"
+    message = ERR_UNHEALTHY
 
 
 class _NotLeaderError(EtcdError):
