@@ -234,7 +234,7 @@ def test_membership_errors_match_etcd(both: dict[str, Server]) -> None:
         # A learner that never starts cannot be promoted; a second learner is refused.
         added = ctl(cluster, "member", "add", "idle", "--peer-urls=http://127.0.0.1:1", "--learner")
         out.append(added.splitlines()[0])
-        learner = re.search(r"Member ([0-9a-f]+) added", added)
+        learner = re.search(r"Member +([0-9a-f]+) added", added)
         assert learner is not None, added
         out.append(ctl(cluster, "member", "promote", learner.group(1)))
         out.append(
