@@ -10,8 +10,8 @@ status UNKNOWN; errors of the store keep their status.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -24,6 +24,7 @@ from kvstore._pb.v3lockpb import v3lock_pb2 as lpb
 from kvstore._pb.v3lockpb import v3lock_pb2_grpc
 from kvstore.client import Client, TLSConfig
 from kvstore.client.errors import EtcdError as ClientError
+from kvstore.server.api import _call
 from kvstore.server.config import host_port, is_https
 
 if TYPE_CHECKING:
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 DEFAULT_SESSION_TTL = 60
 """TTL of the lease granted for a call that names none (etcd's session default)."""
 MISSING_LEADER_KEY = '"leader" field must be provided'
@@ -76,16 +76,6 @@ class SelfClient:
         if lease == 0:
             lease = (await client.grant(DEFAULT_SESSION_TTL)).ID
         return Session.of_lease(client, lease)
-
-
-async def _call(context: grpc.aio.ServicerContext, fn: Callable[[], Awaitable[T]]) -> T:
-    try:
-        return await fn()
-    except ClientError as exc:
-        await context.abort(exc.code, exc.message)
-    except ElectionError as exc:
-        await context.abort(grpc.StatusCode.UNKNOWN, str(exc))
-    raise AssertionError("unreachable")
 
 
 class LockService(v3lock_pb2_grpc.LockServicer):

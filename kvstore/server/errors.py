@@ -6,6 +6,8 @@ import logging
 
 import grpc
 
+from election.errors import ElectionError
+from kvstore.client.errors import EtcdError as ClientError
 from kvstore.mvcc.errors import EtcdError
 from kvstore.rpctypes import (
     ERR_LEADER_CHANGED,
@@ -59,7 +61,10 @@ class NotCapableError(EtcdError):
 
 def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The gRPC status (code, message) etcd returns for ``exc``."""
-    if isinstance(exc, EtcdError):
+    if isinstance(exc, EtcdError | ClientError):
         return exc.code, exc.message
+    if isinstance(exc, ElectionError):
+        # The lock and election services answer with the recipe's Go error text, as etcd does.
+        return grpc.StatusCode.UNKNOWN, str(exc)
     log.exception("unexpected error serving a request", exc_info=exc)
     return grpc.StatusCode.UNKNOWN, f"etcdserver: {exc}"
