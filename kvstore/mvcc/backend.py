@@ -61,6 +61,7 @@ class Backend:
         self.lease_db = self.env.open_db(LEASE_DB)
         self.alarm_db = self.env.open_db(ALARM_DB)
         self._txn: lmdb.Transaction | None = None
+        self._size: int | None = None
 
     # ----- transactions -----
 
@@ -76,6 +77,7 @@ class Backend:
         if self._txn is not None:
             self._txn.commit()
             self._txn = None
+            self._size = None
 
     def abort(self) -> None:
         """Drop the batch (tests use it to simulate a crash before commit)."""
@@ -190,10 +192,16 @@ class Backend:
     # ----- size, snapshot -----
 
     def size(self) -> int:
-        """Bytes of the database in use (pages up to the last used one)."""
-        info = self.env.info()
-        stat = self.env.stat()
-        return int((info["last_pgno"] + 1) * stat["psize"])
+        """Bytes of the database in use (pages up to the last used one), as of the last commit.
+
+        Cached between commits: every write asks (the quota check), and only a commit
+        or reopening can change it.
+        """
+        if self._size is None:
+            info = self.env.info()
+            stat = self.env.stat()
+            self._size = int((info["last_pgno"] + 1) * stat["psize"])
+        return self._size
 
     def open_view(self) -> lmdb.Transaction:
         """Commit, then a read-only view of exactly this state, for ``copy_view`` in any thread.
