@@ -50,9 +50,9 @@ from election import record_key
 from kvstore._pb.etcdserverpb import rpc_pb2 as pb
 from kvstore._pb.mvccpb import kv_pb2
 from kvstore.client import Client, EtcdError
+from kvstore.ports import free_ports
 from kvstore.testing.cluster import KVCluster
 from kvstore.testing.etcd import EtcdCluster
-from kvstore.testing.ports import free_ports
 from kvstore.testing.processes import HOST, MemberProcess
 
 # etcd's conventional local ports (client, peer) for three members, as `kvstore cluster up`.

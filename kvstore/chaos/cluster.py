@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from kvstore.chaos.proxy import ProxyMesh
+from kvstore.ports import free_ports
 from kvstore.testing.cluster import KVCluster
 from kvstore.testing.etcd import EtcdCluster
-from kvstore.testing.ports import free_ports
 from kvstore.testing.processes import HOST, MembershipError
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 
 from kvstore.durations import parse_duration
-from kvstore.testing.ports import free_ports
+from kvstore.ports import free_ports
 
 log = logging.getLogger("kvstore")
 

@@ -90,16 +90,24 @@ class Peer:
         return peer_pb2_grpc.PeerStub(self.channel)  # type: ignore[no-untyped-call]
 
     async def run(self) -> None:
+        """Keep a stream open to the peer whether or not there is anything to send.
+
+        As etcd's members do, every member holds a stream to every other one from the
+        start: a member that becomes leader has then been connected to the others all
+        along (the membership health check reads ``connected_since``), not only since
+        its first message to them.
+        """
         backoff = BACKOFF_MIN
         t = self.transport
         while True:
-            first = await self.queue.get()
             call = self.stub().Send()
             try:
-                pending: list[Message] | None = [first]
+                # The opening batch names the sender; the peer checks it at once.
+                await call.write(peer_pb2.MessageBatch(cluster_id=t.cluster_id, frm=t.self_id))
+                self.active_since = time.monotonic()
+                backoff = BACKOFF_MIN
                 while True:
-                    if pending is None:
-                        pending = [await self.queue.get()]
+                    pending = [await self.queue.get()]
                     while len(pending) < MAX_BATCH and not self.queue.empty():
                         pending.append(self.queue.get_nowait())
                     batch = peer_pb2.MessageBatch(cluster_id=t.cluster_id, frm=t.self_id)
@@ -111,10 +119,6 @@ class Peer:
                             message_to_pb(m, add())
                     if batch.messages:
                         await call.write(batch)
-                        if self.active_since is None:
-                            self.active_since = time.monotonic()
-                    pending = None
-                    backoff = BACKOFF_MIN
             except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError) as exc:
                 log.debug("stream to peer %x broke: %s", self.id, exc)
                 self.active_since = None

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from kvstore.testing.ports import free_ports
+from kvstore.ports import free_ports
 from kvstore.testing.processes import (
     HOST,
     MemberProcess,

@@ -11,7 +11,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from kvstore.testing.ports import free_ports
+from kvstore.ports import free_ports
 from kvstore.testing.processes import MemberProcess, ProcessCluster, StartError, http_health
 
 

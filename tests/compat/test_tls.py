@@ -26,9 +26,9 @@ import pytest
 from kvstore._pb.v3lockpb import v3lock_pb2 as lpb
 from kvstore._pb.v3lockpb import v3lock_pb2_grpc
 from kvstore.client import Client, DeadlineExceededError, TLSConfig, UnavailableError
+from kvstore.ports import free_ports
 from kvstore.testing.cluster import KVMember
 from kvstore.testing.etcd import etcd_bin_dir, run_etcdctl
-from kvstore.testing.ports import free_ports
 from kvstore.testing.tls import Certificates, make_certificates
 from tests.compat.pairs import Server, side_by_side
 from tests.controllers.harness import Processes

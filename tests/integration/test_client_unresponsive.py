@@ -12,7 +12,7 @@ import pytest
 
 from kvstore._pb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 from kvstore.client import Client, DeadlineExceededError
-from kvstore.testing.ports import free_ports
+from kvstore.ports import free_ports
 
 
 class SilentLease(rpc_pb2_grpc.LeaseServicer):

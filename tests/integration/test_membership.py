@@ -218,6 +218,36 @@ def _until_refused(cluster: Server, args: list[str], endpoints: list[str]) -> st
         time.sleep(0.2)  # the leader's connection to the killed member has yet to break
 
 
+def test_member_add_right_after_move_leader(both: dict[str, Server]) -> None:
+    """A member that has just become leader was connected to the other voters all along.
+
+    (Runs before the error test below, which takes a member down.)
+    """
+    for name, cluster in both.items():
+        warm = _when_ready(
+            cluster, "member", "add", "warm", "--peer-urls=http://127.0.0.1:4", "--learner"
+        )
+        added = re.search(r"Member +([0-9a-f]+) added", warm)
+        assert added is not None, f"{name}: {warm}"
+        assert ctl(cluster, "member", "remove", added.group(1)).startswith("Member")
+        for attempt in range(2):  # twice: each time a follower that may never have led leads
+            leader = leader_index(cluster)
+            target = next(i for i in range(3) if i != leader)
+            moved = ctl(cluster, "move-leader", f"{cluster.member_id(target):x}")
+            assert "Leadership transferred" in moved, f"{name}: {moved}"
+            out = ctl(
+                cluster,
+                "member",
+                "add",
+                "late",
+                f"--peer-urls=http://127.0.0.1:{5 + attempt}",
+                "--learner",
+            )
+            learner = re.search(r"Member +([0-9a-f]+) added", out)
+            assert learner is not None, f"{name}: refused right after move-leader: {out}"
+            assert ctl(cluster, "member", "remove", learner.group(1)).startswith("Member")
+
+
 def test_membership_errors_match_etcd(both: dict[str, Server]) -> None:
     outs: dict[str, list[str]] = {}
     for name, cluster in both.items():

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kvstore.testing.ports import free_ports
+from kvstore.ports import free_ports
 from kvstore.testing.tls import Certificates, make_certificates
 
 

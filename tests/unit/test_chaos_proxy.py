@@ -25,9 +25,9 @@ from kvstore.chaos.proxy import (
     grpc_sender,
     peer_sender,
 )
+from kvstore.ports import free_ports
 from kvstore.server.metrics import Metrics
 from kvstore.server.transport import PEER_USER_AGENT, Transport
-from kvstore.testing.ports import free_ports
 
 HEAD = b"POST /raft HTTP/1.1\r\nHost: x\r\nX-Server-From: a1\r\n\r\n"
 
