@@ -31,8 +31,8 @@ from pathlib import Path
 import anyio
 
 from kvstore.client import Client, EtcdError
-from kvstore.testing.cluster import KVCluster
-from kvstore.testing.etcd import EtcdCluster
+from kvstore.local.cluster import KVCluster
+from kvstore.local.etcd import EtcdCluster
 
 Cluster = KVCluster | EtcdCluster
 

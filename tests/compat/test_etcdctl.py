@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from kvstore.testing.etcd import etcdctl_path, run_etcdctl
+from kvstore.local.etcd import etcdctl_path, run_etcdctl
 from tests.compat.pairs import Server, side_by_side
 
 

@@ -19,8 +19,8 @@ import pytest
 
 from kvstore._pb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 from kvstore._pb.mvccpb import kv_pb2
+from kvstore.local.etcd import EtcdCluster
 from kvstore.mvcc import EtcdError, MVCCStore
-from kvstore.testing.etcd import EtcdCluster
 
 RangeRequest = rpc_pb2.RangeRequest
 Compare = rpc_pb2.Compare

@@ -9,7 +9,7 @@ import anyio
 from election.concurrency import Election, Mutex, Session
 from election.errors import NoLeaderError, NotLeaderError
 from kvstore.client import Client
-from kvstore.testing.etcd import EtcdCluster
+from kvstore.local.etcd import EtcdCluster
 
 
 async def test_campaign_waits_for_the_leader_to_resign(etcd: EtcdCluster) -> None:

@@ -11,8 +11,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from kvstore.local.processes import MemberProcess, ProcessCluster, StartError, http_health
 from kvstore.ports import free_ports
-from kvstore.testing.processes import MemberProcess, ProcessCluster, StartError, http_health
 
 
 def etcd_bin_dir() -> Path:
