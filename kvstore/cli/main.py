@@ -218,7 +218,7 @@ def cmd_cluster_up(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from kvstore.server.bench import main as bench_main
+    from kvstore.cli.bench import main as bench_main
 
     return bench_main(args.bench_args)
 
@@ -348,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:  # its own flags (argparse REMAINDER cannot pass "--x" through)
-        from kvstore.server.bench import main as bench_main
+        from kvstore.cli.bench import main as bench_main
 
         return bench_main(argv[1:])
     args = build_parser().parse_args(argv)

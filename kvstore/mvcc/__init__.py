@@ -1,6 +1,6 @@
 """MVCC key-value store with etcd semantics, its watch hub, on LMDB.
 
-Names are loaded lazily so that ``kvstore.lease`` can import ``kvstore.mvcc.errors``
+Names are loaded lazily so that ``kvstore.lease`` can import ``kvstore.errors``
 without importing the store (which itself uses the lessor).
 """
 
@@ -8,14 +8,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from kvstore.mvcc.errors import EtcdError
-
 if TYPE_CHECKING:
     from kvstore.mvcc.store import MVCCStore
     from kvstore.mvcc.validate import validate_request
     from kvstore.mvcc.watch import WatchHub, WatchStream
 
-__all__ = ["EtcdError", "MVCCStore", "WatchHub", "WatchStream", "validate_request"]
+__all__ = ["MVCCStore", "WatchHub", "WatchStream", "validate_request"]
 
 _LAZY = {
     "MVCCStore": "kvstore.mvcc.store",

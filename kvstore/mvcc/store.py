@@ -26,16 +26,16 @@ from google.protobuf.message import Message
 
 from kvstore._pb.etcdserverpb import rpc_pb2
 from kvstore._pb.mvccpb import kv_pb2
-from kvstore.lease.lessor import NO_LEASE, Lessor
-from kvstore.mvcc import backend as bk
-from kvstore.mvcc.errors import (
+from kvstore.errors import (
     CompactedError,
-    EtcdError,
     FutureRevError,
     KeyNotFoundError,
     LeaseNotFoundError,
     NoSpaceError,
+    RequestError,
 )
+from kvstore.lease.lessor import NO_LEASE, Lessor
+from kvstore.mvcc import backend as bk
 from kvstore.mvcc.gosort import go_sort
 from kvstore.mvcc.index import TreeIndex
 from kvstore.mvcc.revision import Revision, is_tombstone, rev_key, rev_of
@@ -240,7 +240,7 @@ class MVCCStore:
     def apply(self, raft_index: int, request: Message) -> Message | None:
         """Apply one committed entry's request; returns its response (header revision set).
 
-        Raises an ``EtcdError`` for a request etcd would fail; the entry still
+        Raises a ``RequestError`` for a request etcd would fail; the entry still
         counts as applied. Entries at or below ``consistent_index`` were
         applied before a restart and are skipped (returns None).
         """
@@ -549,7 +549,7 @@ class MVCCStore:
     def _compare(self, c: rpc_pb2.Compare) -> bool:
         try:
             kvs, _, _ = self._mvcc_range(c.key, gte_end(c.range_end), 0, 0, False)
-        except EtcdError:
+        except RequestError:
             return False
         if not kvs:
             if c.target == rpc_pb2.Compare.VALUE:

@@ -27,20 +27,21 @@ from google.protobuf.message import Message as PbMessage
 
 from kvstore._pb.etcdserverpb import rpc_pb2
 from kvstore._pb.peerpb import peer_pb2
+from kvstore.errors import (
+    LeaderChangedError,
+    NoLeaderError,
+    NoSpaceError,
+    RequestError,
+    RequestTimeoutError,
+    RequestTooLargeError,
+    StoppedError,
+)
 from kvstore.mvcc.backend import DEFAULT_MAP_SIZE
-from kvstore.mvcc.errors import EtcdError, NoSpaceError
 from kvstore.mvcc.store import MVCCStore, StoreView, costs_space, quota_cost
 from kvstore.raft import Config, EntryType, HardState, Message, RaftNode, Ready, initial_snapshot
 from kvstore.raft.confchange import decode_conf_change
 from kvstore.raft.types import ConfChange, Entry, Role, Snapshot, SnapshotMetadata
 from kvstore.server.config import ServerConfig
-from kvstore.server.errors import (
-    LeaderChangedError,
-    NoLeaderError,
-    RequestTimeoutError,
-    RequestTooLargeError,
-    StoppedError,
-)
 from kvstore.server.metrics import Metrics
 from kvstore.storage import WAL, SnapshotStore, valid_snapshot_markers
 
@@ -652,14 +653,14 @@ class Node:
                 result = store.apply(e.index, req)
                 if over_quota and result is not None:
                     result = self._on_over_quota()
-            except EtcdError as exc:
+            except RequestError as exc:
                 result = exc
             applied += 1
             w = waiters.pop(env.id, None) if env.id else None
             if w is not None:
                 self.metrics.proposals_pending -= 1
                 if not w.future.done():
-                    if isinstance(result, EtcdError):
+                    if isinstance(result, RequestError):
                         w.future.set_exception(result)
                     else:
                         w.future.set_result(result)

@@ -19,8 +19,10 @@ import pytest
 
 from kvstore._pb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 from kvstore._pb.mvccpb import kv_pb2
+from kvstore.errors import RequestError
 from kvstore.local.etcd import EtcdCluster
-from kvstore.mvcc import EtcdError, MVCCStore
+from kvstore.mvcc import MVCCStore
+from kvstore.server.status import to_status
 
 RangeRequest = rpc_pb2.RangeRequest
 Compare = rpc_pb2.Compare
@@ -264,7 +266,7 @@ def outcome_etcd(client: EtcdClient, req: Any) -> tuple[str, Any]:
     try:
         resp = client.call(req)
     except grpc.RpcError as e:
-        return "error", (e.code(), e.details())
+        return "error", (e.code().value[0], e.details())
     resp.header.cluster_id = 0
     resp.header.member_id = 0
     resp.header.raft_term = 0
@@ -292,8 +294,9 @@ def outcome_ours(store: MVCCStore, index: int, req: Any) -> tuple[str, Any]:
             resp = store.lease_leases()
         else:
             resp = store.apply(index, req)
-    except EtcdError as e:
-        return "error", (e.code, e.message)
+    except RequestError as e:
+        code, message = to_status(e)
+        return "error", (code.value, message)
     return "ok", _normalize(resp)
 
 

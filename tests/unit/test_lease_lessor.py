@@ -5,20 +5,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import grpc
 import pytest
 
 from kvstore._pb.etcdserverpb import rpc_pb2
 from kvstore._pb.mvccpb import kv_pb2
-from kvstore.lease import MAX_LEASE_TTL, Lessor
-from kvstore.lease.lessor import LeaseExpiringError
-from kvstore.mvcc import MVCCStore
-from kvstore.mvcc.errors import (
+from kvstore.errors import (
     LeaseExistsError,
     LeaseNotFoundError,
     LeaseTTLTooLargeError,
     NotPrimaryError,
 )
+from kvstore.lease import MAX_LEASE_TTL, Lessor
+from kvstore.lease.lessor import LeaseExpiringError
+from kvstore.mvcc import MVCCStore
+from kvstore.server.status import StatusCode, code_of
 
 
 class Clock:
@@ -34,7 +34,7 @@ def test_grant_errors_and_min_ttl() -> None:
     assert lessor.grant(1, 1).ttl == 2  # raised to the minimum
     with pytest.raises(LeaseExistsError) as e:
         lessor.grant(1, 10)
-    assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert code_of(type(e.value)) == StatusCode.FAILED_PRECONDITION
     assert e.value.message == "etcdserver: lease already exists"
     with pytest.raises(LeaseTTLTooLargeError) as e2:
         lessor.grant(2, MAX_LEASE_TTL + 1)
@@ -42,7 +42,7 @@ def test_grant_errors_and_min_ttl() -> None:
     assert lessor.grant(3, MAX_LEASE_TTL).ttl == MAX_LEASE_TTL
     with pytest.raises(LeaseNotFoundError) as e3:
         lessor.revoke(99)
-    assert e3.value.code == grpc.StatusCode.NOT_FOUND
+    assert code_of(type(e3.value)) == StatusCode.NOT_FOUND
     assert e3.value.message == "etcdserver: requested lease not found"
 
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import grpc
 import pytest
 
 from kvstore._pb.etcdserverpb import rpc_pb2
+from kvstore.errors import NoSpaceError
 from kvstore.mvcc import MVCCStore
-from kvstore.mvcc.errors import NoSpaceError
 from kvstore.mvcc.store import KV_OVERHEAD, LEASE_OVERHEAD, costs_space, quota_cost
+from kvstore.server.status import StatusCode, code_of
 
 ALL = rpc_pb2.RangeRequest(key=b"\x00", range_end=b"\x00")
 MEMBER = 0x8E9E05C52164694D
@@ -55,7 +55,7 @@ def test_nospace_alarm_caps_writes_until_disarmed(tmp_path: Path) -> None:
     ):
         with pytest.raises(NoSpaceError) as err:
             store.apply(next(index), refused)
-        assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert code_of(type(err.value)) == StatusCode.RESOURCE_EXHAUSTED
         assert err.value.message == "etcdserver: mvcc: database space exceeded"
     # What frees space still goes through, and reads work.
     store.apply(next(index), rpc_pb2.DeleteRangeRequest(key=b"a"))

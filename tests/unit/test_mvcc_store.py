@@ -7,13 +7,13 @@ import random
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 
 from kvstore._pb.etcdserverpb import rpc_pb2
-from kvstore.mvcc import EtcdError, MVCCStore, validate_request
-from kvstore.mvcc.errors import CompactedError, DuplicateKeyError, FutureRevError
+from kvstore.errors import CompactedError, DuplicateKeyError, FutureRevError, RequestError
+from kvstore.mvcc import MVCCStore, validate_request
 from kvstore.mvcc.gosort import go_sort
+from kvstore.server.status import StatusCode, code_of
 
 ALL = rpc_pb2.RangeRequest(key=b"\x00", range_end=b"\x00")
 
@@ -45,7 +45,7 @@ def ops(seed: int, n: int) -> list[Any]:
 
 def feed(store: MVCCStore, requests: list[Any], start_index: int = 1) -> None:
     for i, req in enumerate(requests, start_index):
-        with contextlib.suppress(EtcdError):
+        with contextlib.suppress(RequestError):
             store.apply(i, req)
 
 
@@ -141,7 +141,7 @@ def test_compaction_semantics(tmp_path: Path) -> None:
     s.apply(8, rpc_pb2.CompactionRequest(revision=4))
     with pytest.raises(CompactedError) as err:
         s.range(rpc_pb2.RangeRequest(key=b"a", revision=3))
-    assert err.value.code == grpc.StatusCode.OUT_OF_RANGE
+    assert code_of(type(err.value)) == StatusCode.OUT_OF_RANGE
     assert err.value.message == "etcdserver: mvcc: required revision has been compacted"
     # At the compacted revision itself the kept version is still readable.
     assert s.range(rpc_pb2.RangeRequest(key=b"a", revision=4)).kvs[0].value == b"2"
@@ -182,11 +182,11 @@ def test_duplicate_key_and_too_many_ops_rejected() -> None:
     t.success.add().request_delete_range.CopyFrom(rpc_pb2.DeleteRangeRequest(key=b"a"))
     with pytest.raises(DuplicateKeyError) as err:
         validate_request(t)
-    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert code_of(type(err.value)) == StatusCode.INVALID_ARGUMENT
     t = rpc_pb2.TxnRequest()
     for _ in range(129):
         t.success.add().request_range.CopyFrom(rpc_pb2.RangeRequest(key=b"a"))
-    with pytest.raises(EtcdError, match="too many operations"):
+    with pytest.raises(RequestError, match="too many operations"):
         validate_request(t)
 
 
