@@ -10,6 +10,7 @@ import grpc
 
 from kvstore.rpctypes import (
     ERR_COMPACTED,
+    ERR_CORRUPT,
     ERR_DUPLICATE_KEY,
     ERR_EMPTY_KEY,
     ERR_FUTURE_REV,
@@ -105,6 +106,13 @@ class FutureRevError(EtcdError):
 
     code = _RANGE
     message = ERR_FUTURE_REV
+
+
+class CorruptError(EtcdError):
+    """A write while a CORRUPT alarm is raised (members disagree on their data)."""
+
+    code = grpc.StatusCode.DATA_LOSS
+    message = ERR_CORRUPT
 
 
 class NoSpaceError(EtcdError):

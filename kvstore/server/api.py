@@ -18,8 +18,8 @@ from kvstore.mvcc.errors import EtcdError, LeaseNotFoundError, NotPrimaryError
 from kvstore.mvcc.store import _txn_readonly as txn_readonly
 from kvstore.mvcc.validate import validate_request
 from kvstore.raft.types import Role
-from kvstore.server.backup import stream_backup
-from kvstore.server.config import SERVER_VERSION
+from kvstore.server.backup import backend_hash_of, stream_backup, write_etcd_backup
+from kvstore.server.config import CLUSTER_VERSION, SERVER_VERSION
 from kvstore.server.errors import NoLeaderError, RequestTooLargeError, to_status
 from kvstore.server.quota import check_quota
 
@@ -327,7 +327,15 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
         node = self.s.node
         work = Path(tempfile.mkdtemp(prefix="backup-", dir=Path(self.s.cfg.data_dir) / "member"))
         view = node.store.open_view()
-        copying = asyncio.ensure_future(asyncio.to_thread(node.store.copy_view, view, work))
+        copying = asyncio.ensure_future(
+            asyncio.to_thread(
+                write_etcd_backup,
+                view,
+                work / "db",
+                term=node.term,
+                cluster_version=CLUSTER_VERSION,
+            )
+        )
         try:
             # Shielded: the copy runs on if the client goes, and the cleanup waits for it.
             db_file = await asyncio.shield(copying)
@@ -349,14 +357,30 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
 
         return await _call(context, body)
 
+    async def Hash(
+        self, request: rpc_pb2.HashRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.HashResponse:
+        async def body() -> rpc_pb2.HashResponse:
+            node = self.s.node
+            view = node.store.open_view()
+            revision = node.store.current_revision
+            h = await asyncio.to_thread(
+                backend_hash_of, view, term=node.term, cluster_version=CLUSTER_VERSION
+            )
+            resp = rpc_pb2.HashResponse(hash=h)
+            self.s.fill_header(resp.header)
+            resp.header.revision = revision
+            return resp
+
+        return await _call(context, body)
+
     async def HashKV(
         self, request: rpc_pb2.HashKVRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.HashKVResponse:
         async def body() -> rpc_pb2.HashKVResponse:
-            h, compact, rev = self.s.node.store.hash_kv(request.revision)
+            h, compact, _ = self.s.node.store.hash_kv(request.revision)
             resp = rpc_pb2.HashKVResponse(hash=h, compact_revision=compact)
-            self.s.fill_header(resp.header)
-            resp.header.revision = rev
+            self.s.fill_header(resp.header)  # revision: the current one, as etcd answers
             return resp
 
         return await _call(context, body)

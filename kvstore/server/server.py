@@ -21,7 +21,7 @@ from kvstore.lease.lessor import LeaseExpiringError
 from kvstore.mvcc.errors import EtcdError, LeaseNotFoundError, NotPrimaryError
 from kvstore.mvcc.watch import WatchStream
 from kvstore.raft.types import Message, Role
-from kvstore.server import api
+from kvstore.server import api, corruption
 from kvstore.server.concurrency_api import ElectionService, LockService, SelfClient
 from kvstore.server.config import (
     CLUSTER_VERSION,
@@ -359,6 +359,7 @@ class EtcdServer:
                 ",".join(cfg.listen_peer_urls),
                 ",".join(cfg.listen_metrics_urls) or "-",
             )
+            await corruption.check_initial(self)  # before serving clients, as etcd does
             async with asyncio.TaskGroup() as tg:
                 raft_task = tg.create_task(self.node.run())
                 others = [
@@ -369,6 +370,7 @@ class EtcdServer:
                     tg.create_task(self._monitor_leader()),
                     tg.create_task(self.membership.publish()),
                     tg.create_task(self._serve_clients_once_published(client)),
+                    tg.create_task(corruption.monitor(self)),
                 ]
                 await self._stop.wait()
                 log.info("member %s stopping", cfg.name)
