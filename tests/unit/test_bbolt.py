@@ -75,7 +75,9 @@ def test_round_trip_of_every_page_kind(tmp_path: Path) -> None:
         max_size=6,
     )
 )
-def test_round_trip_of_any_content(tmp_path_factory: pytest.TempPathFactory, content) -> None:
+def test_round_trip_of_any_content(
+    tmp_path_factory: pytest.TempPathFactory, content: dict[bytes, dict[bytes, bytes]]
+) -> None:
     buckets = {name: sorted(items.items()) for name, items in content.items()}
     path = tmp_path_factory.mktemp("rt") / "db"
     write(path, buckets)
