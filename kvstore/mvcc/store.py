@@ -412,7 +412,8 @@ class MVCCStore:
             rev: Revision = (main, self._sub)
             # etcd stores a tombstone as KeyValue{key} alone (HashKV and backups see these
             # bytes); the event carries the revision of the deletion.
-            self._backend.put_rev(rev_key(main, self._sub, True), KeyValue(key=k).SerializeToString())
+            tombstone = KeyValue(key=k).SerializeToString()
+            self._backend.put_rev(rev_key(main, self._sub, True), tombstone)
             kv = KeyValue(key=k, mod_revision=main)
             self._index.tombstone(k, rev)
             self._sub += 1
