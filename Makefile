@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 SEEDS ?= 100000
 
-.PHONY: install test lint run proto sim bench chaos soak clean
+.PHONY: install test test-deps lint run proto sim bench chaos soak clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,14 @@ $(INSTALLED): pyproject.toml
 install: $(INSTALLED)
 
 ## make test: lint, type-check and the default test suite (real etcd included).
-test: lint
+test: lint test-deps
 	$(BIN)/python -m pytest -q
+
+## make test-deps: Debian packages the tests use: etcdctl 3.4 (etcd-client), whose older bbolt
+## reads our etcd-format backups too.
+test-deps:
+	@test -x /usr/bin/etcdctl || { apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends etcd-client; }
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .

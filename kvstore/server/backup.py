@@ -216,8 +216,10 @@ def restore_backup(backup: Path, data_dir: Path, *, skip_hash_check: bool = Fals
     member = data_dir / "member"
     if member.exists():
         raise BackupError(f"data dir {data_dir} already holds a member; restore into a new one")
+    created = not data_dir.exists()
     data_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".restore-", dir=data_dir))
+    restored = False
     try:
         status = _build_backend(backup, work / "member" / "db", skip_hash_check)
         store = _open_store(work / "member" / "db", backup)
@@ -231,9 +233,12 @@ def restore_backup(backup: Path, data_dir: Path, *, skip_hash_check: bool = Fals
             store.close()
         os.rename(work / "member", member)
         _fsync_dir(data_dir)
+        restored = True
         return status
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        if created and not restored:
+            shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -101,7 +101,7 @@ def etcd_status(tool: Path, path: Path) -> dict[str, int]:
 @pytest.mark.parametrize("tool", ["etcdutl-3.5", "etcdctl-3.4"])
 def test_etcd_tools_read_what_we_write(tmp_path: Path, tool: str) -> None:
     path = tool_path = etcd_bin_dir() / "etcdutl" if tool == "etcdutl-3.5" else ETCDCTL_34
-    assert path.exists(), f"{path} missing (make install-test-deps installs Debian's etcd-client)"
+    assert path.exists(), f"{path} missing (`make test-deps` installs Debian's etcd-client)"
     buckets = sample()
     data = write(tmp_path / "snap.db", buckets)
     status = etcd_status(tool_path, tmp_path / "snap.db")
