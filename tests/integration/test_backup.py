@@ -39,6 +39,12 @@ def kvstore_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def etcdutl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(etcd_bin_dir() / "etcdutl"), *args], capture_output=True, text=True, timeout=120
+    )
+
+
 def status_json(tool: Path, path: Path) -> dict[str, int]:
     proc = subprocess.run(
         [str(tool), "snapshot", "status", str(path), "-w", "json"],
@@ -138,21 +144,15 @@ async def test_our_backup_restores_into_a_real_etcd(tmp_path: Path) -> None:
 
     etcd = EtcdCluster(root=tmp_path / "etcd", size=1)
     member = etcd.members[0]
-    restored = subprocess.run(
-        [
-            str(etcd_bin_dir() / "etcdutl"),
-            "snapshot",
-            "restore",
-            str(backup),
-            f"--name={member.name}",
-            f"--data-dir={member.data_dir}",
-            f"--initial-cluster={member.name}={member.peer_url}",
-            f"--initial-advertise-peer-urls={member.peer_url}",
-            f"--initial-cluster-token={etcd.token}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    restored = etcdutl(
+        "snapshot",
+        "restore",
+        str(backup),
+        f"--name={member.name}",
+        f"--data-dir={member.data_dir}",
+        f"--initial-cluster={member.name}={member.peer_url}",
+        f"--initial-advertise-peer-urls={member.peer_url}",
+        f"--initial-cluster-token={etcd.token}",
     )
     assert restored.returncode == 0, restored.stderr
     etcd.start()
