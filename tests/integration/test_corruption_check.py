@@ -42,7 +42,7 @@ def flip_value(data_dir: Path, key: bytes) -> None:
 async def same_hash_everywhere(client: Client, endpoints: list[str], rev: int) -> None:
     with anyio.fail_after(60):
         while True:
-            hashes = set()
+            hashes: set[int | None] = set()
             for ep in endpoints:
                 try:
                     hashes.add((await client.hash_kv(ep, rev, timeout=5)).hash)
