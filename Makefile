@@ -19,11 +19,12 @@ install: $(INSTALLED)
 test: lint test-deps
 	$(BIN)/python -m pytest -q
 
-## make test-deps: Debian packages the tests use: etcdctl 3.4 (etcd-client), whose older bbolt
-## reads our etcd-format backups too.
+## make test-deps: Debian packages the tests use: etcd 3.4 (etcd-client, etcd-server), whose
+## tools and backups our etcd-format backups are checked against.
 test-deps:
-	@test -x /usr/bin/etcdctl || { apt-get update -q && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends etcd-client; }
+	@test -x /usr/bin/etcdctl -a -x /usr/bin/etcd || { apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+		etcd-client etcd-server; }
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .

