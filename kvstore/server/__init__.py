@@ -26,4 +26,10 @@ Modules:
   port; we do not (gRPC only there).
 * :mod:`~kvstore.server.bench` -- rough throughput and failover figures, ours
   vs a real etcd (``kvstore bench``).
+* :mod:`~kvstore.server.etcd_format` and :mod:`~kvstore.server.backup` --
+  our backend in etcd's bbolt layout, both ways: Maintenance.Snapshot and
+  Hash, ``kvstore snapshot status|restore`` (``backup_bench``: backup size and
+  time, ours vs etcd).
+* :mod:`~kvstore.server.corruption` -- etcd's initial and periodic HashKV
+  comparison between members (CORRUPT alarm).
 """
