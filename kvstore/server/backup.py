@@ -25,6 +25,7 @@ import lmdb
 
 from kvstore._pb.etcdserverpb import rpc_pb2
 from kvstore.mvcc import backend as bk
+from kvstore.mvcc import open_store
 from kvstore.mvcc.store import MVCCStore, StoreView
 from kvstore.server.etcd_format import (
     HASH_IGNORED,
@@ -181,9 +182,10 @@ def _copy_prefix(src: Path, dst: Path, length: int) -> None:
 
 def _open_store(db_dir: Path, backup: Path) -> MVCCStore:
     try:
-        return MVCCStore(db_dir)
+        store, _ = open_store(db_dir)
     except lmdb.Error as error:
         raise BackupError(f"{backup}: not a sound LMDB database ({error})") from None
+    return store
 
 
 def _with_counts(status: BackupStatus, store: MVCCStore) -> BackupStatus:

@@ -19,8 +19,9 @@ import anyio
 
 from kvstore.client import Client
 from kvstore.client.txn import put as put_op
-from kvstore.testing.cluster import KVCluster
-from kvstore.testing.etcd import EtcdCluster, etcd_bin_dir, run_etcdctl
+from kvstore.local.binaries import etcd_bin_dir
+from kvstore.local.cluster import KVCluster
+from kvstore.local.etcd import EtcdCluster, run_etcdctl
 
 BATCH = 100
 

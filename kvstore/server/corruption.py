@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from kvstore._pb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
-from kvstore.mvcc.errors import EtcdError
+from kvstore.errors import RequestError
 from kvstore.raft.types import Role
 from kvstore.server.tls import open_channel
 
@@ -169,5 +169,5 @@ async def monitor(server: EtcdServer) -> None:
             continue
         try:
             await check_once(server)
-        except (EtcdError, grpc.aio.AioRpcError) as exc:
+        except (RequestError, grpc.aio.AioRpcError) as exc:
             log.warning("corruption check failed: %s", exc)

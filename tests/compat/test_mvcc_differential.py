@@ -20,8 +20,17 @@ import pytest
 
 from kvstore._pb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 from kvstore._pb.mvccpb import kv_pb2
-from kvstore.mvcc import EtcdError, MVCCStore
-from kvstore.testing.etcd import EtcdCluster
+from kvstore.errors import RequestError
+from kvstore.local.etcd import EtcdCluster
+from kvstore.mvcc import MVCCStore, WatchHub, open_store
+from kvstore.server.status import to_status
+
+
+def hub_of(store: MVCCStore) -> WatchHub:
+    """The watch hub ``open_store`` attached to ``store``."""
+    assert isinstance(store.watchers, WatchHub)
+    return store.watchers
+
 
 RangeRequest = rpc_pb2.RangeRequest
 Compare = rpc_pb2.Compare
@@ -266,7 +275,7 @@ def outcome_etcd(client: EtcdClient, req: Any) -> tuple[str, Any]:
     try:
         resp = client.call(req)
     except grpc.RpcError as e:
-        return "error", (e.code(), e.details())
+        return "error", (e.code().value[0], e.details())
     resp.header.cluster_id = 0
     resp.header.member_id = 0
     resp.header.raft_term = 0
@@ -294,8 +303,9 @@ def outcome_ours(store: MVCCStore, index: int, req: Any) -> tuple[str, Any]:
             resp = store.lease_leases()
         else:
             resp = store.apply(index, req)
-    except EtcdError as e:
-        return "error", (e.code, e.message)
+    except RequestError as e:
+        code, message = to_status(e)
+        return "error", (code.value, message)
     return "ok", _normalize(resp)
 
 
@@ -303,7 +313,7 @@ def hash_kv_etcd(client: EtcdClient, rev: int) -> tuple[str, Any]:
     try:
         resp = client.maintenance.HashKV(rpc_pb2.HashKVRequest(revision=rev), timeout=10)
     except grpc.RpcError as e:
-        return "error", (e.code(), e.details())
+        return "error", (e.code().value[0], e.details())
     return "ok", (resp.hash, resp.compact_revision)
 
 
@@ -327,8 +337,9 @@ def settled_hash_kv_etcd(client: EtcdClient, rev: int, ours: tuple[str, Any]) ->
 def hash_kv_ours(store: MVCCStore, rev: int) -> tuple[str, Any]:
     try:
         h, compact, _ = store.hash_kv(rev)
-    except EtcdError as e:
-        return "error", (e.code, e.message)
+    except RequestError as e:
+        code, message = to_status(e)
+        return "error", (code.value, message)
     return "ok", (h, compact)
 
 
@@ -395,7 +406,7 @@ def test_differential_vs_etcd(
     fresh_etcd: EtcdCluster, tmp_path: Path, seed: int, keys: list[bytes], compact_batch: int
 ) -> None:
     """compact_batch 2 keeps our physical compaction pending across commits."""
-    store = MVCCStore(tmp_path / "ours", compact_batch=compact_batch)
+    store = open_store(tmp_path / "ours", compact_batch=compact_batch)[0]
     try:
         tally = run_differential(fresh_etcd.endpoints[0], store, seed, 800, keys)
         print(sorted(tally.items()))
@@ -411,7 +422,7 @@ def test_differential_vs_etcd(
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", range(10, 20))
 def test_differential_vs_etcd_long(fresh_etcd: EtcdCluster, tmp_path: Path, seed: int) -> None:
-    store = MVCCStore(tmp_path / "ours", compact_batch=3 if seed % 3 == 0 else 10_000)
+    store = open_store(tmp_path / "ours", compact_batch=3 if seed % 3 == 0 else 10_000)[0]
     try:
         run_differential(
             fresh_etcd.endpoints[0], store, seed, 5000, WIDE_KEYS if seed % 2 else KEYS
@@ -507,8 +518,8 @@ async def run_watch_differential(
 
     r = random.Random(seed * 1000)
     gen = OpGen(seed)
-    store = MVCCStore(tmp_path / "ours", watch_queue_size=4)  # small: forces replay paths
-    ours = store.hub.new_stream()
+    store = open_store(tmp_path / "ours", watch_queue_size=4)[0]  # small: forces replay paths
+    ours = hub_of(store).new_stream()
     client = EtcdClient(fresh_etcd.endpoints[0])
     channel = grpc.aio.insecure_channel(fresh_etcd.endpoints[0])
     call = rpc_pb2_grpc.WatchStub(channel).Watch()  # type: ignore[no-untyped-call]
@@ -547,7 +558,7 @@ async def run_watch_differential(
                 our_resps.extend(ours.drain())
         while True:
             our_resps.extend(ours.drain())
-            if not store.hub.sync_unsynced() and ours.pending() == 0:
+            if not hub_of(store).sync_unsynced() and ours.pending() == 0:
                 break
         expected = _flatten(our_resps)
         # etcd pushes asynchronously: read until it has said as much as we did.

@@ -23,9 +23,10 @@ import pytest
 from kvstore._pb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 from kvstore.client import Client
 from kvstore.client.errors import EtcdError
+from kvstore.local.binaries import etcd_bin_dir, etcdctl_path
+from kvstore.local.cluster import KVCluster
+from kvstore.local.etcd import EtcdCluster, run_etcdctl
 from kvstore.storage.bbolt import BoltReader
-from kvstore.testing.cluster import KVCluster
-from kvstore.testing.etcd import EtcdCluster, etcd_bin_dir, etcdctl_path, run_etcdctl
 
 ETCDCTL_34 = Path("/usr/bin/etcdctl")
 ETCD_34 = Path("/usr/bin/etcd")

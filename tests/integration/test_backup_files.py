@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from kvstore._pb.etcdserverpb import rpc_pb2
-from kvstore.mvcc import MVCCStore
+from kvstore.mvcc import MVCCStore, open_store
 from kvstore.server.backup import write_etcd_backup
 from kvstore.storage.bbolt import PAGE_SIZE
 
@@ -44,7 +44,7 @@ def with_digest(db: bytes) -> bytes:
 def etcd_backup(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, int]:
     """An etcd-format backup of a small store: (file bytes, revision)."""
     root = tmp_path_factory.mktemp("src")
-    store = MVCCStore(root / "db")
+    store, _ = open_store(root / "db")
     try:
         revision = fill(store)
         db = write_etcd_backup(store.open_view(), root / "out.db", term=1, cluster_version="3.5.0")
@@ -112,7 +112,7 @@ def test_a_bare_database_needs_skip_hash_check(
 
 
 def test_backups_in_our_previous_lmdb_format_still_restore(tmp_path: Path) -> None:
-    store = MVCCStore(tmp_path / "src")
+    store, _ = open_store(tmp_path / "src")
     try:
         revision = fill(store)
         data = store.snapshot(tmp_path / "copy")  # the LMDB file the old stream carried
@@ -126,7 +126,7 @@ def test_backups_in_our_previous_lmdb_format_still_restore(tmp_path: Path) -> No
     assert "previous LMDB format" in status.stdout
     restored = kvstore_cli("snapshot", "restore", "--data-dir", str(tmp_path / "new"), str(old))
     assert restored.returncode == 0, restored.stderr
-    again = MVCCStore(tmp_path / "new" / "member" / "db")
+    again, _ = open_store(tmp_path / "new" / "member" / "db")
     try:
         assert again.current_revision == revision and again.consistent_index == 0
     finally:

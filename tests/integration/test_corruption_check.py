@@ -17,8 +17,8 @@ import pytest
 from kvstore._pb.mvccpb import kv_pb2
 from kvstore.client import Client
 from kvstore.client.errors import EtcdError
+from kvstore.local.cluster import KVCluster
 from kvstore.rpctypes import ERR_CORRUPT
-from kvstore.testing.cluster import KVCluster
 
 
 def flip_value(data_dir: Path, key: bytes) -> None:

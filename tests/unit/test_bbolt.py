@@ -21,10 +21,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kvstore.local.binaries import etcd_bin_dir
 from kvstore.mvcc.revision import rev_key
 from kvstore.server.etcd_format import backend_hash
 from kvstore.storage.bbolt import PAGE_SIZE, BoltError, BoltReader, BoltWriter
-from kvstore.testing.etcd import etcd_bin_dir
 
 ETCDCTL_34 = Path("/usr/bin/etcdctl")
 
