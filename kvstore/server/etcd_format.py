@@ -90,6 +90,14 @@ def _cursor(view: StoreView, db: lmdb._Database) -> Items:
         yield cast(bytes, k), cast(bytes, v)
 
 
+def _go_json(doc: dict[str, object]) -> bytes:
+    """JSON as Go's encoding/json writes it: compact, UTF-8, with <, >, & escaped."""
+    text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+    for char, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026")):
+        text = text.replace(char, escaped)
+    return text.encode()
+
+
 def _members_json(m: Member) -> bytes:
     """etcd's member JSON (Go's encoding of membership.Member, omitempty fields left out)."""
     doc: dict[str, object] = {"id": m.id, "peerURLs": list(m.peer_urls)}
@@ -99,7 +107,7 @@ def _members_json(m: Member) -> bytes:
         doc["name"] = m.name
     if m.client_urls:
         doc["clientURLs"] = list(m.client_urls)
-    return json.dumps(doc, separators=(",", ":")).encode()
+    return _go_json(doc)
 
 
 def _conf_state(registry: MemberRegistry) -> bytes:
@@ -112,7 +120,7 @@ def _conf_state(registry: MemberRegistry) -> bytes:
     if learners:
         doc["learners"] = learners
     doc["auto_leave"] = False
-    return json.dumps(doc, separators=(",", ":")).encode()
+    return _go_json(doc)
 
 
 def _registry(view: StoreView) -> MemberRegistry | None:
