@@ -18,6 +18,7 @@ from kvstore._pb.etcdserverpb import rpc_pb2
 from kvstore._pb.peerpb import peer_pb2_grpc
 from kvstore.errors import RequestError
 from kvstore.raft.types import Message
+from kvstore.server import corruption
 from kvstore.server.config import (
     CLUSTER_VERSION,
     GRPC_OVERHEAD_BYTES,
@@ -228,6 +229,7 @@ class EtcdServer:
                 ",".join(cfg.listen_peer_urls),
                 ",".join(cfg.listen_metrics_urls) or "-",
             )
+            await corruption.check_initial(self.core)  # before serving clients, as etcd does
             async with asyncio.TaskGroup() as tg:
                 raft_task = tg.create_task(self.node.run())
                 others = [
@@ -238,6 +240,7 @@ class EtcdServer:
                     tg.create_task(self._monitor_leader()),
                     tg.create_task(self.membership.publish()),
                     tg.create_task(self._serve_clients_once_published()),
+                    tg.create_task(corruption.monitor(self.core)),
                 ]
                 await self._stop.wait()
                 log.info("member %s stopping", cfg.name)
