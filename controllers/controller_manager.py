@@ -30,6 +30,7 @@ from controllers.runtime import (
     validate_leader_election,
 )
 from controllers.store import Store, Writer
+from kvstore import eventloop
 from kvstore.client import Client
 
 KNOWN_CONTROLLERS = ("nodelifecycle", "replicaset")
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging(args.verbose)
     set_component("controller-manager")
     emit("config", controllers=args.controllers)
-    anyio.run(amain, args)
+    eventloop.run(amain, args)
 
 
 if __name__ == "__main__":

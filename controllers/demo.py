@@ -47,6 +47,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from controllers.objects import Obj, condition, new_object, pod_is_active
 from controllers.store import ConflictError, DirectWriter, Store, decode
 from election import record_key
+from kvstore import eventloop
 from kvstore._pb.etcdserverpb import rpc_pb2 as pb
 from kvstore._pb.mvccpb import kv_pb2
 from kvstore.client import Client, EtcdError
@@ -882,7 +883,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if saved is not None:
             tty.setcbreak(sys.stdin)  # one key press is a command; Ctrl-C still signals
-        code = anyio.run(amain, args)
+        code = eventloop.run(amain, args)
     finally:
         if saved is not None:
             termios.tcsetattr(sys.stdin, termios.TCSADRAIN, saved)

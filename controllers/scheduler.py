@@ -38,6 +38,7 @@ from controllers.runtime import (
 from controllers.scheduling import schedule
 from controllers.store import Store, Writer
 from controllers.workqueue import ExponentialBackoff, WorkQueue
+from kvstore import eventloop
 from kvstore.client import Client
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     setup_logging(args.verbose)
     set_component("scheduler")
-    anyio.run(amain, args)
+    eventloop.run(amain, args)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 from kvstore.durations import parse_duration
+from kvstore.eventloop import run_coroutine
 from kvstore.ports import free_ports
 
 log = logging.getLogger("kvstore")
@@ -87,7 +88,6 @@ def _duration_flag(flag: str, value: str) -> float:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run one member in the foreground until SIGTERM/SIGINT."""
-    import asyncio
     import os
 
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # read when grpc is first imported
@@ -168,7 +168,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
         return 1
     try:
-        asyncio.run(serve(cfg))
+        run_coroutine(serve(cfg))
     except (OSError, RuntimeError, StorageError) as error:
         print(f"kvstore serve: {error}", file=sys.stderr)
         return 1
