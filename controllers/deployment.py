@@ -32,15 +32,13 @@ scales old ReplicaSets down only while every ReplicaSet's status is current
 from __future__ import annotations
 
 import copy
-import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import anyio
 
 from controllers import deploymentutil as du
 from controllers.events import emit
-from controllers.informer import Handlers, Informer, Informers, wait_synced
+from controllers.informer import Handlers, Informers, wait_synced
 from controllers.objects import (
     Obj,
     annotations_of,
@@ -59,25 +57,10 @@ from controllers.objects import (
     uid_of,
     with_spec_change,
 )
+from controllers.ownwrites import OwnWrites
 from controllers.runtime import Retry, run_workers
 from controllers.store import ConflictError, Store, Writer
 from controllers.workqueue import ExponentialBackoff, WorkQueue
-
-log = logging.getLogger(__name__)
-
-WRITE_TTL = 60.0  # a write not seen by the informer by then is no longer waited for
-
-
-class Invalid(Exception):
-    """The Deployment would not pass Kubernetes' validation; nothing is done with it."""
-
-
-@dataclass
-class _Written:
-    revision: int
-    deleted: bool
-    at: float
-    obj: Obj
 
 
 class DeploymentController:
@@ -91,7 +74,8 @@ class DeploymentController:
         self.replicasets = informers.get("replicasets")
         self.pods = informers.get("pods")
         self.queue: WorkQueue[str] = WorkQueue(ExponentialBackoff(0.005, 10.0))
-        self.written: dict[str, _Written] = {}  # "<resource>/<key>" -> our last write
+        self.own_deployments = OwnWrites(self.deployments)
+        self.own_replicasets = OwnWrites(self.replicasets)
         self.progress_seen: dict[str, float] = {}  # deployment -> last progress (monotonic)
         self.invalid: dict[str, str] = {}  # deployment -> why, reported once per spec
         self.deployments.add_handlers(
@@ -112,19 +96,11 @@ class DeploymentController:
 
     # ---- event handlers ----
 
-    def _seen(self, resource: str, obj: Obj) -> None:
-        key = f"{resource}/{object_key(obj)}"
-        written = self.written.get(key)
-        if written is not None and resource_version(obj) >= written.revision:
-            del self.written[key]
-
     def _deployment_changed(self, d: Obj) -> None:
-        self._seen("deployments", d)
         self.queue.add(object_key(d))
 
     def _deployment_deleted(self, d: Obj) -> None:
         key = object_key(d)
-        self.written.pop(f"deployments/{key}", None)
         self.progress_seen.pop(key, None)
         self.invalid.pop(key, None)
 
@@ -148,7 +124,6 @@ class DeploymentController:
                     self.queue.add(object_key(d))
 
     def _rs_changed(self, old: Obj | None, rs: Obj) -> None:
-        self._seen("replicasets", rs)
         if old is not None and (controller_ref(old) or {}).get("uid") != (
             controller_ref(rs) or {}
         ).get("uid"):
@@ -156,7 +131,6 @@ class DeploymentController:
         self._enqueue_for(rs)
 
     def _rs_deleted(self, rs: Obj) -> None:
-        self.written.pop(f"replicasets/{object_key(rs)}", None)
         self._enqueue_for(rs)
 
     def _pod_deleted(self, pod: Obj) -> None:
@@ -170,34 +144,16 @@ class DeploymentController:
         if d is not None and (d["spec"].get("strategy") or {}).get("type") == du.RECREATE:
             self.queue.add(object_key(d))
 
-    def _stale(self, informer: Informer, resource: str, key: str) -> bool:
-        """The cache does not hold our last write of this object yet."""
-        written = self.written.get(f"{resource}/{key}")
-        if written is None:
-            return False
-        if anyio.current_time() - written.at > WRITE_TTL:
-            del self.written[f"{resource}/{key}"]
-            return False
-        cached = informer.get(key)
-        if written.deleted:
-            return cached is not None and resource_version(cached) < written.revision
-        return cached is None or resource_version(cached) < written.revision
-
-    def _note_write(self, resource: str, obj: Obj, *, deleted_at: int = 0) -> None:
-        revision = deleted_at or resource_version(obj)
-        key = f"{resource}/{object_key(obj)}"
-        self.written[key] = _Written(revision, bool(deleted_at), anyio.current_time(), obj)
-
     # ---- writes ----
 
     async def _update_rs(self, rs: Obj) -> Obj:
         written = await self.store.update(self.writer, "replicasets", rs)
-        self._note_write("replicasets", written)
+        self.own_replicasets.wrote(written)
         return written
 
     async def _update_deployment(self, d: Obj) -> Obj:
         written = await self.store.update(self.writer, "deployments", d)
-        self._note_write("deployments", written)
+        self.own_deployments.wrote(written)
         return written
 
     async def _scale(self, d: Obj, rs: Obj, replicas: int) -> tuple[bool, Obj]:
@@ -235,14 +191,7 @@ class DeploymentController:
         raw = self.deployments.get(key)
         if raw is None:
             return
-        namespace = namespace_of(raw)
-        rs_keys = [
-            object_key(rs) for rs in self.replicasets.list() if namespace_of(rs) == namespace
-        ]
-        rs_keys += [k[len("replicasets/") :] for k in self.written if k.startswith("replicasets/")]
-        if self._stale(self.deployments, "deployments", key) or any(
-            self._stale(self.replicasets, "replicasets", k) for k in rs_keys
-        ):
+        if self.own_deployments.pending(key) or self.own_replicasets.any_pending(namespace_of(raw)):
             return  # the informer event that brings our write requeues this
         d = du.with_defaults(raw)
         errors = du.validate(d)
@@ -397,7 +346,7 @@ class DeploymentController:
             d_copy.setdefault("status", {})["collisionCount"] = (collisions or 0) + 1
             await self._update_deployment(d_copy)
             raise Retry(f"{object_key(d)}: hash collision on {name_of(rs)}") from None
-        self._note_write("replicasets", created)
+        self.own_replicasets.wrote(created)
         self.progress_seen[object_key(d)] = anyio.current_time()
         emit(
             "replicaset_created",
@@ -430,16 +379,7 @@ class DeploymentController:
         await self._sync_rollout_status(d, all_rss, new_rs)
 
     def _current(self, rss: list[Obj]) -> list[Obj]:
-        """The latest versions of these ReplicaSets: as this sync wrote them, else cached."""
-        latest = []
-        for rs in rss:
-            written = self.written.get(f"replicasets/{object_key(rs)}")
-            cached = self.replicasets.get(object_key(rs)) or rs
-            if written is not None and written.revision > resource_version(cached):
-                latest.append(written.obj)
-            else:
-                latest.append(cached)
-        return latest
+        return [self.own_replicasets.latest(rs) for rs in rss]
 
     async def _reconcile_new(self, d: Obj, all_rss: list[Obj], new_rs: Obj) -> tuple[bool, Obj]:
         wanted = du.replicas_of(d)
@@ -625,7 +565,7 @@ class DeploymentController:
                 revision = await self.store.delete(self.writer, "replicasets", rs)
             except ConflictError:
                 continue  # changed meanwhile; a later sync looks again
-            self._note_write("replicasets", rs, deleted_at=revision)
+            self.own_replicasets.deleted(rs, revision)
             emit("replicaset_deleted", deployment=object_key(d), replicaset=name_of(rs))
 
     # ---- status ----
@@ -638,53 +578,16 @@ class DeploymentController:
             await self._write_status(d, new_status)
 
     async def _sync_rollout_status(self, d: Obj, all_rss: list[Obj], new_rs: Obj | None) -> None:
-        key = object_key(d)
-        new_status = du.calculate_status(all_rss, new_rs, d)
-        current = du.condition_of(d.get("status") or {}, "Progressing")
-        done = (
-            new_status["replicas"] == new_status["updatedReplicas"]
-            and current is not None
-            and current.get("reason") == du.NEW_RS_AVAILABLE
-        )
-        now = anyio.current_time()
-        deadline = float(d["spec"]["progressDeadlineSeconds"])
-        rs_name = f'ReplicaSet "{name_of(new_rs)}"' if new_rs else f'Deployment "{name_of(d)}"'
-        if not done:
-            if du.complete(d, new_status):
-                self.progress_seen.pop(key, None)
-                cond = du.new_condition(
-                    "Progressing",
-                    "True",
-                    du.NEW_RS_AVAILABLE,
-                    f"{rs_name} has successfully progressed.",
-                )
-                du.set_condition(new_status, cond)
-            elif du.progressing(d, new_status):
-                self.progress_seen[key] = now
-                cond = du.new_condition(
-                    "Progressing", "True", du.RS_UPDATED, f"{rs_name} is progressing."
-                )
-                if current is not None and current.get("status") == "True":
-                    cond["lastTransitionTime"] = current.get("lastTransitionTime")
-                du.remove_condition(new_status, "Progressing")
-                du.set_condition(new_status, cond)
-            elif current is not None and current.get("reason") not in (
-                du.NEW_RS_AVAILABLE,
-                du.TIMED_OUT,
-            ):
-                since = self.progress_seen.setdefault(key, now)
-                if now - since > deadline:
-                    cond = du.new_condition(
-                        "Progressing",
-                        "False",
-                        du.TIMED_OUT,
-                        f"{rs_name} has timed out progressing.",
-                    )
-                    du.set_condition(new_status, cond)
-                else:
-                    self.queue.add_after(key, since + deadline - now + 0.1)
-        if new_status != (d.get("status") or {}):
-            await self._write_status(d, new_status)
+        key, now = object_key(d), anyio.current_time()
+        rollout = du.rollout_status(d, all_rss, new_rs, now, self.progress_seen.get(key, now))
+        if rollout.last_progress is None:
+            self.progress_seen.pop(key, None)
+        else:
+            self.progress_seen[key] = rollout.last_progress
+        if rollout.check_again_in is not None:
+            self.queue.add_after(key, rollout.check_again_in)
+        if rollout.status != (d.get("status") or {}):
+            await self._write_status(d, rollout.status)
 
     async def _write_status(self, d: Obj, status: dict[str, object]) -> None:
         d_copy = copy.deepcopy(d)

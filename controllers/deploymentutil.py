@@ -14,6 +14,7 @@ import json
 import re
 import struct
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from controllers.objects import Obj, annotations_of, generation_of, meta, now_rfc3339
@@ -404,3 +405,53 @@ def progressing(d: Obj, status: dict[str, Any]) -> bool:
         or get(status, "readyReplicas") > get(old, "readyReplicas")
         or get(status, "availableReplicas") > get(old, "availableReplicas")
     )
+
+
+NO_DEADLINE = 2**31 - 1  # progressDeadlineSeconds that means none
+
+
+@dataclass
+class Rollout:
+    status: dict[str, Any]
+    last_progress: float | None  # when progress was last seen (None: the rollout is over)
+    check_again_in: float | None  # when the deadline would pass, if it still might
+
+
+def rollout_status(
+    d: Obj, all_rss: list[Obj], new_rs: Obj | None, now: float, last_progress: float
+) -> Rollout:
+    """syncRolloutStatus: the status, with the Progressing condition updated from
+    whether the rollout is complete, progressing, or stuck past its deadline.
+    Times are one controller's own monotonic clock, never a timestamp read back."""
+    status = calculate_status(all_rss, new_rs, d)
+    deadline = int(d["spec"]["progressDeadlineSeconds"])
+    if deadline == NO_DEADLINE:
+        remove_condition(status, "Progressing")
+        return Rollout(status, None, None)
+    current = condition_of(d.get("status") or {}, "Progressing")
+    reason = (current or {}).get("reason")
+    if status["replicas"] == status["updatedReplicas"] and reason == NEW_RS_AVAILABLE:
+        return Rollout(status, None, None)  # a resync of a finished rollout
+    subject = (
+        f'ReplicaSet "{new_rs["metadata"]["name"]}"'
+        if new_rs
+        else f'Deployment "{d["metadata"]["name"]}"'
+    )
+    if complete(d, status):
+        message = f"{subject} has successfully progressed."
+        set_condition(status, new_condition("Progressing", "True", NEW_RS_AVAILABLE, message))
+        return Rollout(status, None, None)
+    if progressing(d, status):
+        cond = new_condition("Progressing", "True", RS_UPDATED, f"{subject} is progressing.")
+        if current is not None and current.get("status") == "True":
+            cond["lastTransitionTime"] = current.get("lastTransitionTime")
+        remove_condition(status, "Progressing")  # a new lastUpdateTime even with that reason
+        set_condition(status, cond)
+        return Rollout(status, now, None)
+    if current is None or reason in (NEW_RS_AVAILABLE, TIMED_OUT):
+        return Rollout(status, last_progress, None)
+    if now - last_progress > deadline:
+        message = f"{subject} has timed out progressing."
+        set_condition(status, new_condition("Progressing", "False", TIMED_OUT, message))
+        return Rollout(status, last_progress, None)
+    return Rollout(status, last_progress, last_progress + deadline - now + 0.1)

@@ -119,9 +119,11 @@ async def test_create_scale_rollout_rollback_and_history(etcd: EtcdCluster) -> N
             plane.writer, "deployments", "web", "default", set_image("example/web:2")
         )
         d = await rolled_out(plane, "web", 5, "example/web:2")
-        rss = {rs["metadata"]["name"]: rs for rs in owned(plane.informer("replicasets").list(), d)}
-        assert len(rss) == 2 and rss[first["metadata"]["name"]]["spec"]["replicas"] == 0
-        second = next(rs for name, rs in rss.items() if name != first["metadata"]["name"])
+        by_name = {
+            rs["metadata"]["name"]: rs for rs in owned(plane.informer("replicasets").list(), d)
+        }
+        assert len(by_name) == 2 and by_name[first["metadata"]["name"]]["spec"]["replicas"] == 0
+        second = next(rs for name, rs in by_name.items() if name != first["metadata"]["name"])
         assert annotations_of(second)[du.REVISION] == annotations_of(d)[du.REVISION] == "2"
 
         # Roll back to the previous revision: the first ReplicaSet again, as revision 3.

@@ -236,3 +236,32 @@ def test_toleration_time(
 ) -> None:
     pod = new_object("pods", "p", spec={"tolerations": tolerations})
     assert toleration_time(effective_tolerations(pod, 300.0), taints) == expected
+
+
+def test_progress_deadline_by_our_own_clock() -> None:
+    d = deployment(2)
+    d["spec"]["progressDeadlineSeconds"] = 30
+    new = replicaset("new", 2)
+    new["status"] = {"replicas": 2, "readyReplicas": 0, "availableReplicas": 0}
+    created = du.new_condition("Progressing", "True", du.NEW_RS_CREATED, "created")
+    d["status"] = {"replicas": 2, "updatedReplicas": 2, "conditions": [created]}
+    # Nothing moved since t=100: at 110 look again when the deadline passes, at 131 time out.
+    stuck = du.rollout_status(d, [new], new, 110.0, 100.0)
+    assert (stuck.last_progress, stuck.check_again_in) == (100.0, pytest.approx(20.1))
+    late = du.rollout_status(d, [new], new, 131.0, 100.0)
+    cond = du.condition_of(late.status, "Progressing")
+    assert cond is not None and (cond["status"], cond["reason"]) == ("False", du.TIMED_OUT)
+    # A pod became ready: progress, seen now.
+    new["status"]["readyReplicas"] = 1
+    moving = du.rollout_status(d, [new], new, 131.0, 100.0)
+    assert moving.last_progress == 131.0
+    assert (du.condition_of(moving.status, "Progressing") or {})["reason"] == du.RS_UPDATED
+    # Every replica updated and available: done.
+    new["status"].update(readyReplicas=2, availableReplicas=2)
+    done = du.rollout_status(d, [new], new, 140.0, 131.0)
+    assert done.last_progress is None
+    assert (du.condition_of(done.status, "Progressing") or {})["message"] == (
+        'ReplicaSet "new" has successfully progressed.'
+    )
+    d["spec"]["progressDeadlineSeconds"] = du.NO_DEADLINE
+    assert du.condition_of(du.rollout_status(d, [new], new, 1.0, 0.0).status, "Progressing") is None
