@@ -636,13 +636,13 @@ class Demo:
         ]
         wanted = sum(d["spec"]["replicas"] for d in sample)
         for d in sample:
-            status = d.get("status") or {}
+            progress = d.get("status") or {}
             revision = (d["metadata"].get("annotations") or {}).get(
                 "deployment.kubernetes.io/revision", "-"
             )
             lines.append(
-                f"deploy {DEPLOYMENT:<8} revision {revision}, {status.get('updatedReplicas', 0)} "
-                f"updated, {status.get('availableReplicas', 0)} available of {wanted}"
+                f"deploy {DEPLOYMENT:<8} revision {revision}, {progress.get('updatedReplicas', 0)} "
+                f"updated, {progress.get('availableReplicas', 0)} available of {wanted}"
             )
         placed = [p for p in pods if p["spec"].get("nodeName") in ready_nodes and _running(p)]
         pending = sum(1 for p in pods if not p["spec"].get("nodeName"))
