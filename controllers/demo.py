@@ -50,10 +50,10 @@ from election import record_key
 from kvstore._pb.etcdserverpb import rpc_pb2 as pb
 from kvstore._pb.mvccpb import kv_pb2
 from kvstore.client import Client, EtcdError
+from kvstore.local.cluster import KVCluster
+from kvstore.local.etcd import EtcdCluster
+from kvstore.local.processes import HOST, MemberProcess
 from kvstore.ports import free_ports
-from kvstore.testing.cluster import KVCluster
-from kvstore.testing.etcd import EtcdCluster
-from kvstore.testing.processes import HOST, MemberProcess
 
 # etcd's conventional local ports (client, peer) for three members, as `kvstore cluster up`.
 STORE_PORTS = [(2379, 2380), (12379, 12380), (22379, 22380)]

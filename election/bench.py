@@ -102,7 +102,7 @@ def main() -> int:
     parser.add_argument("--timings", choices=sorted(TIMINGS), default="default")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    from kvstore.testing.etcd import EtcdCluster
+    from kvstore.local.etcd import EtcdCluster
 
     timing = TIMINGS[args.timings]
     with tempfile.TemporaryDirectory() as root:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kvstore.testing.etcd import EtcdCluster
+from kvstore.local.etcd import EtcdCluster
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

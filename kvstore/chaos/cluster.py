@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from kvstore.chaos.proxy import ProxyMesh
+from kvstore.local.cluster import KVCluster
+from kvstore.local.etcd import EtcdCluster
+from kvstore.local.processes import HOST, MembershipError
 from kvstore.ports import free_ports
-from kvstore.testing.cluster import KVCluster
-from kvstore.testing.etcd import EtcdCluster
-from kvstore.testing.processes import HOST, MembershipError
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ class ClusterUnderTest(Protocol):
 
 class ProcessClusterUnderTest:
     """:class:`ClusterUnderTest` over a real etcd (``target="etcd"``) or our store
-    (``target="kvstore"``), both :class:`kvstore.testing.processes.ProcessCluster`.
+    (``target="kvstore"``), both :class:`kvstore.local.processes.ProcessCluster`.
 
     With ``network=True`` the peer links go through a :class:`ProxyMesh`
     (available as ``.network``) so partitions, delay and loss can be injected.

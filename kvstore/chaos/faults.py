@@ -30,7 +30,7 @@ import anyio
 from kvstore.chaos.cluster import ClusterUnderTest
 from kvstore.chaos.proxy import LinkRule
 from kvstore.client import Client, EtcdError
-from kvstore.testing.processes import MembershipError, StartError
+from kvstore.local.processes import MembershipError, StartError
 
 log = logging.getLogger(__name__)
 

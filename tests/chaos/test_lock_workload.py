@@ -23,8 +23,8 @@ from kvstore.chaos.workloads import (
     read_history,
 )
 from kvstore.client import Client
-from kvstore.testing.cluster import KVCluster
-from kvstore.testing.etcd import EtcdCluster
+from kvstore.local.cluster import KVCluster
+from kvstore.local.etcd import EtcdCluster
 
 
 @pytest.fixture(params=["etcd", "kvstore"])

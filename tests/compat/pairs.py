@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from kvstore.testing.cluster import KVCluster
-from kvstore.testing.etcd import EtcdCluster
-from kvstore.testing.tls import Certificates
+from kvstore.local.cluster import KVCluster
+from kvstore.local.etcd import EtcdCluster
+from kvstore.local.tls import Certificates
 
 Server = KVCluster | EtcdCluster
 

@@ -19,7 +19,7 @@ from kvstore.client import (
     LeaseNotFoundError,
     txn,
 )
-from kvstore.testing.etcd import EtcdCluster
+from kvstore.local.etcd import EtcdCluster
 
 PUT = kv_pb2.Event.PUT
 DELETE = kv_pb2.Event.DELETE

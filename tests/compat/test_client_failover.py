@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 
 from kvstore.client import Client, UnavailableError
-from kvstore.testing.etcd import EtcdCluster
+from kvstore.local.etcd import EtcdCluster
 
 
 async def test_calls_and_watch_fail_over_when_the_member_is_killed(etcd3: EtcdCluster) -> None:

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from kvstore.testing.etcd import run_etcdctl
+from kvstore.local.etcd import run_etcdctl
 from tests.compat.pairs import Server, side_by_side
 
 QUOTA = 1024 * 1024

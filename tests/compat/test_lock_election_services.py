@@ -14,8 +14,8 @@ from kvstore._pb.v3electionpb import v3election_pb2_grpc
 from kvstore._pb.v3lockpb import v3lock_pb2 as lpb
 from kvstore._pb.v3lockpb import v3lock_pb2_grpc
 from kvstore.client import Client
-from kvstore.testing.cluster import KVCluster
-from kvstore.testing.etcd import EtcdCluster
+from kvstore.local.cluster import KVCluster
+from kvstore.local.etcd import EtcdCluster
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from kvstore.testing.cluster import KVCluster
-from kvstore.testing.etcd import EtcdCluster
+from kvstore.local.cluster import KVCluster
+from kvstore.local.etcd import EtcdCluster
 
 
 @pytest.fixture(scope="session", params=["etcd", "kvstore"])

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from kvstore.testing.cluster import KVCluster
-from kvstore.testing.etcd import EtcdCluster
+from kvstore.local.cluster import KVCluster
+from kvstore.local.etcd import EtcdCluster
 
 REPO = Path(__file__).resolve().parents[2]
 STEP_TIMEOUT = 120.0  # generous: the machine is shared and noisy

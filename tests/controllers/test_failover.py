@@ -19,7 +19,7 @@ from controllers.store import DirectWriter, Store
 from election import fence_key
 from kvstore._pb.mvccpb import kv_pb2
 from kvstore.client import Client
-from kvstore.testing.etcd import EtcdCluster
+from kvstore.local.etcd import EtcdCluster
 from tests.controllers.harness import History, Processes
 from tests.controllers.scenario import (
     LEASE,

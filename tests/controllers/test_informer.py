@@ -13,7 +13,7 @@ from controllers.informer import Handlers, Informer
 from controllers.objects import Obj, name_of, new_object, resource_version
 from controllers.store import ConflictError, DirectWriter, Store
 from kvstore.client import Client
-from kvstore.testing.etcd import EtcdCluster
+from kvstore.local.etcd import EtcdCluster
 
 
 class Recorder:

@@ -10,7 +10,7 @@ import anyio
 
 from controllers.store import DirectWriter, Store
 from kvstore.client import Client
-from kvstore.testing.etcd import EtcdCluster
+from kvstore.local.etcd import EtcdCluster
 from tests.controllers.harness import History, Processes
 from tests.controllers.scenario import (
     Names,

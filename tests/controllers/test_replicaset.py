@@ -12,7 +12,7 @@ from controllers.objects import Obj, controller_ref, new_object, uid_of
 from controllers.replicaset import Expectations, ReplicaSetController
 from controllers.store import DirectWriter, Store
 from kvstore.client import Client
-from kvstore.testing.etcd import EtcdCluster
+from kvstore.local.etcd import EtcdCluster
 from tests.controllers.scenario import replicaset
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from kvstore.client import Client
-from kvstore.testing.cluster import KVCluster
-from kvstore.testing.etcd import EtcdCluster, run_etcdctl
+from kvstore.local.cluster import KVCluster
+from kvstore.local.etcd import EtcdCluster, run_etcdctl
 
 
 def kvstore_cli(*args: str) -> subprocess.CompletedProcess[str]:

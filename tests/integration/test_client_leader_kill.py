@@ -14,8 +14,8 @@ import anyio
 import pytest
 
 from kvstore.client import Client, EtcdError, UnavailableError
-from kvstore.testing.cluster import KVCluster
-from kvstore.testing.etcd import EtcdCluster
+from kvstore.local.cluster import KVCluster
+from kvstore.local.etcd import EtcdCluster
 
 Cluster = KVCluster | EtcdCluster
 

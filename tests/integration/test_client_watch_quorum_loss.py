@@ -7,7 +7,7 @@ from pathlib import Path
 import anyio
 
 from kvstore.client import Client, EtcdError
-from kvstore.testing.cluster import KVCluster
+from kvstore.local.cluster import KVCluster
 
 QUORUM_LOST_FOR = 5.0  # seconds: the fault's duration, long enough for many reconnects
 

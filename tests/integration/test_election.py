@@ -17,8 +17,8 @@ import pytest
 from election import LeaderElectionRecord, fence_key, record_key
 from kvstore._pb.mvccpb import kv_pb2
 from kvstore.client import Client
-from kvstore.testing.cluster import KVCluster
-from kvstore.testing.etcd import EtcdCluster
+from kvstore.local.cluster import KVCluster
+from kvstore.local.etcd import EtcdCluster
 from tests.integration.election_harness import ContenderPool
 
 LEASE, RENEW, RETRY = 2.0, 1.5, 0.4

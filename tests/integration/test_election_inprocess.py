@@ -9,7 +9,7 @@ import anyio
 from election import Callbacks, ElectionConfig, LeaderElector, Leadership, LeadershipLost
 from election.config import SystemClock
 from kvstore.client import Client
-from kvstore.testing.etcd import EtcdCluster
+from kvstore.local.etcd import EtcdCluster
 
 
 class SteppableClock(SystemClock):

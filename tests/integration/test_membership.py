@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from kvstore.client import Client
-from kvstore.testing.cluster import KVCluster
-from kvstore.testing.etcd import EtcdCluster
+from kvstore.local.cluster import KVCluster
+from kvstore.local.etcd import EtcdCluster
 from tests.compat.pairs import Server, side_by_side
 
 DEADLINE = 60.0

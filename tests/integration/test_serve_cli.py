@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from kvstore.local.tls import Certificates, make_certificates
 from kvstore.ports import free_ports
-from kvstore.testing.tls import Certificates, make_certificates
 
 
 @pytest.fixture

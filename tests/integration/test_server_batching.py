@@ -9,7 +9,7 @@ from pathlib import Path
 import anyio
 
 from kvstore.client import Client
-from kvstore.testing.cluster import KVCluster, KVMember
+from kvstore.local.cluster import KVCluster, KVMember
 
 WORKERS = 64
 PUTS_PER_WORKER = 10

@@ -11,8 +11,8 @@ import anyio
 import pytest
 
 from kvstore.client import Client, EtcdError, LeaseNotFoundError, txn
+from kvstore.local.cluster import KVCluster
 from kvstore.server.transport import SNAPSHOT_CHUNK_BYTES
-from kvstore.testing.cluster import KVCluster
 
 
 @pytest.fixture(scope="module")

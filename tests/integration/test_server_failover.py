@@ -8,7 +8,7 @@ from pathlib import Path
 import anyio
 
 from kvstore.client import Client, EtcdError
-from kvstore.testing.cluster import KVCluster
+from kvstore.local.cluster import KVCluster
 
 
 async def test_watch_and_lease_survive_leader_kill(tmp_path: Path) -> None:

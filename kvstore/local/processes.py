@@ -1,7 +1,7 @@
 """Clusters of real member processes on loopback.
 
-The machinery shared by our own cluster (:mod:`kvstore.testing.cluster`)
-and the reference etcd (:mod:`kvstore.testing.etcd`): spawn, wait until
+The machinery shared by our own cluster (:mod:`kvstore.local.cluster`)
+and the reference etcd (:mod:`kvstore.local.etcd`): spawn, wait until
 healthy, kill, pause, resume, restart on the same data directory, stop.
 Subclasses say how to spawn a member and how to ask it whether it is healthy.
 Membership changes (``add_member``, ``remove_member``) go through the real
@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Self, TypeVar
 
 if TYPE_CHECKING:
-    from kvstore.testing.tls import Certificates
+    from kvstore.local.tls import Certificates
+
+from kvstore.local.binaries import etcdctl_path
 
 HOST = "127.0.0.1"
 
@@ -179,8 +181,6 @@ class ProcessCluster(Generic[M]):
         self, *args: str, endpoints: list[str] | None = None, timeout: float = 30.0
     ) -> subprocess.CompletedProcess[str]:
         """Run the real etcdctl against the current members (or the given endpoints)."""
-        from kvstore.testing.etcd import etcdctl_path
-
         endpoints = self.endpoints if endpoints is None else endpoints
         tls = self.tls.etcdctl_flags() if self.tls is not None else []
         return subprocess.run(

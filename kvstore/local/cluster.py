@@ -1,6 +1,6 @@
 """Run a cluster of OUR members (``kvstore serve``) as real processes on loopback.
 
-Built on :class:`kvstore.testing.processes.ProcessCluster`, like the reference
+Built on :class:`kvstore.local.processes.ProcessCluster`, like the reference
 etcd, so tests, the chaos harness and benchmarks can swap one for the other.
 """
 
@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from kvstore.ports import free_ports
-from kvstore.testing.processes import (
+from kvstore.local.processes import (
     HOST,
     MemberProcess,
     ProcessCluster,
     StartError,
     http_health,
 )
+from kvstore.ports import free_ports
 
 
 class KVStartError(StartError):

@@ -1,1 +1,0 @@
-"""Helpers for running reference servers in tests, benchmarks and chaos campaigns."""
