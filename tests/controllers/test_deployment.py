@@ -13,7 +13,7 @@ from controllers import deploymentutil as du
 from controllers.objects import Obj, annotations_of, controller_ref, labels_of, new_object, uid_of
 from controllers.replicaset import pod_ready
 from kvstore.client import Client
-from kvstore.testing.etcd import EtcdCluster
+from kvstore.local.etcd import EtcdCluster
 from tests.controllers.harness import History
 from tests.controllers.plane import Plane, settle, start_plane
 

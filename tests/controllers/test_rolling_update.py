@@ -23,7 +23,7 @@ from controllers.objects import Obj, controller_ref, new_object
 from controllers.replicaset import pod_ready
 from controllers.store import DirectWriter, Store
 from kvstore.client import Client
-from kvstore.testing.etcd import EtcdCluster
+from kvstore.local.etcd import EtcdCluster
 from tests.controllers.harness import History, Processes
 from tests.controllers.scenario import (
     Names,

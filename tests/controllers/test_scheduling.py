@@ -12,7 +12,7 @@ import anyio
 
 from controllers.objects import Obj, condition, new_object
 from kvstore.client import Client
-from kvstore.testing.etcd import EtcdCluster
+from kvstore.local.etcd import EtcdCluster
 from tests.controllers.plane import settle, start_plane
 
 WEB = {"app": "web"}
