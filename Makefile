@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 SEEDS ?= 100000
 
-.PHONY: install test lint run proto sim bench chaos soak clean
+.PHONY: install test test-deps lint run proto sim bench chaos soak clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,15 @@ $(INSTALLED): pyproject.toml
 install: $(INSTALLED)
 
 ## make test: lint, type-check and the default test suite (real etcd included).
-test: lint
+test: lint test-deps
 	$(BIN)/python -m pytest -q
+
+## make test-deps: Debian packages the tests use: etcd 3.4 (etcd-client, etcd-server), whose
+## tools and backups our etcd-format backups are checked against.
+test-deps:
+	@test -x /usr/bin/etcdctl -a -x /usr/bin/etcd || { apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+		etcd-client etcd-server; }
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
