@@ -32,7 +32,7 @@ lint: $(INSTALLED)
 	$(BIN)/mypy
 
 ## make run: the controllers demo on our 3-member store (ports 2379/12379/22379, data in
-## ./kvstore-data): controller-managers, schedulers, node agents and a ReplicaSet, with a live
+## ./kvstore-data): controller-managers, schedulers, node agents and a Deployment, with a live
 ## view and keys to kill leaders (Ctrl-C stops it). RUN_ARGS=--free-ports if the ports are
 ## taken; `.venv/bin/kvstore cluster up -n 3` runs just the store.
 RUN_ARGS ?=

