@@ -27,6 +27,7 @@ from google.protobuf.message import Message as PbMessage
 
 from kvstore._pb.etcdserverpb import rpc_pb2
 from kvstore._pb.peerpb import peer_pb2
+from kvstore.failpoints import failpoint
 from kvstore.mvcc.backend import DEFAULT_MAP_SIZE
 from kvstore.mvcc.errors import EtcdError, NoSpaceError
 from kvstore.mvcc.store import MVCCStore, StoreView, costs_space, quota_cost
@@ -482,6 +483,7 @@ class Node:
             or (hs is not None and (hs.term, hs.vote) != self._durable_term_vote)
         )
         if rd.messages and must_sync:
+            failpoint("raftBeforeLeaderSend")
             self._send(rd.messages)  # replication overlaps our own WAL write
         if must_sync:
             if self._fsync_avg < INLINE_FSYNC_SECONDS and rd.snapshot is None:
@@ -526,11 +528,13 @@ class Node:
         Runs on the loop or on a worker: timed here, so waiting for a worker does not count.
         """
         t0 = time.monotonic()
+        failpoint("raftBeforeSave")
         if snap is not None:
             with self._snapshot_files:
                 self.snapshots.save(snap)
             self.wal.save_snapshot(snap.metadata)
         self.wal.save(hs, entries)
+        failpoint("raftAfterSave")
         return time.monotonic() - t0
 
     def _maybe_snapshot(self) -> None:
@@ -578,6 +582,7 @@ class Node:
         index = snap.metadata.index
         if index <= self.raft.log.snapshot.metadata.index:
             return  # overtaken by a snapshot received from the leader
+        failpoint("raftBeforeSaveSnapshot")
         self.raft.create_snapshot(index, snap.data, snap.metadata.conf_state)
         self.wal.save_snapshot(snap.metadata)
         keep = min(SNAPSHOT_CATCH_UP_ENTRIES, self.cfg.snapshot_count)
@@ -587,8 +592,10 @@ class Node:
         with self._snapshot_files:
             self.snapshots.purge()
         log.info("snapshot at index %d (%d bytes) in %.3fs", index, len(snap.data), took)
+        failpoint("raftAfterSaveSnapshot")
 
     def _restore(self, snap: Snapshot) -> None:
+        failpoint("raftBeforeApplySnap")
         if snap.data:  # (the bootstrap snapshot at index 1 is the empty state)
             tmp = Path(self.snapshots.dir) / "incoming.db"
             tmp.write_bytes(snap.data)
@@ -598,6 +605,7 @@ class Node:
         self._snap_index = snap.metadata.index
         self.applied_index = snap.metadata.index
         log.info("restored snapshot at index %d", snap.metadata.index)
+        failpoint("raftAfterApplySnap")
         if self.on_restore is not None:
             self.on_restore()
 
@@ -628,6 +636,7 @@ class Node:
             lessor.demote()
 
     def _apply(self, rd: Ready) -> None:
+        failpoint("raftBeforeApply")
         t0 = time.monotonic()
         store = self.store
         waiters = self._waiters
@@ -678,6 +687,7 @@ class Node:
                 else:
                     keep.append((index, fut))
             self._apply_waits = keep
+        failpoint("raftAfterApply")
 
     def _over_quota(self, request: PbMessage) -> bool:
         """Whether this member's backend has no room for ``request`` (etcd's apply-time check)."""

@@ -45,8 +45,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Final, Protocol
 
+from kvstore.failpoints import failpoint
 from kvstore.raft.types import ConfState, Snapshot, SnapshotMetadata
-from kvstore.storage.errors import SnapshotCorruptError, SnapshotError
+from kvstore.storage.errors import SnapshotCorruptError, SnapshotError, disk_fault
 
 __all__ = [
     "DEFAULT_KEEP",
@@ -193,6 +194,7 @@ class SnapshotStore:
         path = os.path.join(self._dir, snapshot_name(metadata.term, metadata.index))
         tmp = path + _TMP_SUFFIX
         meta = encode_metadata(metadata)
+        failpoint("snapBeforeSave")
         try:
             with open(tmp, "wb") as f:
                 head = _HEADER.pack(MAGIC, FORMAT_VERSION, len(meta)) + meta
@@ -208,12 +210,18 @@ class SnapshotStore:
                 f.write(length + _CRC.pack(crc))
                 f.flush()
                 os.fsync(f.fileno())
+            failpoint("snapBeforeRename")
             os.rename(tmp, path)
             _fsync_dir(self._dir)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise disk_fault("saving the snapshot", path, exc) from exc
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
+        failpoint("snapAfterSave")
         log.info(
             "snap: saved %s index=%d term=%d bytes=%d",
             path,

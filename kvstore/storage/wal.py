@@ -78,6 +78,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Final
 
+from kvstore.failpoints import failpoint
 from kvstore.raft.types import EMPTY_HARD_STATE, Entry, EntryType, HardState, SnapshotMetadata
 from kvstore.storage.errors import (
     WALClosedError,
@@ -88,6 +89,7 @@ from kvstore.storage.errors import (
     WALMissingEntriesError,
     WALNotFoundError,
     WALSnapshotNotFoundError,
+    disk_fault,
 )
 
 __all__ = [
@@ -840,11 +842,19 @@ class WAL:
 
     def _write(self, data: bytes) -> None:
         try:
+            failpoint("walBeforeWrite")
             self._offset = _write_all(self._fd, data, self._offset)
+            self._dirty = True
+            failpoint("walAfterWrite")
+        except OSError as exc:
+            self._failed = exc
+            raise disk_fault("writing the WAL segment", self._segment_path(), exc) from exc
         except BaseException as exc:
             self._failed = exc
             raise
-        self._dirty = True
+
+    def _segment_path(self) -> str:
+        return os.path.join(self._dir, f"{self._seq:016x}-*.wal")
 
     def save(
         self,
@@ -936,10 +946,15 @@ class WAL:
             return
         t0 = time.monotonic()
         try:
-            _fdatasync(self._fd)
-        except BaseException as exc:
+            if not failpoint("walFsync"):
+                _fdatasync(self._fd)
+            failpoint("walAfterFsync")
+        except OSError as exc:
             self._failed = exc
             log.error("wal: fdatasync failed dir=%s seq=%d: %s", self._dir, self._seq, exc)
+            raise disk_fault("fdatasync of the WAL", self._segment_path(), exc) from exc
+        except BaseException as exc:
+            self._failed = exc
             raise
         self._dirty = False
         took = time.monotonic() - t0
@@ -960,6 +975,7 @@ class WAL:
         before the new segment file appears.
         """
         self._check()
+        failpoint("walBeforeCut")
         try:
             self._dirty = True  # the trim below must reach the disk either way
             _fdatasync(self._fd)
@@ -974,6 +990,9 @@ class WAL:
                 self._metadata,
             )
             fd, path, offset, crc = _create_segment(self._dir, header, self._segment_size)
+        except OSError as exc:
+            self._failed = exc
+            raise disk_fault("cutting a new WAL segment in", self._dir, exc) from exc
         except BaseException as exc:
             self._failed = exc
             raise
@@ -983,6 +1002,7 @@ class WAL:
         self._offset = offset
         self._last_crc = crc
         log.info("wal: cut to new segment %s last_index=%d", path, self._last_index)
+        failpoint("walAfterCut")
 
     def release_to(self, index: int) -> int:
         """Delete segments holding only entries at or below snapshot ``index``.
@@ -999,16 +1019,22 @@ class WAL:
             if s.first_index <= index and s.seq <= self._seq:
                 keep = i
         doomed = segs[:keep]
-        for s in doomed:  # oldest first: a crash leaves a contiguous suffix
-            os.unlink(s.path)
+        try:
+            for s in doomed:  # oldest first: a crash leaves a contiguous suffix
+                os.unlink(s.path)
+            if doomed:
+                _fsync_dir(self._dir)
+        except OSError as exc:
+            self._failed = exc
+            raise disk_fault("releasing WAL segments in", self._dir, exc) from exc
         if doomed:
-            _fsync_dir(self._dir)
             log.info(
                 "wal: released %d segment(s) up to seq %d for snapshot index %d",
                 len(doomed),
                 doomed[-1].seq,
                 index,
             )
+            failpoint("walAfterReleaseSegments")
         return len(doomed)
 
     def close(self) -> None:
