@@ -31,6 +31,7 @@ from typing import cast
 import lmdb
 
 from kvstore.failpoints import failpoint
+from kvstore.storage.dirs import fsync_dir, make_dirs_durable
 from kvstore.storage.errors import DiskFaultError, disk_fault
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ class Backend:
 
     def _open(self) -> None:
         created = not (self.path / "data.mdb").exists()
-        self.path.mkdir(parents=True, exist_ok=True)
+        make_dirs_durable(self.path)
         # sync=True: the WAL replays after consistent_index, but a torn backend would
         # leave the index ahead of the data, so every commit is durable.
         # writemap=False (LMDB's default, spelled out): pages reach the file by pwrite
@@ -81,8 +82,7 @@ class Backend:
             writemap=False,
         )
         if created:
-            _fsync_dir(self.path)
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path)
         self.key_db = self.env.open_db(KEY_DB)
         self.meta_db = self.env.open_db(META_DB)
         self.lease_db = self.env.open_db(LEASE_DB)
@@ -300,7 +300,7 @@ class Backend:
             os.fsync(f.fileno())
         failpoint(point)
         os.replace(tmp, self.path / "data.mdb")
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
         lock = self.path / "lock.mdb"
         if lock.exists():
             lock.unlink()
@@ -315,11 +315,3 @@ def _os_error(error: lmdb.Error | OSError) -> OSError:
         return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     code = getattr(error, "code", 0) or errno.EIO
     return OSError(code, str(error))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -80,6 +80,7 @@ from typing import Final
 
 from kvstore.failpoints import failpoint
 from kvstore.raft.types import EMPTY_HARD_STATE, Entry, EntryType, HardState, SnapshotMetadata
+from kvstore.storage.dirs import fsync_dir, make_dirs_durable
 from kvstore.storage.errors import (
     WALClosedError,
     WALCorruptError,
@@ -419,14 +420,6 @@ def _list_segment_files(dirpath: str) -> list[_SegmentFile]:
     return out
 
 
-def _fsync_dir(dirpath: str) -> None:
-    fd = os.open(dirpath, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _preallocate(fd: int, size: int) -> None:
     if size <= 0:
         return
@@ -462,7 +455,7 @@ def _create_segment(
         offset = _write_all(fd, frame, 0)
         os.fsync(fd)
         os.rename(tmp, path)
-        _fsync_dir(dirpath)
+        fsync_dir(dirpath)
     except BaseException:
         os.close(fd)
         with contextlib.suppress(OSError):
@@ -697,11 +690,7 @@ class WAL:
         d = os.fspath(dirpath)
         if segment_size <= 0:
             raise ValueError("segment_size must be positive")
-        parent = os.path.dirname(os.path.abspath(d))
-        existed = os.path.isdir(d)
-        os.makedirs(d, exist_ok=True)
-        if not existed:
-            _fsync_dir(parent)
+        make_dirs_durable(d)
         lock_fd = cls._lock(d)
         try:
             if _list_segment_files(d):
@@ -1023,7 +1012,7 @@ class WAL:
             for s in doomed:  # oldest first: a crash leaves a contiguous suffix
                 os.unlink(s.path)
             if doomed:
-                _fsync_dir(self._dir)
+                fsync_dir(self._dir)
         except OSError as exc:
             self._failed = exc
             raise disk_fault("releasing WAL segments in", self._dir, exc) from exc

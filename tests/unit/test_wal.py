@@ -369,7 +369,7 @@ def test_fsync_failure_poisons_the_wal(tmp_path: Path, monkeypatch: pytest.Monke
         raise OSError(errno.EIO, "injected I/O error")
 
     monkeypatch.setattr(wal_mod, "_fdatasync", failing)
-    with pytest.raises(DiskFaultError, match="fdatasync of the WAL .* failed") as ei:
+    with pytest.raises(DiskFaultError, match=r"fdatasync of the WAL .* failed") as ei:
         w.save(None, ents(4, 4))
     assert ei.value.errno == errno.EIO
     assert not isinstance(ei.value, DiskFullError)
@@ -398,7 +398,7 @@ def test_full_disk_on_write_stops_the_wal_and_keeps_what_was_synced(
             return real_pwrite(fd, memoryview(data)[:16], offset)  # torn, then the disk is full
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(wal_mod.os, "pwrite", half_then_full)
+    monkeypatch.setattr(os, "pwrite", half_then_full)
     with pytest.raises(DiskFullError, match="no space left on device: writing the WAL"):
         w.save(None, ents(4, 6, size=200))
     monkeypatch.undo()
