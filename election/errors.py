@@ -13,15 +13,3 @@ class ConfigError(ElectionError, ValueError):
 
 class LeadershipLost(ElectionError):
     """This process no longer holds the lock; nothing was written."""
-
-
-class NotLeaderError(ElectionError):
-    """etcd-style election: the caller is not (or no longer) the leader."""
-
-
-class NoLeaderError(ElectionError):
-    """etcd-style election: nobody is campaigning."""
-
-
-class SessionExpiredError(ElectionError):
-    """The session's lease expired while waiting; the campaign or lock was lost."""

@@ -18,7 +18,7 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from kvstore.mvcc.errors import (
+from kvstore.errors import (
     LeaseExistsError,
     LeaseNotFoundError,
     LeaseTTLTooLargeError,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from google.protobuf.message import Message
 
 from kvstore._pb.etcdserverpb import rpc_pb2
-from kvstore.mvcc.errors import (
+from kvstore.errors import (
     DuplicateKeyError,
     EmptyKeyError,
     KeyNotFoundError,
@@ -26,7 +26,7 @@ _Interval = tuple[bytes, bytes | None]  # (begin, end); end None = a single key
 
 
 def validate_request(request: Message, max_txn_ops: int = MAX_TXN_OPS) -> None:
-    """Raise the EtcdError etcd's gRPC layer would raise for ``request``, if any."""
+    """Raise the RequestError etcd's gRPC layer would raise for ``request``, if any."""
     if isinstance(request, rpc_pb2.RangeRequest):
         _check_range(request)
     elif isinstance(request, rpc_pb2.PutRequest):

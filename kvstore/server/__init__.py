@@ -18,7 +18,7 @@ Modules:
   inline in a MsgSnap for now.
 * :mod:`~kvstore.server.api` -- etcd v3 KV, Watch, Lease, Cluster.MemberList,
   Maintenance (Status, Alarm, HashKV, MoveLeader); errors mapped to etcd's
-  gRPC status in one place (:func:`kvstore.server.errors.to_status`).
+  gRPC status in one place (:func:`kvstore.server.status.to_status`).
 * :mod:`~kvstore.server.http` -- ``/health``, ``/readyz``, ``/livez``,
   ``/version`` and ``/metrics`` on a separate HTTP/1.1 listener
   (``--listen-metrics-urls``; default: client port + 2, so 2379 -> 2381,

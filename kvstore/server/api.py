@@ -14,14 +14,20 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 
 from kvstore._pb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
-from kvstore.mvcc.errors import EtcdError, LeaseNotFoundError, NotPrimaryError
+from kvstore.errors import (
+    LeaseNotFoundError,
+    NoLeaderError,
+    NotPrimaryError,
+    RequestError,
+    RequestTooLargeError,
+)
 from kvstore.mvcc.store import _txn_readonly as txn_readonly
 from kvstore.mvcc.validate import validate_request
 from kvstore.raft.types import Role
 from kvstore.server.backup import stream_backup
 from kvstore.server.config import SERVER_VERSION
-from kvstore.server.errors import NoLeaderError, RequestTooLargeError, to_status
 from kvstore.server.quota import check_quota
+from kvstore.server.status import to_status
 
 if TYPE_CHECKING:
     from kvstore.server.server import EtcdServer
@@ -32,15 +38,21 @@ T = TypeVar("T")
 REQUIRE_LEADER_KEY = "hasleader"
 
 
+_GRPC_CODES = {c.value[0]: c for c in grpc.StatusCode}
+
+
+async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+    """End the call with etcd's status for ``exc`` (mapped in :mod:`kvstore.server.status`)."""
+    code, message = to_status(exc)
+    await context.abort(_GRPC_CODES[code], message)
+
+
 async def _call(context: grpc.aio.ServicerContext, fn: Callable[[], Awaitable[T]]) -> T:
     """Run a handler body; any error becomes etcd's gRPC status (the one mapping place)."""
     try:
         return await fn()
-    except (EtcdError, Exception) as exc:
-        if isinstance(exc, asyncio.CancelledError):
-            raise
-        code, message = to_status(exc)
-        await context.abort(code, message)
+    except Exception as exc:
+        await abort(context, exc)
         raise AssertionError("unreachable") from None
 
 
@@ -138,8 +150,8 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
     ) -> AsyncIterator[rpc_pb2.WatchResponse]:
         s = self.s
         if _requires_leader(context) and not s.node.leader_id:
-            await context.abort(*to_status(NoLeaderError()))
-        stream = s.node.store.hub.new_stream()
+            await abort(context, NoLeaderError())
+        stream = s.node.hub.new_stream()
         require_leader = _requires_leader(context)
         if require_leader:
             s.leader_streams.add(stream)
@@ -171,7 +183,7 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
                 h.raft_term = s.node.term
                 yield resp
             if require_leader and not s.node.leader_id:
-                await context.abort(*to_status(NoLeaderError()))
+                await abort(context, NoLeaderError())
         finally:
             s.leader_streams.discard(stream)
             stream.close()
@@ -215,12 +227,12 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
     ) -> AsyncIterator[rpc_pb2.LeaseKeepAliveResponse]:
         s = self.s
         if _requires_leader(context) and not s.node.leader_id:
-            await context.abort(*to_status(NoLeaderError()))
+            await abort(context, NoLeaderError())
         async for req in request_iterator:
             try:
                 resp = await s.lease_renew(req)
-            except EtcdError as exc:
-                await context.abort(*to_status(exc))
+            except RequestError as exc:
+                await abort(context, exc)
             yield resp
 
     async def LeaseTimeToLive(

@@ -10,21 +10,21 @@ status UNKNOWN; errors of the store keep their status.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 
-from election.concurrency import Election, Mutex, Session
-from election.errors import ElectionError
 from kvstore._pb.etcdserverpb import rpc_pb2
 from kvstore._pb.v3electionpb import v3election_pb2 as epb
 from kvstore._pb.v3electionpb import v3election_pb2_grpc
 from kvstore._pb.v3lockpb import v3lock_pb2 as lpb
 from kvstore._pb.v3lockpb import v3lock_pb2_grpc
 from kvstore.client import Client, TLSConfig
+from kvstore.client.concurrency import ConcurrencyError, Election, Mutex, Session
 from kvstore.client.errors import EtcdError as ClientError
-from kvstore.server.api import _call
+from kvstore.errors import RecipeError, RemoteError
+from kvstore.server.api import _call, abort
 from kvstore.server.config import host_port, is_https
 
 if TYPE_CHECKING:
@@ -32,9 +32,21 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 DEFAULT_SESSION_TTL = 60
 """TTL of the lease granted for a call that names none (etcd's session default)."""
 MISSING_LEADER_KEY = '"leader" field must be provided'
+
+
+async def _as_etcd(fn: Callable[[], Awaitable[T]]) -> T:
+    """Run a recipe; its failures travel as etcd's do (Go error text; the store's status)."""
+    try:
+        return await fn()
+    except ConcurrencyError as exc:
+        raise RecipeError(str(exc)) from None
+    except ClientError as exc:
+        raise RemoteError(exc.code.value[0], exc.message) from None
 
 
 class SelfClient:
@@ -93,7 +105,7 @@ class LockService(v3lock_pb2_grpc.LockServicer):
             self.s.fill_header(resp.header)
             return resp
 
-        return await _call(context, body)
+        return await _call(context, lambda: _as_etcd(body))
 
     async def Unlock(
         self, request: lpb.UnlockRequest, context: grpc.aio.ServicerContext
@@ -104,7 +116,7 @@ class LockService(v3lock_pb2_grpc.LockServicer):
             resp.header.CopyFrom(deleted.header)
             return resp
 
-        return await _call(context, body)
+        return await _call(context, lambda: _as_etcd(body))
 
 
 class ElectionService(v3election_pb2_grpc.ElectionServicer):
@@ -133,29 +145,29 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
             )
             return epb.CampaignResponse(header=self._header(), leader=leader)
 
-        return await _call(context, body)
+        return await _call(context, lambda: _as_etcd(body))
 
     async def Proclaim(
         self, request: epb.ProclaimRequest, context: grpc.aio.ServicerContext
     ) -> epb.ProclaimResponse:
         async def body() -> epb.ProclaimResponse:
             if not request.HasField("leader"):
-                raise ElectionError(MISSING_LEADER_KEY)
+                raise RecipeError(MISSING_LEADER_KEY)
             await (await self._resumed(request.leader)).proclaim(request.value)
             return epb.ProclaimResponse(header=self._header())
 
-        return await _call(context, body)
+        return await _call(context, lambda: _as_etcd(body))
 
     async def Resign(
         self, request: epb.ResignRequest, context: grpc.aio.ServicerContext
     ) -> epb.ResignResponse:
         async def body() -> epb.ResignResponse:
             if not request.HasField("leader"):
-                raise ElectionError(MISSING_LEADER_KEY)
+                raise RecipeError(MISSING_LEADER_KEY)
             await (await self._resumed(request.leader)).resign()
             return epb.ResignResponse(header=self._header())
 
-        return await _call(context, body)
+        return await _call(context, lambda: _as_etcd(body))
 
     async def Leader(
         self, request: epb.LeaderRequest, context: grpc.aio.ServicerContext
@@ -165,7 +177,7 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
             kv = await Election(session, request.name).leader()
             return epb.LeaderResponse(header=self._header(), kv=kv)
 
-        return await _call(context, body)
+        return await _call(context, lambda: _as_etcd(body))
 
     async def Observe(
         self, request: epb.LeaderRequest, context: grpc.aio.ServicerContext
@@ -175,4 +187,4 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
             async for kv in Election(session, request.name).observe():
                 yield epb.LeaderResponse(header=self._header(), kv=kv)
         except ClientError as exc:
-            await context.abort(exc.code, exc.message)
+            await abort(context, RemoteError(exc.code.value[0], exc.message))

@@ -31,22 +31,26 @@ import grpc
 
 from kvstore._pb.etcdserverpb import rpc_pb2
 from kvstore._pb.peerpb import peer_pb2, peer_pb2_grpc
-from kvstore.mvcc.errors import EtcdError
-from kvstore.raft.types import ConfChange, ConfChangeSingle, ConfChangeType, Role
-from kvstore.rpctypes import (
-    ERR_LEARNER_NOT_READY,
-    ERR_MEMBER_BAD_URLS,
-    ERR_MEMBER_EXISTS,
-    ERR_MEMBER_NOT_FOUND,
-    ERR_MEMBER_NOT_LEARNER,
-    ERR_NOT_ENOUGH_STARTED_MEMBERS,
-    ERR_NOT_LEADER,
-    ERR_PEER_URL_EXISTS,
-    ERR_TOO_MANY_LEARNERS,
-    ERR_UNHEALTHY,
+from kvstore.errors import (
+    LeaderChangedError,
+    LearnerNotReadyError,
+    MemberBadURLsError,
+    MemberExistError,
+    MemberNotFoundError,
+    MemberNotLearnerError,
+    NoLeaderError,
+    NotEnoughStartedMembersError,
+    NotPrimaryError,
+    PeerURLExistError,
+    RemoteError,
+    RequestError,
+    RequestTimeoutError,
+    TooManyLearnersError,
+    UnhealthyClusterError,
 )
+from kvstore.raft.types import ConfChange, ConfChangeSingle, ConfChangeType, Role
+from kvstore.rpctypes import ERR_NOT_LEADER
 from kvstore.server.config import ConfigError, ServerConfig, host_port
-from kvstore.server.errors import LeaderChangedError, NoLeaderError, RequestTimeoutError
 from kvstore.server.tls import open_channel
 from kvstore.server.transport import (
     GRPC_OPTIONS,
@@ -69,64 +73,11 @@ HEALTH_INTERVAL = 5.0
 LEARNER_READY_PERCENT = 0.9
 """A learner may be promoted once its log matches this share of the leader's."""
 FORWARD_ATTEMPTS = 3
-_NOT_LEADER = ERR_NOT_LEADER  # between members only: the forwarder retries
 
 
-class MemberNotFoundError(EtcdError):
-    code = grpc.StatusCode.NOT_FOUND
-    message = ERR_MEMBER_NOT_FOUND
-
-
-class MemberExistError(EtcdError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
-    message = ERR_MEMBER_EXISTS
-
-
-class PeerURLExistError(EtcdError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
-    message = ERR_PEER_URL_EXISTS
-
-
-class MemberBadURLsError(EtcdError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
-    message = ERR_MEMBER_BAD_URLS
-
-
-class MemberNotLearnerError(EtcdError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
-    message = ERR_MEMBER_NOT_LEARNER
-
-
-class LearnerNotReadyError(EtcdError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
-    message = ERR_LEARNER_NOT_READY
-
-
-class TooManyLearnersError(EtcdError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
-    message = ERR_TOO_MANY_LEARNERS
-
-
-class NotEnoughStartedMembersError(EtcdError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
-    message = ERR_NOT_ENOUGH_STARTED_MEMBERS
-
-
-class UnhealthyClusterError(EtcdError):
-    code = grpc.StatusCode.UNAVAILABLE
-    message = ERR_UNHEALTHY
-
-
-class _NotLeaderError(EtcdError):
-    code = grpc.StatusCode.UNAVAILABLE
-    message = _NOT_LEADER
-
-
-def _remote_error(exc: grpc.aio.AioRpcError) -> EtcdError:
+def _remote_error(exc: grpc.aio.AioRpcError) -> RemoteError:
     """The leader's answer, passed on to our client unchanged."""
-    err = EtcdError(exc.details() or "")
-    err.code = exc.code()
-    return err
+    return RemoteError(exc.code().value[0], exc.details() or "")
 
 
 def new_member_id(peer_urls: list[str], now: int) -> int:
@@ -381,7 +332,7 @@ class ClusterMembership:
         while not self._is_published():
             try:
                 await self.node.propose(attrs)
-            except EtcdError as exc:
+            except RequestError as exc:
                 log.info("publishing member attributes: %s; retrying", exc.message)
                 await asyncio.sleep(self.cfg.heartbeat_ms / 1000)
         self.published.set()
@@ -434,7 +385,7 @@ class ClusterMembership:
             if leader == self.self_id:
                 try:
                     return await local()
-                except _NotLeaderError:
+                except NotPrimaryError:
                     continue
             member = self.registry.members.get(leader)
             if member is None or not member.peer_urls:
@@ -447,7 +398,7 @@ class ClusterMembership:
                     return await remote(stub)
                 except grpc.aio.AioRpcError as exc:
                     details = exc.details() or ""
-                    if details == _NOT_LEADER:
+                    if details == ERR_NOT_LEADER:  # the leader moved on: ask again
                         continue
                     if not details.startswith("etcdserver:"):
                         raise RequestTimeoutError() from None  # the leader is unreachable
@@ -456,7 +407,7 @@ class ClusterMembership:
 
     def _check_leader(self) -> None:
         if self.node.role != Role.LEADER:
-            raise _NotLeaderError()
+            raise NotPrimaryError()
 
     @staticmethod
     def _started(m: Member) -> bool:
@@ -541,7 +492,7 @@ class ClusterMembership:
             self._waiting.pop(request, None)
 
     async def add_local(self, request: rpc_pb2.MemberAddRequest) -> rpc_pb2.MemberAddResponse:
-        """MemberAdd on the leader (``_NotLeaderError`` elsewhere)."""
+        """MemberAdd on the leader (``NotPrimaryError`` elsewhere)."""
         self._check_leader()
         urls = _check_urls(list(request.peerURLs))
         member_id = new_member_id(list(urls), int(time.time()))

@@ -27,21 +27,23 @@ from google.protobuf.message import Message as PbMessage
 
 from kvstore._pb.etcdserverpb import rpc_pb2
 from kvstore._pb.peerpb import peer_pb2
-from kvstore.failpoints import failpoint
-from kvstore.mvcc.backend import DEFAULT_MAP_SIZE
-from kvstore.mvcc.errors import EtcdError, NoSpaceError
-from kvstore.mvcc.store import MVCCStore, StoreView, costs_space, quota_cost
-from kvstore.raft import Config, EntryType, HardState, Message, RaftNode, Ready, initial_snapshot
-from kvstore.raft.confchange import decode_conf_change
-from kvstore.raft.types import ConfChange, Entry, Role, Snapshot, SnapshotMetadata
-from kvstore.server.config import ServerConfig
-from kvstore.server.errors import (
+from kvstore.errors import (
     LeaderChangedError,
     NoLeaderError,
+    NoSpaceError,
+    RequestError,
     RequestTimeoutError,
     RequestTooLargeError,
     StoppedError,
 )
+from kvstore.failpoints import failpoint
+from kvstore.mvcc import open_store
+from kvstore.mvcc.backend import DEFAULT_MAP_SIZE
+from kvstore.mvcc.store import StoreView, costs_space, quota_cost
+from kvstore.raft import Config, EntryType, HardState, Message, RaftNode, Ready, initial_snapshot
+from kvstore.raft.confchange import decode_conf_change
+from kvstore.raft.types import ConfChange, Entry, Role, Snapshot, SnapshotMetadata
+from kvstore.server.config import ServerConfig
 from kvstore.server.metrics import Metrics
 from kvstore.storage import WAL, SnapshotStore, valid_snapshot_markers
 
@@ -112,7 +114,7 @@ class Node:
         wal_dir = member_dir / "wal"
         snap_dir = member_dir / "snap"
         self.snapshots = SnapshotStore(snap_dir)
-        self.store = MVCCStore(
+        self.store, self.hub = open_store(
             member_dir / "db", max_txn_ops=cfg.max_txn_ops, map_size=_map_size(cfg.backend_quota)
         )
         raft_cfg = Config(
@@ -661,14 +663,14 @@ class Node:
                 result = store.apply(e.index, req)
                 if over_quota and result is not None:
                     result = self._on_over_quota()
-            except EtcdError as exc:
+            except RequestError as exc:
                 result = exc
             applied += 1
             w = waiters.pop(env.id, None) if env.id else None
             if w is not None:
                 self.metrics.proposals_pending -= 1
                 if not w.future.done():
-                    if isinstance(result, EtcdError):
+                    if isinstance(result, RequestError):
                         w.future.set_exception(result)
                     else:
                         w.future.set_result(result)
@@ -771,6 +773,7 @@ class Node:
             self.maybe_commit_backend(force=True)
             self.wal.close()
         finally:
+            self.hub.close()
             self.store.close()
 
     # ------------------------------------------------------------------ leases (leader only)
@@ -813,11 +816,11 @@ class Node:
         while not self._stopped:
             await asyncio.sleep(0.1)
             self.maybe_commit_backend()
-            self.store.hub.sync_unsynced()
+            self.hub.sync_unsynced()
             now = time.monotonic()
             if now - last_progress >= self.cfg.watch_progress_notify_interval:
                 last_progress = now
-                self.store.hub.progress_notify()
+                self.hub.progress_notify()
             self.metrics.db_size = self.store.db_size()
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from google.protobuf.message import Message
 
 from kvstore._pb.etcdserverpb import rpc_pb2
-from kvstore.mvcc.errors import NoSpaceError
+from kvstore.errors import NoSpaceError
 from kvstore.mvcc.store import quota_cost
 
 if TYPE_CHECKING:

@@ -17,8 +17,15 @@ from kvstore._pb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 from kvstore._pb.peerpb import peer_pb2_grpc
 from kvstore._pb.v3electionpb import v3election_pb2_grpc
 from kvstore._pb.v3lockpb import v3lock_pb2_grpc
+from kvstore.errors import (
+    LeaseNotFoundError,
+    NoLeaderError,
+    NotPrimaryError,
+    RequestError,
+    RequestTimeoutError,
+    RequestTooLargeError,
+)
 from kvstore.lease.lessor import LeaseExpiringError
-from kvstore.mvcc.errors import EtcdError, LeaseNotFoundError, NotPrimaryError
 from kvstore.mvcc.watch import WatchStream
 from kvstore.raft.types import Message, Role
 from kvstore.server import api
@@ -31,7 +38,6 @@ from kvstore.server.config import (
     host_port,
     is_https,
 )
-from kvstore.server.errors import NoLeaderError, RequestTimeoutError, RequestTooLargeError
 from kvstore.server.http import Handler, json_body, serve_http
 from kvstore.server.membership import ClusterMembership, Member, discover_existing
 from kvstore.server.node import Node
@@ -64,8 +70,8 @@ class PeerService(peer_pb2_grpc.PeerServicer):
     ) -> rpc_pb2.LeaseKeepAliveResponse:
         try:
             return await self.s.local_renew(request)
-        except EtcdError as exc:
-            await context.abort(exc.code, exc.message)
+        except RequestError as exc:
+            await api.abort(context, exc)
             raise
 
     async def LeaseTimeToLive(
@@ -73,8 +79,8 @@ class PeerService(peer_pb2_grpc.PeerServicer):
     ) -> rpc_pb2.LeaseTimeToLiveResponse:
         try:
             return await self.s.local_time_to_live(request)
-        except EtcdError as exc:
-            await context.abort(exc.code, exc.message)
+        except RequestError as exc:
+            await api.abort(context, exc)
             raise
 
     async def _leader_only(
@@ -82,8 +88,8 @@ class PeerService(peer_pb2_grpc.PeerServicer):
     ) -> R_:
         try:
             return await fn()
-        except EtcdError as exc:
-            await context.abort(exc.code, exc.message)
+        except RequestError as exc:
+            await api.abort(context, exc)
             raise
 
     async def MemberAdd(

@@ -6,9 +6,14 @@ import uuid
 
 import anyio
 
-from election.concurrency import Election, Mutex, Session
-from election.errors import NoLeaderError, NotLeaderError
 from kvstore.client import Client
+from kvstore.client.concurrency import (
+    Election,
+    ElectionNoLeaderError,
+    ElectionNotLeaderError,
+    Mutex,
+    Session,
+)
 from kvstore.local.etcd import EtcdCluster
 
 
@@ -22,7 +27,7 @@ async def test_campaign_waits_for_the_leader_to_resign(etcd: EtcdCluster) -> Non
         first, second = Election(s1, prefix), Election(s2, prefix)
         try:
             await Election(s1, prefix).leader()
-        except NoLeaderError:
+        except ElectionNoLeaderError:
             pass
         else:
             raise AssertionError("no one campaigned yet")
@@ -53,7 +58,7 @@ async def test_campaign_waits_for_the_leader_to_resign(etcd: EtcdCluster) -> Non
         assert (await first.leader()).value == b"two"
         try:
             await first.proclaim("stale")
-        except NotLeaderError:
+        except ElectionNotLeaderError:
             pass
         else:
             raise AssertionError("a resigned leader must not proclaim")

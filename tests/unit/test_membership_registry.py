@@ -5,20 +5,22 @@ from __future__ import annotations
 import hashlib
 import struct
 
-import grpc
 import pytest
 
-from kvstore.mvcc.errors import EtcdError
-from kvstore.server.membership import (
-    Member,
+from kvstore.errors import (
     MemberExistError,
     MemberNotFoundError,
     MemberNotLearnerError,
-    MemberRegistry,
     PeerURLExistError,
+    RequestError,
     TooManyLearnersError,
+)
+from kvstore.server.membership import (
+    Member,
+    MemberRegistry,
     new_member_id,
 )
+from kvstore.server.status import StatusCode, to_status
 
 
 def three() -> MemberRegistry:
@@ -61,14 +63,14 @@ def test_remove_update_promote_checks() -> None:
 
 
 def test_errors_carry_etcds_status() -> None:
-    precondition = grpc.StatusCode.FAILED_PRECONDITION
-    cases: list[tuple[EtcdError, grpc.StatusCode, str]] = [
-        (MemberNotFoundError(), grpc.StatusCode.NOT_FOUND, "etcdserver: member not found"),
+    precondition = StatusCode.FAILED_PRECONDITION
+    cases: list[tuple[RequestError, StatusCode, str]] = [
+        (MemberNotFoundError(), StatusCode.NOT_FOUND, "etcdserver: member not found"),
         (PeerURLExistError(), precondition, "etcdserver: Peer URLs already exists"),
         (MemberExistError(), precondition, "etcdserver: member ID already exist"),
     ]
     for err, code, message in cases:
-        assert (err.code, err.message) == (code, message)
+        assert to_status(err) == (code, message)
 
 
 CHANGES = [

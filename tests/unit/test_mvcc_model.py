@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from kvstore._pb.etcdserverpb import rpc_pb2
-from kvstore.mvcc import EtcdError, MVCCStore
-from kvstore.mvcc.errors import CompactedError, FutureRevError, LeaseNotFoundError
+from kvstore.errors import CompactedError, FutureRevError, LeaseNotFoundError, RequestError
+from kvstore.mvcc import MVCCStore, open_store
 
 KVT = tuple[bytes, bytes, int, int, int, int]  # key, value, create, mod, version, lease
 KEYS = [b"k%d" % i for i in range(8)] + [b"p/1", b"p/2", b"p/3"]
@@ -124,12 +124,12 @@ def run_model(store: MVCCStore, seed: int, n_ops: int) -> Model:
             lease = r.choice([0, 0, 0, 7, 8, 9])
             try:
                 want = m.put(key, value, lease)
-            except EtcdError as e:
+            except RequestError as e:
                 want = e
             try:
                 got = apply(idx, rpc_pb2.PutRequest(key=key, value=value, lease=lease))
                 got = got.header.revision
-            except EtcdError as e:
+            except RequestError as e:
                 got = e
         elif x < 0.55:
             key = r.choice(KEYS)
@@ -145,7 +145,7 @@ def run_model(store: MVCCStore, seed: int, n_ops: int) -> Model:
             try:
                 kvs, count = m.range(key, end, rev, limit)
                 want = (kvs, count, limit > 0 and count > limit, m.rev)
-            except EtcdError as e:
+            except RequestError as e:
                 want = e
             try:
                 resp = apply(
@@ -158,18 +158,18 @@ def run_model(store: MVCCStore, seed: int, n_ops: int) -> Model:
                     resp.more,
                     resp.header.revision,
                 )
-            except EtcdError as e:
+            except RequestError as e:
                 got = e
         elif x < 0.94:
             rev = r.randint(max(1, m.compacted - 1), m.rev + 1)
             try:
                 m.compact(rev)
                 want = m.rev
-            except EtcdError as e:
+            except RequestError as e:
                 want = e
             try:
                 got = apply(idx, rpc_pb2.CompactionRequest(revision=rev)).header.revision
-            except EtcdError as e:
+            except RequestError as e:
                 got = e
         elif x < 0.97:
             lease = r.choice([7, 8, 9])
@@ -180,18 +180,18 @@ def run_model(store: MVCCStore, seed: int, n_ops: int) -> Model:
                 want = lease
             try:
                 got = apply(idx, rpc_pb2.LeaseGrantRequest(ID=lease, TTL=60)).ID
-            except EtcdError:
+            except RequestError:
                 got = "exists"
         else:
             lease = r.choice([7, 8, 9])
             try:
                 m.revoke(lease)
                 want = m.rev
-            except EtcdError as e:
+            except RequestError as e:
                 want = e
             try:
                 got = apply(idx, rpc_pb2.LeaseRevokeRequest(ID=lease)).header.revision
-            except EtcdError as e:
+            except RequestError as e:
                 got = e
         assert got == want, (idx, x, want, got)
         assert store.current_revision == m.rev
@@ -204,7 +204,7 @@ def run_model(store: MVCCStore, seed: int, n_ops: int) -> Model:
 @pytest.mark.parametrize(("seed", "compact_batch"), [(1, 10_000), (2, 10_000), (3, 2), (4, 1)])
 def test_model(tmp_path: Path, seed: int, compact_batch: int) -> None:
     """compact_batch 1-2 keeps physical compaction pending across many commits."""
-    store = MVCCStore(tmp_path / "s", compact_batch=compact_batch)
+    store = open_store(tmp_path / "s", compact_batch=compact_batch)[0]
     try:
         m = run_model(store, seed, 1500)
         # Every revision still visible is identical to the model, key by key.
@@ -220,7 +220,7 @@ def test_model(tmp_path: Path, seed: int, compact_batch: int) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", range(100, 120))
 def test_model_long(tmp_path: Path, seed: int) -> None:
-    store = MVCCStore(tmp_path / "s", compact_batch=1 + seed % 3 * 5000)
+    store = open_store(tmp_path / "s", compact_batch=1 + seed % 3 * 5000)[0]
     try:
         run_model(store, seed, 10000)
     finally:

