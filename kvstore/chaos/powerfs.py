@@ -20,7 +20,8 @@ Until then, writes are kept in memory as dirty 4 KiB pages over the durable
 content, and namespace changes as a list of pending operations; reads see
 everything, as they would through a page cache. Dirty data is bounded: past
 :data:`DIRTY_LIMIT` bytes the file being written is written back (made
-durable) as the kernel's writeback would; that can only lose less.
+durable) as the kernel's writeback would, and past :data:`PENDING_LIMIT`
+namespace operations the oldest half is committed; that can only lose less.
 
 On disk (DIR): ``objects/<ino>`` holds each file's durable content and
 ``namespace.json`` the durable directory tree (inode -> kind, mode,
@@ -59,6 +60,8 @@ log = logging.getLogger(__name__)
 PAGE = 4096
 DIRTY_LIMIT = 256 << 20
 """Dirty bytes kept in memory before the file being written is written back."""
+PENDING_LIMIT = 4096
+"""Pending namespace operations kept before the oldest half is committed (a journal commit)."""
 ROOT = 1
 _SYNC_FLAGS = os.O_SYNC | os.O_DSYNC
 
@@ -188,6 +191,19 @@ class PowerLossFS(mfusepy.Operations):  # type: ignore[misc]
             self._durable_node(src)["entries"].pop(old, None)
             self._durable_node(dst)["entries"][new] = ino
 
+    def _pend(self, p: Pending) -> None:
+        self.pending.append(p)
+        if len(self.pending) > PENDING_LIMIT:
+            # The journal commits on its own now and then: that only makes more durable.
+            oldest, self.pending = (
+                self.pending[: PENDING_LIMIT // 2],
+                self.pending[PENDING_LIMIT // 2 :],
+            )
+            for op in oldest:
+                self._commit(op)
+            self._save_namespace()
+            self._collect()
+
     def _sync_dir(self, ino: int) -> None:
         keep = []
         committed = False
@@ -291,7 +307,7 @@ class PowerLossFS(mfusepy.Operations):  # type: ignore[misc]
         self.nodes[ino] = node
         parent.entries[name] = ino
         parent.mtime_ns = time.time_ns()
-        self.pending.append(Pending((parent.ino,), "link", (parent.ino, name, ino)))
+        self._pend(Pending((parent.ino,), "link", (parent.ino, name, ino)))
         return node
 
     def _open_handle(self, node: Node, flags: int) -> int:
@@ -504,7 +520,7 @@ class PowerLossFS(mfusepy.Operations):  # type: ignore[misc]
                 raise _error(errno.EISDIR)
             del parent.entries[name]
             node.links -= 1
-            self.pending.append(Pending((parent.ino,), "unlink", (parent.ino, name)))
+            self._pend(Pending((parent.ino,), "unlink", (parent.ino, name)))
             if node.links == 0 and node.opens == 0:
                 self._collect()
         return 0
@@ -522,7 +538,7 @@ class PowerLossFS(mfusepy.Operations):  # type: ignore[misc]
                 raise _error(errno.ENOTEMPTY)
             del parent.entries[name]
             node.links = 0
-            self.pending.append(Pending((parent.ino,), "unlink", (parent.ino, name)))
+            self._pend(Pending((parent.ino,), "unlink", (parent.ino, name)))
             self._collect()
         return 0
 
@@ -547,7 +563,7 @@ class PowerLossFS(mfusepy.Operations):  # type: ignore[misc]
             del src.entries[old_name]
             dst.entries[new_name] = ino
             dirs = (src.ino,) if src.ino == dst.ino else (src.ino, dst.ino)
-            self.pending.append(
+            self._pend(
                 Pending(dirs, "rename", (src.ino, old_name, dst.ino, new_name, ino)),
             )
             if replaced is not None:
