@@ -276,9 +276,6 @@ class ProcessClusterUnderTest:
         except urllib.error.HTTPError as error:
             raise RuntimeError(f"failpoint {name}={action}: {error.read().decode()}") from None
 
-    def all_disks(self) -> list[PowerLossDisk]:
-        return list(self._disks.values())
-
     @property
     def size(self) -> int:
         return self._size

@@ -27,7 +27,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -195,12 +194,3 @@ class PowerLossDisk:
 
     def stats(self) -> dict[str, Any]:
         return self.control(cmd="stats")
-
-
-def wait_for(check: Any, timeout: float, what: str) -> None:
-    """Poll ``check()`` until true (an external process gives no event to await)."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise DiskError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
