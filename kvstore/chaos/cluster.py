@@ -313,14 +313,15 @@ class ProcessClusterUnderTest:
     def start(self) -> None:
         if self.network is not None:
             self.network.start()
-        for index, member in enumerate(self.cluster.members):
-            if not member.removed:
-                self._mount(index)
+        current = [i for i, m in enumerate(self.cluster.members) if not m.removed]
+        for index in current:
+            self._mount(index)
         self.cluster.start()
         # What the members wrote while starting is made durable, as the kernel's
         # writeback would within seconds: power cuts judge what happens after.
-        for disk in self._disks.values():
-            disk.sync_all()
+        for index in current:
+            if index in self._disks:
+                self._disks[index].sync_all()
 
     def stop(self) -> None:
         """Stop every member (the proxies and disks too: call ``start`` to bring all back)."""
