@@ -624,7 +624,7 @@ class MVCCStore:
     def _txn_request(self, t: rpc_pb2.TxnRequest) -> rpc_pb2.TxnResponse:
         path: list[bool] = []
         self._compare_to_path(t, path)
-        if not _txn_readonly(t):
+        if not txn_readonly(t):
             self._check_requests(t, iter(path), self._check_put)
         self._check_requests(t, iter(path), self._check_range)
         # From here nothing may fail: every check ran against the pre-txn state.
@@ -939,11 +939,12 @@ def costs_space(request: Message) -> bool:
     return quota_cost(request) > 0
 
 
-def _txn_readonly(t: rpc_pb2.TxnRequest) -> bool:
+def txn_readonly(t: rpc_pb2.TxnRequest) -> bool:
+    """Whether the txn only reads, whichever branch it takes."""
     for op in (*t.success, *t.failure):
         kind = op.WhichOneof("request")
         if kind in ("request_put", "request_delete_range"):
             return False
-        if kind == "request_txn" and not _txn_readonly(op.request_txn):
+        if kind == "request_txn" and not txn_readonly(op.request_txn):
             return False
     return True
