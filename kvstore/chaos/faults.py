@@ -67,6 +67,7 @@ FAILPOINT_WEIGHTS = {"failpoint": 4}
 # Crash points for the failpoint fault: every declared point but the skip-only mutant.
 CRASH_POINTS = tuple(name for name in POINTS if name != "walFsync")
 DEFRAG_POINTS = ("defragBeforeCopy", "defragBeforeRename", "defragAfterRename")
+LEADER_POINTS = ("raftBeforeLeaderSend",)  # reached only by the leader
 # How long a failpoint round waits for its point to be reached (snapshot points need
 # a snapshot, which comes every --snapshot-count entries).
 FAILPOINT_WAIT = 8.0
@@ -354,7 +355,9 @@ class FaultInjector:
     async def _failpoint(self, client: Client, i: int, hold: float) -> str:
         """Crash member ``i`` at a random failpoint and restart it (if it got there)."""
         c = self.cluster
-        name = self.rng.choice(CRASH_POINTS)
+        leader = await self.monitor.leader(client)
+        points = [p for p in CRASH_POINTS if leader == i or p not in LEADER_POINTS]
+        name = self.rng.choice(points)
         await anyio.to_thread.run_sync(c.arm_failpoint, i, name, "panic")
         if name in DEFRAG_POINTS:
             with contextlib.suppress(EtcdError, OSError):
