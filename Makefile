@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 SEEDS ?= 100000
 
-.PHONY: install test lint run proto sim bench chaos soak clean
+.PHONY: install test test-deps lint run proto sim bench chaos soak clean
 
 # Debian's fuse3 (fusermount3, libfuse3) for the chaos harness's power-loss disks; installed
 # with apt-get when missing and possible (root), else the tests that need it are skipped.
@@ -26,8 +26,15 @@ $(INSTALLED): pyproject.toml
 install: $(INSTALLED)
 
 ## make test: lint, type-check and the default test suite (real etcd included).
-test: lint | $(FUSERMOUNT)
+test: lint test-deps
 	$(BIN)/python -m pytest -q
+
+## make test-deps: Debian packages the tests use: etcd 3.4 (etcd-client, etcd-server), whose
+## tools and backups our etcd-format backups are checked against, and fuse3 (power-loss disks).
+test-deps: | $(FUSERMOUNT)
+	@test -x /usr/bin/etcdctl -a -x /usr/bin/etcd || { apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+		etcd-client etcd-server; }
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .

@@ -14,12 +14,12 @@ at revision 1 with no keys, as etcd does.
 from __future__ import annotations
 
 import logging
-import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, overload
+from typing import Any, Protocol, overload
 
+import google_crc32c
 import lmdb
 from google.protobuf.message import Message
 
@@ -27,6 +27,7 @@ from kvstore._pb.etcdserverpb import rpc_pb2
 from kvstore._pb.mvccpb import kv_pb2
 from kvstore.errors import (
     CompactedError,
+    CorruptError,
     FutureRevError,
     KeyNotFoundError,
     LeaseNotFoundError,
@@ -37,7 +38,7 @@ from kvstore.lease.lessor import NO_LEASE, Lessor
 from kvstore.mvcc import backend as bk
 from kvstore.mvcc.gosort import go_sort
 from kvstore.mvcc.index import TreeIndex
-from kvstore.mvcc.revision import Revision, is_tombstone, rev_key, rev_of
+from kvstore.mvcc.revision import REV_KEY_LEN, Revision, is_tombstone, rev_key, rev_of
 from kvstore.mvcc.validate import MAX_TXN_OPS, validate_request
 
 log = logging.getLogger(__name__)
@@ -298,31 +299,22 @@ class MVCCStore:
     def execute(self, request: Message) -> Message:
         """Validate and apply a request without a raft index (reads, tests, single node)."""
         validate_request(request, self.max_txn_ops)
+        if self.corrupted() and _changes_keys(request):
+            raise CorruptError()  # etcd's corrupt applier: no writes until the alarm is gone
         if self.space_exhausted() and costs_space(request):
             # Like etcd's capped applier: with a NOSPACE alarm raised, only writes
             # that can free space (deletes, compaction, revokes) go through.
             raise NoSpaceError()
-        if isinstance(request, rpc_pb2.PutRequest):
-            return self._put_request(request)
-        if isinstance(request, rpc_pb2.RangeRequest):
-            return self.range(request)
-        if isinstance(request, rpc_pb2.DeleteRangeRequest):
-            return self._delete_request(request)
-        if isinstance(request, rpc_pb2.TxnRequest):
-            return self._txn_request(request)
-        if isinstance(request, rpc_pb2.CompactionRequest):
-            return self._compact_request(request)
-        if isinstance(request, rpc_pb2.LeaseGrantRequest):
-            return self._lease_grant(request)
-        if isinstance(request, rpc_pb2.LeaseRevokeRequest):
-            return self._lease_revoke(request)
-        if isinstance(request, rpc_pb2.LeaseCheckpointRequest):
-            return self._lease_checkpoint(request)
-        if isinstance(request, rpc_pb2.AlarmRequest):
-            return self._alarm(request)
-        raise TypeError(f"unsupported request {type(request).__name__}")
+        handler = _HANDLERS.get(type(request))
+        if handler is None:
+            raise TypeError(f"unsupported request {type(request).__name__}")
+        return handler(self, request)
 
     # ------------------------------------------------------------------ alarms
+
+    def corrupted(self) -> bool:
+        """Whether a CORRUPT alarm is raised (by any member)."""
+        return any(alarm == rpc_pb2.CORRUPT for _, alarm in self.alarms)
 
     def space_exhausted(self) -> bool:
         """Whether a NOSPACE alarm is raised (by any member)."""
@@ -427,8 +419,11 @@ class MVCCStore:
         keys = [k for k, _ in self._index.range(key, end, self._read_rev())]
         for k in keys:
             rev: Revision = (main, self._sub)
+            # etcd stores a tombstone as KeyValue{key} alone (HashKV and backups see these
+            # bytes); the event carries the revision of the deletion.
+            tombstone = KeyValue(key=k).SerializeToString()
+            self._backend.put_rev(rev_key(main, self._sub, True), tombstone)
             kv = KeyValue(key=k, mod_revision=main)
-            self._backend.put_rev(rev_key(main, self._sub, True), kv.SerializeToString())
             self._index.tombstone(k, rev)
             self._sub += 1
             changes.append(kv)
@@ -804,9 +799,13 @@ class MVCCStore:
         return self._kv_at(got[0])
 
     def hash_kv(self, rev: int = 0) -> tuple[int, int, int]:
-        """(crc32 of the key bucket up to ``rev``, compact revision, revision hashed).
+        """(hash of the key bucket up to ``rev``, compact revision, revision hashed).
 
-        Members that applied the same log have the same hash. ``rev`` 0 means current.
+        etcd's HashKV: CRC-32C over the bucket name, then each revision key and
+        value up to ``rev``, leaving out revisions at or below the compaction
+        that a compaction at ``rev`` would drop (so the progress of physical
+        compaction does not matter). The same history gives the same hash here
+        and on etcd. ``rev`` 0 means current.
         """
         if 0 < rev <= self._compact_rev:
             raise CompactedError()
@@ -814,12 +813,16 @@ class MVCCStore:
             raise FutureRevError()
         if rev == 0:
             rev = self._current_rev
-        h = zlib.crc32(bk.KEY_DB)
+        keep = {rev_key(m, s) for m, s in self._index.keep(rev)}
+        below_compaction = rev_key(self._compact_rev + 1, 0)
+        h = google_crc32c.value(bk.KEY_DB)
         for k, v in self._backend.iter_revs(b"", rev_key(rev + 1, 0)):
             if self._is_stale(k):
-                continue  # same hash whatever the progress of physical compaction
-            h = zlib.crc32(v, zlib.crc32(k, h))
-        return h & 0xFFFFFFFF, self._compact_rev, rev
+                continue  # what etcd hashes once its (background) compaction is done
+            if k < below_compaction and keep and k[:REV_KEY_LEN] not in keep:
+                continue
+            h = google_crc32c.extend(google_crc32c.extend(h, k), v)
+        return h, self._compact_rev, rev
 
     def snapshot(self, dest_dir: Path) -> Path:
         """Commit the batch and write the whole state (KV, leases, meta) to ``dest_dir``.
@@ -837,7 +840,7 @@ class MVCCStore:
         """Commit the batch and pin this exact state for ``copy_view`` (from any thread)."""
         assert self._changes is None
         self.commit()
-        return StoreView(self._backend.open_view())
+        return StoreView(self._backend.open_view(), self._backend)
 
     def copy_view(self, view: StoreView, dest_dir: Path) -> Path:
         """Write the pinned state to ``dest_dir`` (thread-safe); returns the file."""
@@ -862,6 +865,20 @@ class MVCCStore:
         self._backend.replace_with(Path(snapshot_file))
         self._load()
         self.watchers.on_restore(synced_through=seen)
+
+
+_HANDLERS: dict[type[Message], Callable[[MVCCStore, Any], Message]] = {
+    rpc_pb2.PutRequest: MVCCStore._put_request,
+    rpc_pb2.RangeRequest: MVCCStore.range,
+    rpc_pb2.DeleteRangeRequest: MVCCStore._delete_request,
+    rpc_pb2.TxnRequest: MVCCStore._txn_request,
+    rpc_pb2.CompactionRequest: MVCCStore._compact_request,
+    rpc_pb2.LeaseGrantRequest: MVCCStore._lease_grant,
+    rpc_pb2.LeaseRevokeRequest: MVCCStore._lease_revoke,
+    rpc_pb2.LeaseCheckpointRequest: MVCCStore._lease_checkpoint,
+    rpc_pb2.AlarmRequest: MVCCStore._alarm,
+}
+"""Every request the store executes, by type: the one dispatch table."""
 
 
 def _compare_kv(c: rpc_pb2.Compare, kv: kv_pb2.KeyValue) -> bool:
@@ -903,6 +920,11 @@ class StoreView:
     """A committed state of the store, pinned for a copy in another thread."""
 
     txn: lmdb.Transaction
+    backend: bk.Backend
+
+    def release(self) -> None:
+        """Unpin the state (``copy_view`` does it itself)."""
+        self.backend.release_view(self.txn)
 
 
 KV_OVERHEAD = 256
@@ -937,6 +959,15 @@ def _branch_cost(ops: Iterable[rpc_pb2.RequestOp]) -> int:
 def costs_space(request: Message) -> bool:
     """Whether etcd refuses ``request`` while a NOSPACE alarm is raised."""
     return quota_cost(request) > 0
+
+
+def _changes_keys(request: Message) -> bool:
+    if isinstance(request, rpc_pb2.TxnRequest):
+        return not txn_readonly(request)
+    return isinstance(
+        request,
+        (rpc_pb2.PutRequest, rpc_pb2.DeleteRangeRequest, rpc_pb2.CompactionRequest),
+    )
 
 
 def txn_readonly(t: rpc_pb2.TxnRequest) -> bool:

@@ -16,4 +16,10 @@ Modules, from the composition root down:
   persistence, apply, proposals and read-index rounds.
 * :mod:`~kvstore.server.transport` -- the peer transport.
 * :mod:`~kvstore.server.config` -- etcd's flags, limits and IDs.
+* :mod:`~kvstore.server.etcd_format` and :mod:`~kvstore.server.backup` --
+  our backend in etcd's bbolt layout, both ways: Maintenance.Snapshot and
+  Hash, ``kvstore snapshot status|restore`` (``backup_bench``: backup size and
+  time, ours vs etcd).
+* :mod:`~kvstore.server.corruption` -- etcd's initial and periodic HashKV
+  comparison between members (CORRUPT alarm).
 """

@@ -14,8 +14,8 @@ from kvstore._pb.etcdserverpb import rpc_pb2
 from kvstore.errors import NotPrimaryError, RequestTimeoutError
 from kvstore.raft.types import Role
 from kvstore.rpc import CallContext, Cardinality, Method
-from kvstore.server.backup import stream_backup
-from kvstore.server.config import SERVER_VERSION
+from kvstore.server.backup import backend_hash_of, stream_backup, write_etcd_backup
+from kvstore.server.config import CLUSTER_VERSION, SERVER_VERSION
 from kvstore.server.services.core import Core
 
 SERVICE = "/etcdserverpb.Maintenance/"
@@ -65,7 +65,15 @@ class MaintenanceService:
         node = core.node
         work = Path(tempfile.mkdtemp(prefix="backup-", dir=Path(core.cfg.data_dir) / "member"))
         view = node.store.open_view()
-        copying = asyncio.ensure_future(asyncio.to_thread(node.store.copy_view, view, work))
+        copying = asyncio.ensure_future(
+            asyncio.to_thread(
+                write_etcd_backup,
+                view,
+                work / "db",
+                term=node.term,
+                cluster_version=CLUSTER_VERSION,
+            )
+        )
         try:
             # Shielded: the copy runs on if the client goes, and the cleanup waits for it.
             db_file = await asyncio.shield(copying)
@@ -84,13 +92,25 @@ class MaintenanceService:
         self.core.fill_header(resp.header)
         return resp
 
+    async def hash(self, request: rpc_pb2.HashRequest, ctx: CallContext) -> rpc_pb2.HashResponse:
+        """CRC-32C of the backend as etcd lays it out, from a pinned view, off the loop."""
+        node = self.core.node
+        view = node.store.open_view()
+        revision = node.store.current_revision
+        h = await asyncio.to_thread(
+            backend_hash_of, view, term=node.term, cluster_version=CLUSTER_VERSION
+        )
+        resp = rpc_pb2.HashResponse(hash=h)
+        self.core.fill_header(resp.header)
+        resp.header.revision = revision
+        return resp
+
     async def hash_kv(
         self, request: rpc_pb2.HashKVRequest, ctx: CallContext
     ) -> rpc_pb2.HashKVResponse:
-        h, compact, rev = self.core.node.store.hash_kv(request.revision)
+        h, compact, _ = self.core.node.store.hash_kv(request.revision)
         resp = rpc_pb2.HashKVResponse(hash=h, compact_revision=compact)
-        self.core.fill_header(resp.header)
-        resp.header.revision = rev
+        self.core.fill_header(resp.header)  # revision: the current one, as etcd answers
         return resp
 
     async def move_leader(
@@ -120,6 +140,7 @@ class MaintenanceService:
             (SERVICE + "Alarm", Method(rpc_pb2.AlarmRequest, self.alarm)),
             (SERVICE + "Snapshot", snapshot),
             (SERVICE + "Defragment", Method(rpc_pb2.DefragmentRequest, self.defragment)),
+            (SERVICE + "Hash", Method(rpc_pb2.HashRequest, self.hash)),
             (SERVICE + "HashKV", Method(rpc_pb2.HashKVRequest, self.hash_kv)),
             (SERVICE + "MoveLeader", Method(rpc_pb2.MoveLeaderRequest, self.move_leader)),
         ]
