@@ -167,14 +167,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"kvstore serve: cannot use data dir {cfg.data_dir}: {error.strerror}", file=sys.stderr
         )
         return 1
+    from kvstore import failpoints
+
+    failpoints.serve_http_from_env()
     try:
         run_coroutine(serve(cfg))
-    except (OSError, RuntimeError, StorageError) as error:
-        print(f"kvstore serve: {error}", file=sys.stderr)
+    except (OSError, RuntimeError, StorageError, BaseExceptionGroup) as error:
+        # A failed disk (DiskFaultError) or damaged files surface from the raft task
+        # inside the server's task group: name the storage error, not the group.
+        fatal = _storage_error(error)
+        if fatal is None and isinstance(error, BaseExceptionGroup):
+            raise
+        print(f"kvstore serve: {'fatal: ' if fatal else ''}{fatal or error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _storage_error(error: BaseException) -> BaseException | None:
+    """The storage-layer error behind ``error`` (itself, or one inside exception groups)."""
+    from kvstore.storage import StorageError
+
+    if isinstance(error, StorageError):
+        return error
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            found = _storage_error(inner)
+            if found is not None:
+                return found
+    return None
 
 
 def cmd_cluster_up(args: argparse.Namespace) -> int:

@@ -33,6 +33,7 @@ from kvstore.errors import (
     StoppedError,
     TooManyRequestsError,
 )
+from kvstore.failpoints import failpoint
 from kvstore.raft import EntryType, HardState, Message, Ready
 from kvstore.raft.confchange import decode_conf_change
 from kvstore.raft.types import ConfChange, Entry, Role, Snapshot
@@ -477,6 +478,7 @@ class Node:
             or (hs is not None and (hs.term, hs.vote) != self._durable_term_vote)
         )
         if rd.messages and must_sync:
+            failpoint("raftBeforeLeaderSend")
             self._send(rd.messages)  # replication overlaps our own WAL write
         if must_sync:
             if self._fsync_avg < INLINE_FSYNC_SECONDS and rd.snapshot is None:
@@ -517,18 +519,22 @@ class Node:
         Runs on the loop or on a worker: timed here, so waiting for a worker does not count.
         """
         t0 = time.monotonic()
+        failpoint("raftBeforeSave")
         if snap is not None:
             self.snapshotter.save_received(snap)
             self.wal.save_snapshot(snap.metadata)
         self.wal.save(hs, entries)
+        failpoint("raftAfterSave")
         return time.monotonic() - t0
 
     def _install(self, snap: Snapshot) -> None:
+        failpoint("raftBeforeApplySnap")
         self.snapshotter.install(snap)
         self._uncommitted_applies = 0
         self.applied_index = snap.metadata.index
         if self.on_restore is not None:
             self.on_restore()
+        failpoint("raftAfterApplySnap")
 
     def _on_soft_state(self, leader: int, role: Role) -> None:
         if leader != self.leader_id:
@@ -554,6 +560,7 @@ class Node:
             lessor.demote()
 
     def _apply(self, entries: list[Entry]) -> None:
+        failpoint("raftBeforeApply")
         t0 = time.monotonic()
         applier = self.applier
         waiters = self._waiters
@@ -582,6 +589,7 @@ class Node:
         self.metrics.proposals_applied += applied
         self.metrics.apply_duration.observe(time.monotonic() - t0)
         self._apply_waits.applied(last)
+        failpoint("raftAfterApply")
 
     def _member_attributes_applied(self, index: int, attrs: peer_pb2.MemberAttributes) -> None:
         if self.on_member_attributes is not None:
