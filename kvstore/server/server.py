@@ -19,15 +19,8 @@ from kvstore._pb.peerpb import peer_pb2_grpc
 from kvstore.errors import RequestError
 from kvstore.raft.types import Message
 from kvstore.server import corruption
-from kvstore.server.config import (
-    CLUSTER_VERSION,
-    GRPC_OVERHEAD_BYTES,
-    SERVER_VERSION,
-    ServerConfig,
-    host_port,
-    is_https,
-)
-from kvstore.server.http import Handler, json_body, serve_http
+from kvstore.server.config import GRPC_OVERHEAD_BYTES, ServerConfig, host_port, is_https
+from kvstore.server.http import MemberHTTP
 from kvstore.server.leases import LeaseForwarder
 from kvstore.server.membership import ClusterMembership, Member, discover_existing
 from kvstore.server.node import Node
@@ -144,31 +137,11 @@ class EtcdServer:
             max_receive_bytes=cfg.max_request_bytes + GRPC_OVERHEAD_BYTES,
             error_mapper=to_status,
         )
+        self.http = MemberHTTP(self.core, self.clients)
         self._stop = asyncio.Event()
 
     def _send(self, msgs: list[Message]) -> None:
         self.transport.send(msgs)
-
-    # ----- HTTP
-
-    def _health(self) -> tuple[int, str, str]:
-        if self.node.leader_id and self.membership.published.is_set():
-            return 200, "application/json", json_body({"health": "true", "reason": ""})
-        return 503, "application/json", json_body({"health": "false", "reason": "RAFT NO LEADER"})
-
-    def _routes(self) -> dict[str, Handler]:
-        version = json_body({"etcdserver": SERVER_VERSION, "etcdcluster": CLUSTER_VERSION})
-        return {
-            "/health": self._health,
-            "/readyz": lambda: (
-                (200, "text/plain", "ok\n")
-                if self.node.leader_id and self.membership.published.is_set()
-                else (503, "text/plain", "not ready: no leader\n")
-            ),
-            "/livez": lambda: (200, "text/plain", "ok\n"),
-            "/version": lambda: (200, "application/json", version),
-            "/metrics": lambda: (200, "text/plain; version=0.0.4", self.node.metrics.render()),
-        }
 
     # ----- lifecycle
 
@@ -193,7 +166,7 @@ class EtcdServer:
         for url in self.cfg.listen_client_urls:
             host, port = host_port(url)
             context = http_ssl_context(self.cfg.client_tls) if is_https(url) else None
-            await self.clients.listen(host, port, context)
+            await self.clients.listen(host, port, context, http1=self.http.protocol)
 
     async def run(self) -> None:
         cfg = self.cfg
@@ -214,13 +187,12 @@ class EtcdServer:
             else:
                 peer.add_insecure_port(f"{host}:{port}")
         _check_free(cfg.listen_client_urls)
-        http_servers = []
         await peer.start()
         try:
             for url in cfg.listen_metrics_urls:
                 host, port = host_port(url)
                 context = http_ssl_context(cfg.client_tls) if is_https(url) else None
-                http_servers.append(await serve_http(host, port, self._routes(), context))
+                await self.http.listen_metrics(host, port, context)
             log.info(
                 "member %s (%x) serving clients on %s, peers on %s, http on %s",
                 cfg.name,
@@ -250,8 +222,7 @@ class EtcdServer:
                 self.node.stop()
                 await raft_task
         finally:
-            for h in http_servers:
-                h.close()
+            await self.http.close()
             await self.self_client.close()
             await self.clients.stop()
             await peer.stop(grace=None)
