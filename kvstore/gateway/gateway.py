@@ -72,6 +72,9 @@ class Gateway:
     async def serve(self, request: web.BaseRequest) -> web.StreamResponse | None:
         """The response to ``request``, or None when its path is not the gateway's."""
         path = request.path
+        if path == "/v3":
+            # Go's ServeMux sends a subtree's root without its slash to the subtree.
+            return web.Response(status=301, headers={**self.headers, "Location": "/v3/"})
         for prefix in PREFIXES:
             if path.startswith(prefix):
                 break
@@ -227,7 +230,7 @@ class Gateway:
         try:
             async for message in responses:
                 if response is None:
-                    response = await self._start_stream(request, 200)
+                    response = await self._start_stream(request, 200, with_grpc_headers=True)
                 await response.write(b'{"result":' + jsonpb.encode(message).encode() + b"}\n")
         except ConnectionError:
             log.debug("gateway stream: the client went away")
@@ -244,8 +247,12 @@ class Gateway:
         await response.write_eof()
         return response
 
-    async def _start_stream(self, request: web.BaseRequest, status: int) -> web.StreamResponse:
-        response = web.StreamResponse(status=status, headers=self._headers(_JSON, status == 200))
+    async def _start_stream(
+        self, request: web.BaseRequest, status: int, with_grpc_headers: bool = False
+    ) -> web.StreamResponse:
+        """Headers go out with the first chunk (with the gRPC call's, once it sent a message)."""
+        headers = self._headers(_JSON, success=with_grpc_headers)
+        response = web.StreamResponse(status=status, headers=headers)
         response.enable_chunked_encoding()
         await response.prepare(request)
         return response

@@ -19,6 +19,7 @@ ignores unknown fields and takes ``null`` as absent; errors are Go's (see
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -198,7 +199,7 @@ def _converter(field: FieldDescriptor) -> Callable[[object], Any]:
             if isinstance(raw, str) and not isinstance(raw, gojson.Number):
                 number = numbers.get(raw)
                 if number is None:
-                    quoted = gojson.strconv_quote(gojson.quote(raw))
+                    quoted = gojson.strconv_quote(_as_written(raw))
                     raise GoJSONError(f"unknown value {quoted} for enum {enum_name}")
                 return number
             return gojson.to_int(raw, "protoreflect.EnumNumber")
@@ -212,5 +213,14 @@ def _to_int(raw: object, go_type: str) -> int:
     if isinstance(raw, str) and not isinstance(raw, gojson.Number):
         if raw.isdigit() and raw.isascii() and (raw[0] != "0" or raw == "0"):
             return gojson.to_int(gojson.Number(raw), go_type)
-        raw = gojson.unmarshal(gojson.quote(raw)[1:-1].encode())
+        raw = gojson.unmarshal(_as_written(raw)[1:-1].encode())
     return gojson.to_int(raw, go_type)
+
+
+def _as_written(text: str) -> str:
+    """A JSON string as a client most likely wrote it (jsonpb quotes the raw input in errors).
+
+    The raw text is gone once parsed; the shortest encoding matches it unless the
+    client escaped characters it did not have to.
+    """
+    return json.dumps(text, ensure_ascii=False)
