@@ -2,8 +2,9 @@
 
 As etcd does, the client port serves all of it next to gRPC (the
 :mod:`kvstore.rpc.switch` hands HTTP/1.1 connections to :meth:`MemberHTTP.protocol`),
-and each ``--listen-metrics-urls`` listener serves the same endpoints without
-the gateway. Every response carries etcd's default CORS headers (``--cors=*``);
+unless ``--listen-client-http-urls`` moves it there; each
+``--listen-metrics-urls`` listener serves the same endpoints without the
+gateway. Every response carries etcd's default CORS headers (``--cors=*``);
 ``OPTIONS`` answers 200 with them.
 """
 
@@ -63,9 +64,11 @@ class MemberHTTP:
             self._servers.append(self._client_server)
         return self._client_server()
 
-    async def listen_metrics(self, host: str, port: int, context: ssl.SSLContext | None) -> None:
-        """Serve the endpoints, without the gateway, on ``host:port`` (a metrics URL)."""
-        server = self._server(self._serve_endpoints)
+    async def listen(
+        self, host: str, port: int, context: ssl.SSLContext | None, *, gateway: bool
+    ) -> None:
+        """Serve HTTP alone on ``host:port``: a metrics URL, or (``gateway``) a client HTTP URL."""
+        server = self._server(self._serve_client if gateway else self._serve_endpoints)
         self._servers.append(server)
         loop = asyncio.get_running_loop()
         self._listeners.append(

@@ -163,10 +163,17 @@ class EtcdServer:
     async def _serve_clients_once_published(self) -> None:
         """Like etcd, serve clients once this member's attributes are applied here."""
         await self.membership.published.wait()
+        split_http = bool(self.cfg.listen_client_http_urls)
         for url in self.cfg.listen_client_urls:
             host, port = host_port(url)
             context = http_ssl_context(self.cfg.client_tls) if is_https(url) else None
-            await self.clients.listen(host, port, context, http1=self.http.protocol)
+            await self.clients.listen(
+                host, port, context, http1=None if split_http else self.http.protocol
+            )
+        for url in self.cfg.listen_client_http_urls:
+            host, port = host_port(url)
+            context = http_ssl_context(self.cfg.client_tls) if is_https(url) else None
+            await self.http.listen(host, port, context, gateway=True)
 
     async def run(self) -> None:
         cfg = self.cfg
@@ -186,13 +193,13 @@ class EtcdServer:
                 peer.add_secure_port(f"{host}:{port}", server_credentials(cfg.peer_tls))
             else:
                 peer.add_insecure_port(f"{host}:{port}")
-        _check_free(cfg.listen_client_urls)
+        _check_free([*cfg.listen_client_urls, *cfg.listen_client_http_urls])
         await peer.start()
         try:
             for url in cfg.listen_metrics_urls:
                 host, port = host_port(url)
                 context = http_ssl_context(cfg.client_tls) if is_https(url) else None
-                await self.http.listen_metrics(host, port, context)
+                await self.http.listen(host, port, context, gateway=False)
             log.info(
                 "member %s (%x) serving clients on %s, peers on %s, http on %s",
                 cfg.name,

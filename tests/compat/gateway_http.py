@@ -69,7 +69,8 @@ async def call(
                     break
         else:
             chunks.append((await response.read()).decode())
-        kept = {name: response.headers[name] for name in COMPARED_HEADERS if name in response.headers}
+        got = response.headers
+        kept = {name: got[name] for name in COMPARED_HEADERS if name in got}
         return Answer(response.status, kept, chunks)
 
 

@@ -27,8 +27,8 @@ from kvstore.local.etcd import EtcdCluster
 from tests.compat.gateway_http import Answer, call, mask
 
 ALWAYS_MASKED = ("cluster_id", "member_id", "raft_term")
-STATUS_FIELDS = ("version", "dbSize", "dbSizeInUse", "leader", "raftIndex", "raftTerm")
-STATUS_FIELDS += ("raftAppliedIndex",)
+STATUS_FIELDS: tuple[str, ...] = ("version", "dbSize", "dbSizeInUse", "leader", "raftIndex")
+STATUS_FIELDS += ("raftTerm", "raftAppliedIndex")
 MEMBER_FIELDS = ("ID", "name", "peerURLs", "clientURLs")
 MiB = 1024 * 1024
 
@@ -92,7 +92,7 @@ def _sorted_members(chunks: list[str]) -> list[str]:
 
 
 def kv_cases() -> list[Case]:
-    foo = b64("foo")
+    foo, pg0 = b64("foo"), b64("pg0")
     prefix = {"key": b64("foo/"), "range_end": b64("foo0")}
     return [
         Case("/v3/kv/put", {"key": foo, "value": b64("bar")}),
@@ -142,7 +142,7 @@ def kv_cases() -> list[Case]:
                             "compare": [
                                 {"key": b64("leader"), "target": "CREATE", "create_revision": "0"}
                             ],
-                            "success": [{"request_put": {"key": b64("leader"), "value": b64("pg0")}}],
+                            "success": [{"request_put": {"key": b64("leader"), "value": pg0}}],
                         }
                     }
                 ],
@@ -151,12 +151,16 @@ def kv_cases() -> list[Case]:
         Case(
             "/v3/kv/txn",
             {
-                "compare": [{"key": foo, "target": "MOD", "result": "NOT_EQUAL", "mod_revision": 1}],
+                "compare": [
+                    {"key": foo, "target": "MOD", "result": "NOT_EQUAL", "mod_revision": 1}
+                ],
                 "success": [{"request_range": {"key": foo}}],
                 "failure": [{"request_delete_range": {"key": foo}}],
             },
         ),
-        Case("/v3/kv/txn", {"success": [{"request_range": {"key": b64("lock"), "keys_only": True}}]}),
+        Case(
+            "/v3/kv/txn", {"success": [{"request_range": {"key": b64("lock"), "keys_only": True}}]}
+        ),
         Case(
             "/v3/kv/txn",
             {"success": [{"request_delete_range": {"key": b64("lock"), "prev_kv": True}}]},
@@ -407,7 +411,10 @@ def auth_cases() -> list[Case]:
         Case("/v3/auth/role/add", {"name": "reader"}),
         Case(
             "/v3/auth/role/grant",
-            {"name": "reader", "perm": {"permType": "READ", "key": b64("a"), "range_end": b64("b")}},
+            {
+                "name": "reader",
+                "perm": {"permType": "READ", "key": b64("a"), "range_end": b64("b")},
+            },
         ),
         Case("/v3/auth/role/get", {"role": "reader"}),
         Case("/v3/auth/role/list", {}),
