@@ -239,15 +239,11 @@ def _patroni_dcs(hosts: list[str], scope: str, name: str) -> Any:
 
 
 def _stop_patroni_watcher(dcs: Any) -> None:
-    """End the DCS's watch thread (Patroni's never stop: its process exits instead)."""
+    """Park the DCS's watch thread (Patroni's never stop: its process exits instead)."""
     cache = getattr(dcs._client, "_kv_cache", None)
     if cache is None:
         return
-
-    def stop() -> None:
-        raise SystemExit  # ends the thread's loop, which only catches Exception
-
-    cache._build_cache = stop
+    cache._build_cache = threading.Event().wait  # its loop's next round waits forever, idle
     cache.kill_stream()
 
 
