@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, overload
+from typing import Any, Protocol, overload
 
 import google_crc32c
 import lmdb
@@ -305,25 +305,10 @@ class MVCCStore:
             # Like etcd's capped applier: with a NOSPACE alarm raised, only writes
             # that can free space (deletes, compaction, revokes) go through.
             raise NoSpaceError()
-        if isinstance(request, rpc_pb2.PutRequest):
-            return self._put_request(request)
-        if isinstance(request, rpc_pb2.RangeRequest):
-            return self.range(request)
-        if isinstance(request, rpc_pb2.DeleteRangeRequest):
-            return self._delete_request(request)
-        if isinstance(request, rpc_pb2.TxnRequest):
-            return self._txn_request(request)
-        if isinstance(request, rpc_pb2.CompactionRequest):
-            return self._compact_request(request)
-        if isinstance(request, rpc_pb2.LeaseGrantRequest):
-            return self._lease_grant(request)
-        if isinstance(request, rpc_pb2.LeaseRevokeRequest):
-            return self._lease_revoke(request)
-        if isinstance(request, rpc_pb2.LeaseCheckpointRequest):
-            return self._lease_checkpoint(request)
-        if isinstance(request, rpc_pb2.AlarmRequest):
-            return self._alarm(request)
-        raise TypeError(f"unsupported request {type(request).__name__}")
+        handler = _HANDLERS.get(type(request))
+        if handler is None:
+            raise TypeError(f"unsupported request {type(request).__name__}")
+        return handler(self, request)
 
     # ------------------------------------------------------------------ alarms
 
@@ -880,6 +865,20 @@ class MVCCStore:
         self._backend.replace_with(Path(snapshot_file))
         self._load()
         self.watchers.on_restore(synced_through=seen)
+
+
+_HANDLERS: dict[type[Message], Callable[[MVCCStore, Any], Message]] = {
+    rpc_pb2.PutRequest: MVCCStore._put_request,
+    rpc_pb2.RangeRequest: MVCCStore.range,
+    rpc_pb2.DeleteRangeRequest: MVCCStore._delete_request,
+    rpc_pb2.TxnRequest: MVCCStore._txn_request,
+    rpc_pb2.CompactionRequest: MVCCStore._compact_request,
+    rpc_pb2.LeaseGrantRequest: MVCCStore._lease_grant,
+    rpc_pb2.LeaseRevokeRequest: MVCCStore._lease_revoke,
+    rpc_pb2.LeaseCheckpointRequest: MVCCStore._lease_checkpoint,
+    rpc_pb2.AlarmRequest: MVCCStore._alarm,
+}
+"""Every request the store executes, by type: the one dispatch table."""
 
 
 def _compare_kv(c: rpc_pb2.Compare, kv: kv_pb2.KeyValue) -> bool:

@@ -1,7 +1,8 @@
-"""Lease calls only the leader can answer: keep-alives and time-to-live, forwarded to it.
+"""Leases on the leader: expiry through Raft, and the calls only it can answer.
 
-As in etcd, the lessor's primary is the leader: a follower passes these calls
-on to the leader over the peer link and relays the answer.
+As in etcd, the lessor's primary is the leader: it alone decides that a lease
+expired (and proposes its revoke), and a follower passes keep-alives and
+time-to-live calls on to it over the peer link and relays the answer.
 """
 
 from __future__ import annotations
@@ -28,6 +29,25 @@ from kvstore.server.transport import Transport
 R = TypeVar("R", rpc_pb2.LeaseKeepAliveResponse, rpc_pb2.LeaseTimeToLiveResponse)
 
 FORWARD_ATTEMPTS = 3
+EXPIRY_INTERVAL_SECONDS = 0.5
+"""How often the leader looks for expired leases and due checkpoints (etcd: 500 ms)."""
+
+
+async def expire_leases(node: Node) -> None:
+    """On the leader: propose revokes for expired leases, and checkpoints, through Raft."""
+    while True:
+        await asyncio.sleep(EXPIRY_INTERVAL_SECONDS)
+        if node.role != Role.LEADER:
+            continue
+        lessor = node.store.lessor
+        for lease_id in lessor.expired():
+            node.propose_nowait(rpc_pb2.LeaseRevokeRequest(ID=lease_id))
+        checkpoints = lessor.due_checkpoints()
+        if checkpoints:
+            req = rpc_pb2.LeaseCheckpointRequest()
+            for lease_id, remaining in checkpoints:
+                req.checkpoints.add(ID=lease_id, remaining_TTL=remaining)
+            node.propose_nowait(req)
 
 
 class LeaseForwarder:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import socket
@@ -19,9 +20,10 @@ from kvstore._pb.peerpb import peer_pb2_grpc
 from kvstore.errors import RequestError
 from kvstore.raft.types import Message
 from kvstore.server import corruption
+from kvstore.server.bootstrap import bootstrap
 from kvstore.server.config import GRPC_OVERHEAD_BYTES, ServerConfig, host_port, is_https
 from kvstore.server.http import MemberHTTP
-from kvstore.server.leases import LeaseForwarder
+from kvstore.server.leases import LeaseForwarder, expire_leases
 from kvstore.server.membership import ClusterMembership, Member, discover_existing
 from kvstore.server.node import Node
 from kvstore.server.services import Core, SelfClient, method_table
@@ -35,6 +37,8 @@ log = logging.getLogger(__name__)
 R = TypeVar("R")
 _GRPC_CODES = {c.value[0]: c for c in grpc.StatusCode}
 
+CLIENT_STOP_GRACE_SECONDS = 0.5
+"""When stopping, calls in flight get this long to finish."""
 NO_LEADER_CHECKS = 3
 """Require-leader streams are cancelled after this many election timeouts without a leader."""
 
@@ -108,12 +112,15 @@ class EtcdServer:
         cfg.validate()
         members = None
         if joined is not None:
-            cfg.cluster_id, members = joined
             mine = sorted(cfg.initial_advertise_peer_urls)
-            cfg.self_id = next(m.id for m in members if sorted(m.peer_urls) == mine)
+            joined_id = next(m.id for m in joined[1] if sorted(m.peer_urls) == mine)
+            cfg = dataclasses.replace(cfg, cluster_id=joined[0], self_id=joined_id)
+            members = joined[1]
+        storage = bootstrap(cfg)
+        # A restarted member keeps the IDs in its WAL, whatever the flags say now.
+        cfg = dataclasses.replace(cfg, self_id=storage.member_id, cluster_id=storage.cluster_id)
         self.cfg = cfg
-        self.node = Node(cfg, self._send)
-        # (After the node: a member that joined at runtime reads its IDs from its WAL.)
+        self.node = Node(cfg, storage, self._send)
         self.member_id = cfg.self_id
         self.cluster_id = cfg.cluster_id
         self.membership = ClusterMembership(cfg, self.node, self.stop, members)
@@ -213,7 +220,7 @@ class EtcdServer:
                 raft_task = tg.create_task(self.node.run())
                 others = [
                     tg.create_task(self.node.run_ticker()),
-                    tg.create_task(self.node.run_lessor()),
+                    tg.create_task(expire_leases(self.node)),
                     tg.create_task(self.node.run_watch_sync()),
                     tg.create_task(self.transport.run()),
                     tg.create_task(self._monitor_leader()),
@@ -223,7 +230,7 @@ class EtcdServer:
                 ]
                 await self._stop.wait()
                 log.info("member %s stopping", cfg.name)
-                await self.clients.stop(grace=0.5)
+                await self.clients.stop(grace=CLIENT_STOP_GRACE_SECONDS)
                 for t in others:
                     t.cancel()
                 self.node.stop()

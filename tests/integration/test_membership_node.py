@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 from kvstore.raft.types import ConfChange, ConfChangeSingle, ConfChangeType, Role
+from kvstore.server.bootstrap import bootstrap
 from kvstore.server.config import ServerConfig
 from kvstore.server.node import Node
 
@@ -28,7 +29,7 @@ async def test_a_change_while_another_is_pending_is_dropped(tmp_path: Path) -> N
         election_ms=200,
     )
     cfg.validate()
-    node = Node(cfg, lambda msgs: None)
+    node = Node(cfg, bootstrap(cfg), lambda msgs: None)
     applied: list[int] = []
     applied_one = asyncio.Event()
 

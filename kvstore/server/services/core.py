@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 from google.protobuf.message import Message
 
@@ -17,6 +18,7 @@ from kvstore.errors import NoSpaceError, RequestTooLargeError
 from kvstore.mvcc.store import quota_cost
 from kvstore.mvcc.watch import WatchStream
 from kvstore.rpc import CallContext
+from kvstore.server.applier import nospace_alarm
 from kvstore.server.config import ServerConfig
 from kvstore.server.leases import LeaseForwarder
 from kvstore.server.membership import ClusterMembership
@@ -47,21 +49,18 @@ class Core:
         if request.ByteSize() > self.cfg.max_request_bytes:
             raise RequestTooLargeError()
 
-    async def check_quota(self, request: Message) -> None:
-        """Raise ``NoSpaceError`` (after raising the NOSPACE alarm) if ``request`` does not fit.
+    def over_quota(self, request: Message) -> bool:
+        """Whether ``request`` would take this member's backend past its quota.
 
         As in etcd, each member judges its own backend before proposing a write
-        that costs space; the alarm then travels through Raft to every member.
+        that costs space (:meth:`refuse_over_quota` then answers it).
         """
         quota = self.cfg.backend_quota
-        if quota is None:
-            return
-        if self.node.store.db_size() + quota_cost(request) < quota:
-            return
-        alarm = rpc_pb2.AlarmRequest(
-            action=rpc_pb2.AlarmRequest.ACTIVATE, memberID=self.node.id, alarm=rpc_pb2.NOSPACE
-        )
-        await self.node.propose(alarm)
+        return quota is not None and self.node.store.db_size() + quota_cost(request) >= quota
+
+    async def refuse_over_quota(self) -> NoReturn:
+        """Raise the NOSPACE alarm through Raft (to every member), then refuse the request."""
+        await self.node.propose(nospace_alarm(self.node.id))
         raise NoSpaceError()
 
     def new_lease_id(self) -> int:

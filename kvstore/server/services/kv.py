@@ -1,6 +1,12 @@
-"""etcd's KV service: Range, Put, DeleteRange, Txn, Compact."""
+"""etcd's KV service: Range, Put, DeleteRange, Txn, Compact.
+
+The handlers answer without a task of their own: a serializable read answers
+at once, a linearizable one and a write with a future the raft loop resolves.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from kvstore._pb.etcdserverpb import rpc_pb2
 from kvstore.mvcc.store import txn_readonly
@@ -15,58 +21,51 @@ class KVService:
     def __init__(self, core: Core) -> None:
         self.core = core
 
-    async def range(self, req: rpc_pb2.RangeRequest, ctx: CallContext) -> rpc_pb2.RangeResponse:
+    def range(self, req: rpc_pb2.RangeRequest, ctx: CallContext) -> Any:
         core = self.core
         core.check_size(req)
         validate_request(req)
-        if not req.serializable:
-            await core.node.read_index()
-        resp = core.node.store.range(req)
-        core.fill_header(resp.header)
+        if req.serializable:
+            return self._range_now(req)
+        return core.node.linearized(lambda: self._range_now(req))
+
+    def _range_now(self, req: rpc_pb2.RangeRequest) -> rpc_pb2.RangeResponse:
+        resp = self.core.node.store.range(req)
+        self.core.fill_header(resp.header)
         return resp
 
-    async def _write(
-        self,
-        req: rpc_pb2.PutRequest | rpc_pb2.DeleteRangeRequest | rpc_pb2.TxnRequest,
-        check_quota: bool,
-    ) -> rpc_pb2.PutResponse | rpc_pb2.DeleteRangeResponse | rpc_pb2.TxnResponse:
+    def _write(self, req: Any, check_quota: bool) -> Any:
         core = self.core
         core.check_size(req)
         validate_request(req, core.cfg.max_txn_ops)
-        if check_quota:
-            await core.check_quota(req)
-        resp = await core.node.propose(req)
-        core.fill_header(resp.header)
-        return resp  # type: ignore[no-any-return]
+        if check_quota and core.over_quota(req):
+            return core.refuse_over_quota()
+        return core.node.submit(req)
 
-    async def put(self, req: rpc_pb2.PutRequest, ctx: CallContext) -> rpc_pb2.PutResponse:
-        return await self._write(req, check_quota=True)  # type: ignore[return-value]
+    def put(self, req: rpc_pb2.PutRequest, ctx: CallContext) -> Any:
+        return self._write(req, check_quota=True)
 
-    async def delete_range(
-        self, req: rpc_pb2.DeleteRangeRequest, ctx: CallContext
-    ) -> rpc_pb2.DeleteRangeResponse:
-        return await self._write(req, check_quota=False)  # type: ignore[return-value]
+    def delete_range(self, req: rpc_pb2.DeleteRangeRequest, ctx: CallContext) -> Any:
+        return self._write(req, check_quota=False)
 
-    async def txn(self, req: rpc_pb2.TxnRequest, ctx: CallContext) -> rpc_pb2.TxnResponse:
+    def txn(self, req: rpc_pb2.TxnRequest, ctx: CallContext) -> Any:
         if not txn_readonly(req):
-            return await self._write(req, check_quota=True)  # type: ignore[return-value]
+            return self._write(req, check_quota=True)
         # Like etcd: a txn without writes is a linearizable read, not a proposal.
         core = self.core
         core.check_size(req)
         validate_request(req, core.cfg.max_txn_ops)
-        await core.check_quota(req)  # etcd checks every Txn, reads included
-        await core.node.read_index()
-        resp = core.node.store.execute(req)
-        core.fill_header(resp.header)
+        if core.over_quota(req):  # etcd checks every Txn, reads included
+            return core.refuse_over_quota()
+        return core.node.linearized(lambda: self._execute_now(req))
+
+    def _execute_now(self, req: rpc_pb2.TxnRequest) -> rpc_pb2.TxnResponse:
+        resp = self.core.node.store.execute(req)
+        self.core.fill_header(resp.header)
         return resp
 
-    async def compact(
-        self, req: rpc_pb2.CompactionRequest, ctx: CallContext
-    ) -> rpc_pb2.CompactionResponse:
-        core = self.core
-        resp: rpc_pb2.CompactionResponse = await core.node.propose(req)
-        core.fill_header(resp.header)
-        return resp
+    def compact(self, req: rpc_pb2.CompactionRequest, ctx: CallContext) -> Any:
+        return self.core.node.submit(req)
 
     def methods(self) -> list[tuple[str, Method]]:
         return [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 from kvstore._pb.etcdserverpb import rpc_pb2
 from kvstore.errors import NoLeaderError
@@ -16,25 +17,16 @@ class LeaseService:
     def __init__(self, core: Core) -> None:
         self.core = core
 
-    async def grant(
-        self, request: rpc_pb2.LeaseGrantRequest, ctx: CallContext
-    ) -> rpc_pb2.LeaseGrantResponse:
+    def grant(self, req: rpc_pb2.LeaseGrantRequest, ctx: CallContext) -> Any:
         core = self.core
-        req = rpc_pb2.LeaseGrantRequest()
-        req.CopyFrom(request)
         if req.ID == 0:
             req.ID = core.new_lease_id()
-        await core.check_quota(req)
-        resp: rpc_pb2.LeaseGrantResponse = await core.node.propose(req)
-        core.fill_header(resp.header)
-        return resp
+        if core.over_quota(req):
+            return core.refuse_over_quota()
+        return core.node.submit(req)
 
-    async def revoke(
-        self, req: rpc_pb2.LeaseRevokeRequest, ctx: CallContext
-    ) -> rpc_pb2.LeaseRevokeResponse:
-        resp: rpc_pb2.LeaseRevokeResponse = await self.core.node.propose(req)
-        self.core.fill_header(resp.header)
-        return resp
+    def revoke(self, req: rpc_pb2.LeaseRevokeRequest, ctx: CallContext) -> Any:
+        return self.core.node.submit(req)
 
     async def keep_alive(
         self, requests: AsyncIterator[rpc_pb2.LeaseKeepAliveRequest], ctx: CallContext
@@ -54,13 +46,12 @@ class LeaseService:
         self.core.fill_header(resp.header)
         return resp
 
-    async def leases(
-        self, req: rpc_pb2.LeaseLeasesRequest, ctx: CallContext
-    ) -> rpc_pb2.LeaseLeasesResponse:
-        core = self.core
-        await core.node.read_index()
-        resp = core.node.store.lease_leases()
-        core.fill_header(resp.header)
+    def leases(self, req: rpc_pb2.LeaseLeasesRequest, ctx: CallContext) -> Any:
+        return self.core.node.linearized(self._leases_now)
+
+    def _leases_now(self) -> rpc_pb2.LeaseLeasesResponse:
+        resp = self.core.node.store.lease_leases()
+        self.core.fill_header(resp.header)
         return resp
 
     def methods(self) -> list[tuple[str, Method]]:

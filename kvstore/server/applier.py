@@ -1,0 +1,126 @@
+"""Applying committed entries: the envelope of a proposal, dispatch by request type, quota.
+
+A NORMAL entry's data is a ``peerpb.Request``: the request id its proposer
+waits on and one etcd request. :data:`REQUEST_FIELDS` is the one table of
+request types this member replicates. Store requests go to the MVCC store;
+a member's published attributes go to the membership. Like etcd's capped
+applier, every member judges its own backend against the quota when it
+applies a write: the member that crosses it first raises the NOSPACE alarm.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from google.protobuf.message import Message
+
+from kvstore._pb.etcdserverpb import rpc_pb2
+from kvstore._pb.peerpb import peer_pb2
+from kvstore.errors import NoSpaceError, RequestError
+from kvstore.mvcc.store import MVCCStore, costs_space, quota_cost
+
+log = logging.getLogger(__name__)
+
+REQUEST_FIELDS: dict[type[Message], str] = {
+    rpc_pb2.PutRequest: "put",
+    rpc_pb2.DeleteRangeRequest: "delete_range",
+    rpc_pb2.TxnRequest: "txn",
+    rpc_pb2.CompactionRequest: "compaction",
+    rpc_pb2.LeaseGrantRequest: "lease_grant",
+    rpc_pb2.LeaseRevokeRequest: "lease_revoke",
+    rpc_pb2.LeaseCheckpointRequest: "lease_checkpoint",
+    rpc_pb2.AlarmRequest: "alarm",
+    peer_pb2.MemberAttributes: "member_attributes",
+}
+"""Each replicated request type and its field in the ``peerpb.Request`` envelope."""
+
+_FIELD_TAGS = {
+    cls: (peer_pb2.Request.DESCRIPTOR.fields_by_name[name].number << 3) | 2
+    for cls, name in REQUEST_FIELDS.items()
+}
+_ID_TAG = 0x08  # field 1 (id), varint
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def encode_proposal(request_id: int, request: Message) -> bytes:
+    """The entry data for ``request``: a ``peerpb.Request``, encoded without copying it."""
+    body = request.SerializeToString()
+    head = _varint(_FIELD_TAGS[type(request)]) + _varint(len(body))
+    if request_id:
+        head = bytes((_ID_TAG,)) + _varint(request_id) + head
+    return head + body
+
+
+def nospace_alarm(member_id: int) -> rpc_pb2.AlarmRequest:
+    """The request that raises this member's NOSPACE alarm."""
+    return rpc_pb2.AlarmRequest(
+        action=rpc_pb2.AlarmRequest.ACTIVATE, memberID=member_id, alarm=rpc_pb2.NOSPACE
+    )
+
+
+class Applier:
+    def __init__(
+        self,
+        store: MVCCStore,
+        quota_bytes: int | None,
+        propose_nowait: Callable[[Message], None],
+        on_member_attributes: Callable[[int, peer_pb2.MemberAttributes], None],
+        alarm_interval: float,
+    ) -> None:
+        self.store = store
+        self.quota_bytes = quota_bytes
+        self.member_id = 0
+        self._propose_nowait = propose_nowait
+        self._on_member_attributes = on_member_attributes
+        self._alarm_interval = alarm_interval
+        self._nospace_proposed_at = -float("inf")
+
+    def apply(self, index: int, data: bytes) -> tuple[int, object]:
+        """Apply one NORMAL entry; returns (request id, response or RequestError or None)."""
+        if not data:
+            return 0, None  # a new leader's empty entry
+        env = peer_pb2.Request.FromString(data)
+        field = env.WhichOneof("request")
+        if field is None:
+            return env.id, None
+        request = getattr(env, field)
+        if field == "member_attributes":
+            self._on_member_attributes(index, request)
+            return env.id, None
+        try:
+            over_quota = self._over_quota(request)
+            result = self.store.apply(index, request)
+            if over_quota and result is not None:
+                return env.id, self._on_over_quota()
+            return env.id, result
+        except RequestError as exc:
+            return env.id, exc
+
+    def _over_quota(self, request: Message) -> bool:
+        """Whether this member's backend has no room for ``request`` (etcd's apply-time check)."""
+        quota = self.quota_bytes
+        return (
+            quota is not None
+            and costs_space(request)
+            and not self.store.space_exhausted()
+            and self.store.db_size() + quota_cost(request) >= quota
+        )
+
+    def _on_over_quota(self) -> NoSpaceError:
+        """The write is applied everywhere, but here the backend is full: raise the alarm."""
+        now = time.monotonic()
+        if now - self._nospace_proposed_at > self._alarm_interval:
+            self._nospace_proposed_at = now
+            log.warning("backend exceeds its quota; raising a NOSPACE alarm")
+            self._propose_nowait(nospace_alarm(self.member_id))
+        return NoSpaceError()

@@ -1,0 +1,121 @@
+"""Raft snapshots of the applied state: taken every ``--snapshot-count`` entries, installed
+when the leader sends one.
+
+Copying the backend and writing the snapshot file happen in a worker thread
+from a pinned view of the applied state, so the raft loop keeps serving;
+only recording it in Raft and the WAL (small) and compacting the log happen on
+the loop, between two Readys. Shutdown waits for a copy in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from kvstore.mvcc.store import MVCCStore, StoreView
+from kvstore.raft import RaftNode
+from kvstore.raft.types import Snapshot, SnapshotMetadata
+from kvstore.storage import WAL, SnapshotStore
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_CATCH_UP_ENTRIES = 5000
+"""Entries kept behind a snapshot for slow followers (etcd's SnapshotCatchUpEntries)."""
+
+
+class Snapshotter:
+    def __init__(
+        self,
+        snapshots: SnapshotStore,
+        store: MVCCStore,
+        wal: WAL,
+        raft: RaftNode,
+        snapshot_count: int,
+        applied_index: int,
+    ) -> None:
+        self.snapshots = snapshots
+        self.store = store
+        self.wal = wal
+        self.raft = raft
+        self.snapshot_count = snapshot_count
+        self.files_lock = threading.Lock()
+        """The snapshot directory: the raft loop against its worker threads."""
+        self._last_index = applied_index
+        self._writing: asyncio.Future[tuple[Snapshot, float]] | None = None
+
+    def maybe_take(self, applied_index: int, wake: Callable[[], None]) -> bool:
+        """Start a snapshot if ``snapshot_count`` entries were applied since the last one.
+
+        Returns whether one started (the backend batch was then committed).
+        ``wake`` is called when its copy is done (``finish`` then records it).
+        """
+        if self._writing is not None or applied_index - self._last_index < self.snapshot_count:
+            return False
+        term = self.raft.log.term(applied_index)
+        assert term is not None, "an applied entry is in the log"
+        meta = SnapshotMetadata(applied_index, term, self.raft.conf_state)
+        view = self.store.open_view()  # commits the batch
+        self._last_index = applied_index  # no second one while this one is on its way
+        fut = asyncio.ensure_future(asyncio.to_thread(self._write, meta, view))
+        fut.add_done_callback(lambda _: wake())
+        self._writing = fut
+        return True
+
+    def _write(self, meta: SnapshotMetadata, view: StoreView) -> tuple[Snapshot, float]:
+        """Worker thread: copy the pinned state and write the snapshot file."""
+        t0 = time.monotonic()
+        tmpdir = Path(self.snapshots.dir) / "tmp"
+        if tmpdir.exists():
+            shutil.rmtree(tmpdir)
+        path = self.store.copy_view(view, tmpdir)
+        snap = Snapshot(meta, path.read_bytes())
+        shutil.rmtree(tmpdir)
+        with self.files_lock:
+            self.snapshots.save(snap)
+        return snap, time.monotonic() - t0
+
+    def finish(self) -> None:
+        """Record a snapshot whose copy is done: in Raft and the WAL; compact the log."""
+        done = self._writing
+        if done is None or not done.done():
+            return
+        self._writing = None
+        snap, took = done.result()
+        index = snap.metadata.index
+        if index <= self.raft.log.snapshot.metadata.index:
+            return  # overtaken by a snapshot received from the leader
+        self.raft.create_snapshot(index, snap.data, snap.metadata.conf_state)
+        self.wal.save_snapshot(snap.metadata)
+        keep = min(SNAPSHOT_CATCH_UP_ENTRIES, self.snapshot_count)
+        if index > keep:
+            self.raft.compact(index - keep)
+        self.wal.release_to(index)
+        with self.files_lock:
+            self.snapshots.purge()
+        log.info("snapshot at index %d (%d bytes) in %.3fs", index, len(snap.data), took)
+
+    def save_received(self, snap: Snapshot) -> None:
+        """Persist a snapshot from the leader (before its WAL record; any thread)."""
+        with self.files_lock:
+            self.snapshots.save(snap)
+
+    def install(self, snap: Snapshot) -> None:
+        """Replace the applied state with the leader's snapshot."""
+        if snap.data:  # (the bootstrap snapshot at index 1 is the empty state)
+            tmp = Path(self.snapshots.dir) / "incoming.db"
+            tmp.write_bytes(snap.data)
+            self.store.restore(tmp)
+            tmp.unlink()
+        self._last_index = snap.metadata.index
+        log.info("restored snapshot at index %d", snap.metadata.index)
+
+    async def close(self) -> None:
+        """Wait for a copy in flight (it reads a pinned view of the backend)."""
+        writing = self._writing
+        if writing is not None:
+            await asyncio.wait([writing])
