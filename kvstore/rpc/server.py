@@ -7,7 +7,8 @@ state machine. A gRPC server needs a small part of HTTP/2, and speaking that
 part on the event loop costs about 40-60 µs a call. The layers:
 :mod:`~kvstore.rpc.http2` (frames, streams, flow control),
 :mod:`~kvstore.rpc.connection` (gRPC calls on them) and this module (listeners,
-methods, shutdown).
+methods, shutdown); :mod:`~kvstore.rpc.switch` lets a listener share its port
+with HTTP/1.1.
 """
 
 from __future__ import annotations
@@ -82,7 +83,10 @@ class Server:
             factory = self._connection
         else:
             alpn = ALPN_PROTOCOLS
-            factory = lambda: ProtocolSwitch(self._connection, http1, self._undecided)  # noqa: E731
+
+            def factory() -> asyncio.Protocol:
+                return ProtocolSwitch(self._connection, http1, self._undecided)
+
         if ssl_context is not None:
             ssl_context.set_alpn_protocols(alpn)
         listener = await loop.create_server(
