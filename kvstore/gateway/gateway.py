@@ -99,7 +99,7 @@ class Gateway:
                 raise _Refused(StatusCode.UNIMPLEMENTED, self.rpc.unknown_method_message(grpc_path))
             self._check_size(message)
             if method.cardinality is Cardinality.SERVER_STREAM:
-                return await self._stream(request, method.handler(message, ctx))
+                return await self._stream(request, method.handler(message, ctx), ctx)
             response = await self._call_unary(method, message, ctx)
         except _Refused as refused:
             return self._error(refused.code, refused.message)
@@ -220,23 +220,30 @@ class Gateway:
                     return
                 yield message
 
-        return await self._stream(request, method.handler(requests(), ctx))
+        return await self._stream(request, method.handler(requests(), ctx), ctx)
 
     async def _stream(
-        self, request: web.BaseRequest, responses: AsyncIterator[Message]
+        self, request: web.BaseRequest, responses: AsyncIterator[Message], ctx: CallContext
     ) -> web.StreamResponse:
         """Forward responses one chunk each, as grpc-gateway's ForwardResponseStream does."""
         response: web.StreamResponse | None = None
+        deadline = asyncio.timeout_at(ctx.deadline)
         try:
-            async for message in responses:
-                if response is None:
-                    response = await self._start_stream(request, 200, with_grpc_headers=True)
-                await response.write(b'{"result":' + jsonpb.encode(message).encode() + b"}\n")
+            async with deadline:
+                async for message in responses:
+                    if response is None:
+                        response = await self._start_stream(request, 200, with_grpc_headers=True)
+                    data = b'{"result":' + jsonpb.encode(message).encode() + b"}\n"
+                    await response.write(data)
         except ConnectionError:
             log.debug("gateway stream: the client went away")
             return response or web.StreamResponse()
         except Exception as error:
-            code, text = self._status(error)
+            code: int
+            if deadline.expired():
+                code, text = StatusCode.DEADLINE_EXCEEDED, "context deadline exceeded"
+            else:
+                code, text = self._status(error)
             if response is None:
                 response = await self._start_stream(request, http_status(code))
             await response.write(stream_error_chunk(code, text))

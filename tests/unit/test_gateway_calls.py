@@ -224,3 +224,27 @@ async def test_a_watch_stays_open_and_ends_when_the_client_goes(
         assert not handlers.watch_closed.is_set()
     async with asyncio.timeout(10):
         await handlers.watch_closed.wait()
+
+
+async def test_a_stream_ends_at_its_deadline(served: tuple[str, Handlers]) -> None:
+    address, handlers = served
+    async with aiohttp.ClientSession() as session:
+        watch = await call(
+            session,
+            f"http://{address}/v3/watch",
+            b'{"create_request":{"key":"YQ=="}}',
+            headers={"Grpc-Timeout": "300m"},
+        )
+    assert watch.status == 200
+    created, expired = watch.chunks
+    assert json.loads(created) == {"result": {"created": True}}
+    assert json.loads(expired) == {
+        "error": {
+            "grpc_code": 4,
+            "http_code": 504,
+            "message": "context deadline exceeded",
+            "http_status": "Gateway Timeout",
+        }
+    }
+    async with asyncio.timeout(10):
+        await handlers.watch_closed.wait()
