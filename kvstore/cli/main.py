@@ -120,6 +120,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             max_request_bytes=args.max_request_bytes,
             quota_backend_bytes=args.quota_backend_bytes,
             listen_metrics_urls=metrics,
+            listen_client_http_urls=_urls(args.listen_client_http_urls or ""),
             watch_progress_notify_interval=_duration_flag(
                 "--experimental-watch-progress-notify-interval",
                 args.experimental_watch_progress_notify_interval,
@@ -148,7 +149,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from kvstore.storage import StorageError
 
     # Check the ports before touching the data directory, so a busy port fails cleanly.
-    for url in [*cfg.listen_client_urls, *cfg.listen_peer_urls, *cfg.listen_metrics_urls]:
+    for url in [
+        *cfg.listen_client_urls,
+        *cfg.listen_peer_urls,
+        *cfg.listen_metrics_urls,
+        *cfg.listen_client_http_urls,
+    ]:
         host, port = host_port(url)
         with socket.socket() as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -304,6 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--data-dir", help="default: <name>.etcd")
     srv.add_argument("--listen-client-urls", default="http://127.0.0.1:2379")
     srv.add_argument("--advertise-client-urls", default=None)
+    srv.add_argument(
+        "--listen-client-http-urls",
+        default=None,
+        help="serve the JSON gateway and HTTP endpoints here only (then gRPC alone on the "
+        "client URLs; default: both on the client URLs)",
+    )
     srv.add_argument("--listen-peer-urls", default="http://127.0.0.1:2380")
     srv.add_argument("--initial-advertise-peer-urls", default="http://127.0.0.1:2380")
     srv.add_argument("--initial-cluster", default=None, help="name=peer-url,...")

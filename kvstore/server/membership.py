@@ -527,6 +527,7 @@ class ClusterMembership:
         self, request: rpc_pb2.MemberUpdateRequest
     ) -> rpc_pb2.MemberUpdateResponse:
         self._check_leader()
+        self.registry.check_remove(request.ID)
         urls = _check_urls(list(request.peerURLs))
         self.registry.check_update(request.ID, urls)
         members = await self._configure("update", request.ID, {"peer_urls": list(urls)})
@@ -563,6 +564,7 @@ class ClusterMembership:
         )
 
     async def update(self, request: rpc_pb2.MemberUpdateRequest) -> rpc_pb2.MemberUpdateResponse:
+        self.registry.check_remove(request.ID)  # as etcd: an unknown member before its URLs
         _check_urls(list(request.peerURLs))
         return await self._on_leader(
             lambda: self.update_local(request),

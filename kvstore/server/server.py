@@ -15,15 +15,8 @@ from kvstore._pb.etcdserverpb import rpc_pb2
 from kvstore.raft.types import Message
 from kvstore.server import corruption
 from kvstore.server.bootstrap import bootstrap
-from kvstore.server.config import (
-    CLUSTER_VERSION,
-    GRPC_OVERHEAD_BYTES,
-    SERVER_VERSION,
-    ServerConfig,
-    host_port,
-    is_https,
-)
-from kvstore.server.http import Handler, json_body, serve_http
+from kvstore.server.config import GRPC_OVERHEAD_BYTES, ServerConfig, host_port, is_https
+from kvstore.server.http import MemberHTTP
 from kvstore.server.leases import LeaseForwarder, expire_leases
 from kvstore.server.membership import ClusterMembership, Member, discover_existing
 from kvstore.server.node import Node
@@ -97,6 +90,7 @@ class EtcdServer:
             max_receive_bytes=cfg.max_request_bytes + GRPC_OVERHEAD_BYTES,
             error_mapper=to_status,
         )
+        self.http = MemberHTTP(self.core, self.clients)
         self._stop = asyncio.Event()
 
     def _send(self, msgs: list[Message]) -> None:
@@ -108,27 +102,6 @@ class EtcdServer:
         resp.members.extend(m.to_pb() for m in self.membership.described())
         self.core.fill_header(resp.header)
         return resp
-
-    # ----- HTTP
-
-    def _health(self) -> tuple[int, str, str]:
-        if self.node.leader_id and self.membership.published.is_set():
-            return 200, "application/json", json_body({"health": "true", "reason": ""})
-        return 503, "application/json", json_body({"health": "false", "reason": "RAFT NO LEADER"})
-
-    def _routes(self) -> dict[str, Handler]:
-        version = json_body({"etcdserver": SERVER_VERSION, "etcdcluster": CLUSTER_VERSION})
-        return {
-            "/health": self._health,
-            "/readyz": lambda: (
-                (200, "text/plain", "ok\n")
-                if self.node.leader_id and self.membership.published.is_set()
-                else (503, "text/plain", "not ready: no leader\n")
-            ),
-            "/livez": lambda: (200, "text/plain", "ok\n"),
-            "/version": lambda: (200, "application/json", version),
-            "/metrics": lambda: (200, "text/plain; version=0.0.4", self.node.metrics.render()),
-        }
 
     # ----- lifecycle
 
@@ -150,22 +123,28 @@ class EtcdServer:
     async def _serve_clients_once_published(self) -> None:
         """Like etcd, serve clients once this member's attributes are applied here."""
         await self.membership.published.wait()
+        split_http = bool(self.cfg.listen_client_http_urls)
         for url in self.cfg.listen_client_urls:
             host, port = host_port(url)
             context = http_ssl_context(self.cfg.client_tls) if is_https(url) else None
-            await self.clients.listen(host, port, context)
+            await self.clients.listen(
+                host, port, context, http1=None if split_http else self.http.protocol
+            )
+        for url in self.cfg.listen_client_http_urls:
+            host, port = host_port(url)
+            context = http_ssl_context(self.cfg.client_tls) if is_https(url) else None
+            await self.http.listen(host, port, context, gateway=True)
 
     async def run(self) -> None:
         cfg = self.cfg
-        _check_free(cfg.listen_client_urls)
-        http_servers = []
+        _check_free([*cfg.listen_client_urls, *cfg.listen_client_http_urls])
         try:
             for url in cfg.listen_peer_urls:
                 await self.listener.listen(url, cfg.peer_tls)
             for url in cfg.listen_metrics_urls:
                 host, port = host_port(url)
                 context = http_ssl_context(cfg.client_tls) if is_https(url) else None
-                http_servers.append(await serve_http(host, port, self._routes(), context))
+                await self.http.listen(host, port, context, gateway=False)
             log.info(
                 "member %s (%x) serving clients on %s, peers on %s, http on %s",
                 cfg.name,
@@ -195,8 +174,7 @@ class EtcdServer:
                 self.node.stop()
                 await raft_task
         finally:
-            for h in http_servers:
-                h.close()
+            await self.http.close()
             await self.self_client.close()
             await self.clients.stop()
             await self.listener.close()
