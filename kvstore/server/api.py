@@ -82,6 +82,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
             if not request.serializable:
                 await s.node.read_index()
             resp = s.node.store.range(request)
+            s.node.metrics.mvcc_range += 1
             s.fill_header(resp.header)
             return resp
 
@@ -127,6 +128,8 @@ class KVService(rpc_pb2_grpc.KVServicer):
             await check_quota(s, request)  # etcd checks every Txn, reads included
             await s.node.read_index()
             r = s.node.store.execute(request)
+            s.node.metrics.mvcc_txn += 1
+            s.node.metrics.mvcc_range += len(r.responses)  # a read-only txn: only ranges
             s.fill_header(r.header)
             return r
 

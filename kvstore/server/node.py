@@ -655,6 +655,8 @@ class Node:
                     result = self._on_over_quota()
             except RequestError as exc:
                 result = exc
+            else:
+                self.metrics.count_applied(field, result)
             applied += 1
             w = waiters.pop(env.id, None) if env.id else None
             if w is not None:
