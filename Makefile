@@ -6,6 +6,9 @@ INSTALLED := $(VENV)/.installed
 SEEDS ?= 100000
 
 .PHONY: install test lint run proto sim bench chaos soak clean
+# Debian's chromium runs the dashboard's browser tests (never a browser of Playwright's own).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,9 +18,13 @@ $(INSTALLED): pyproject.toml
 
 install: $(INSTALLED)
 
-## make test: lint, type-check and the default test suite (real etcd included).
-test: lint
+## make test: lint, type-check and the default test suite (real etcd and chromium included).
+test: lint $(CHROMIUM)
 	$(BIN)/python -m pytest -q
+
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
@@ -26,7 +33,7 @@ lint: $(INSTALLED)
 
 ## make run: the controllers demo on our 3-member store (ports 2379/12379/22379, data in
 ## ./kvstore-data): controller-managers, schedulers, node agents and a ReplicaSet, with a live
-## view and keys to kill leaders (Ctrl-C stops it). RUN_ARGS=--free-ports if the ports are
+## view, keys to kill leaders and the web dashboard (its URL is printed; Ctrl-C stops it). RUN_ARGS=--free-ports if the ports are
 ## taken; `.venv/bin/kvstore cluster up -n 3` runs just the store.
 RUN_ARGS ?=
 run: $(INSTALLED)
