@@ -24,7 +24,7 @@ test: lint $(CHROMIUM)
 
 $(CHROMIUM):
 	$(SUDO) apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
