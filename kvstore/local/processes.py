@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Self, TypeVar
 if TYPE_CHECKING:
     from kvstore.local.tls import Certificates
 
+from kvstore.local.binaries import etcdctl_path
+
 HOST = "127.0.0.1"
 
 
@@ -179,8 +181,6 @@ class ProcessCluster(Generic[M]):
         self, *args: str, endpoints: list[str] | None = None, timeout: float = 30.0
     ) -> subprocess.CompletedProcess[str]:
         """Run the real etcdctl against the current members (or the given endpoints)."""
-        from kvstore.local.etcd import etcdctl_path
-
         endpoints = self.endpoints if endpoints is None else endpoints
         tls = self.tls.etcdctl_flags() if self.tls is not None else []
         return subprocess.run(

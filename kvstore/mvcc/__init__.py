@@ -1,32 +1,30 @@
-"""MVCC key-value store with etcd semantics, its watch hub, on LMDB.
-
-Names are loaded lazily so that ``kvstore.lease`` can import ``kvstore.errors``
-without importing the store (which itself uses the lessor).
-"""
+"""MVCC key-value store with etcd semantics, its watch hub, on LMDB."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
-if TYPE_CHECKING:
-    from kvstore.mvcc.store import MVCCStore
-    from kvstore.mvcc.validate import validate_request
-    from kvstore.mvcc.watch import WatchHub, WatchStream
+from kvstore.lease.lessor import DEFAULT_MIN_TTL, Lessor
+from kvstore.mvcc.store import MVCCStore
+from kvstore.mvcc.validate import validate_request
+from kvstore.mvcc.watch import DEFAULT_QUEUE_SIZE, WatchHub, WatchStream
 
-__all__ = ["MVCCStore", "WatchHub", "WatchStream", "validate_request"]
-
-_LAZY = {
-    "MVCCStore": "kvstore.mvcc.store",
-    "validate_request": "kvstore.mvcc.validate",
-    "WatchHub": "kvstore.mvcc.watch",
-    "WatchStream": "kvstore.mvcc.watch",
-}
+__all__ = ["MVCCStore", "WatchHub", "WatchStream", "open_store", "validate_request"]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(name)
-    import importlib
-
-    return getattr(importlib.import_module(module), name)
+def open_store(
+    path: Path | str,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    min_lease_ttl: int = DEFAULT_MIN_TTL,
+    watch_queue_size: int = DEFAULT_QUEUE_SIZE,
+    **store_options: Any,
+) -> tuple[MVCCStore, WatchHub]:
+    """A store with its lessor (on ``clock``) and a watch hub fed by its writes."""
+    store = MVCCStore(path, lessor=Lessor(clock, min_ttl=min_lease_ttl), **store_options)
+    hub = WatchHub(store, queue_size=watch_queue_size)
+    store.watchers = hub
+    return store, hub

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kvstore._pb.etcdserverpb import rpc_pb2
-from kvstore.mvcc.store import MVCCStore
+from kvstore.mvcc import open_store
 
 
 def _timed(fn: Callable[[], int]) -> tuple[float, int]:
@@ -26,7 +26,7 @@ def _timed(fn: Callable[[], int]) -> tuple[float, int]:
 
 
 def bench_puts(root: Path, n: int, commit_every: int, value_size: int) -> float:
-    store = MVCCStore(root / f"puts-{commit_every}")
+    store, _ = open_store(root / f"puts-{commit_every}")
     value = b"x" * value_size
     reqs = [rpc_pb2.PutRequest(key=b"key/%06d" % (i % 10_000), value=value) for i in range(n)]
 
@@ -44,7 +44,7 @@ def bench_puts(root: Path, n: int, commit_every: int, value_size: int) -> float:
 
 
 def bench_txns(root: Path, n: int, commit_every: int) -> float:
-    store = MVCCStore(root / "txns")
+    store, _ = open_store(root / "txns")
     reqs = []
     for i in range(n):
         t = rpc_pb2.TxnRequest()
@@ -69,7 +69,7 @@ def bench_txns(root: Path, n: int, commit_every: int) -> float:
 
 
 def bench_range(root: Path, keys: int, reps: int) -> dict[str, float]:
-    store = MVCCStore(root / "range")
+    store, _ = open_store(root / "range")
     for i in range(keys):
         store.apply(i + 1, rpc_pb2.PutRequest(key=b"r/%05d" % i, value=b"v" * 100))
     store.commit()
@@ -94,10 +94,10 @@ def bench_range(root: Path, keys: int, reps: int) -> dict[str, float]:
 
 
 def bench_watch(root: Path, watchers: int, puts: int) -> tuple[float, float]:
-    store = MVCCStore(root / "watch", watch_queue_size=puts + 1)
+    store, hub = open_store(root / "watch", watch_queue_size=puts + 1)
     streams = []
     for _ in range(watchers):
-        s = store.hub.new_stream()
+        s = hub.new_stream()
         s.watch(rpc_pb2.WatchCreateRequest(key=b"hot"))
         s.drain()
         streams.append(s)

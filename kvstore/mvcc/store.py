@@ -14,12 +14,11 @@ at revision 1 with no keys, as etcd does.
 from __future__ import annotations
 
 import logging
-import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import overload
+from typing import Protocol, overload
 
 import lmdb
 from google.protobuf.message import Message
@@ -40,7 +39,6 @@ from kvstore.mvcc.gosort import go_sort
 from kvstore.mvcc.index import TreeIndex
 from kvstore.mvcc.revision import Revision, is_tombstone, rev_key, rev_of
 from kvstore.mvcc.validate import MAX_TXN_OPS, validate_request
-from kvstore.mvcc.watch import WatchHub
 
 log = logging.getLogger(__name__)
 
@@ -72,28 +70,55 @@ def gte_end(range_end: bytes) -> bytes | None:
     return range_end
 
 
-class MVCCStore:
-    """Multi-version KV store with leases and a watch hub, backed by LMDB.
+class EventSink(Protocol):
+    """Where each write's events go (the watch hub)."""
 
-    Single-threaded: the apply loop owns it. ``clock`` (monotonic seconds)
-    drives lease expiry on the primary.
+    def has_synced_watchers(self) -> bool:
+        """Whether ``notify`` could deliver anything (lets the store skip building events)."""
+        ...
+
+    def notify(self, events: list[kv_pb2.Event], revision: int) -> None:
+        """One revision's events, in order."""
+        ...
+
+    def on_restore(self, synced_through: int) -> None:
+        """The state was replaced; events after ``synced_through`` must be replayed."""
+        ...
+
+
+class _NoWatchers:
+    def has_synced_watchers(self) -> bool:
+        return False
+
+    def notify(self, events: list[kv_pb2.Event], revision: int) -> None:
+        pass
+
+    def on_restore(self, synced_through: int) -> None:
+        pass
+
+
+class MVCCStore:
+    """Multi-version KV store with leases, backed by LMDB.
+
+    Single-threaded: the apply loop owns it. The ``lessor`` (whose clock drives
+    lease expiry on the primary) is the store's: leases are replicated state,
+    attached to keys by writes. Events of every write go to ``watchers``
+    (see :func:`kvstore.mvcc.open_store`, which attaches a watch hub).
     """
 
     def __init__(
         self,
         path: Path | str,
         *,
-        clock: Callable[[], float] = time.monotonic,
+        lessor: Lessor,
         map_size: int = bk.DEFAULT_MAP_SIZE,
-        min_lease_ttl: int = 2,
-        watch_queue_size: int = 128,
         max_txn_ops: int = MAX_TXN_OPS,
         compact_batch: int = DEFAULT_COMPACT_BATCH,
     ) -> None:
         self.path = Path(path)
         self._backend = bk.Backend(self.path, map_size)
-        self.lessor = Lessor(clock, min_ttl=min_lease_ttl)
-        self.hub = WatchHub(self, queue_size=watch_queue_size)
+        self.lessor = lessor
+        self.watchers: EventSink = _NoWatchers()
         self.max_txn_ops = max_txn_ops
         assert compact_batch > 0
         self.compact_batch = compact_batch
@@ -176,9 +201,8 @@ class MVCCStore:
         return self._backend.size()
 
     def close(self) -> None:
-        """Drop any uncommitted batch and close the backend; watch streams are closed."""
+        """Drop any uncommitted batch and close the backend."""
         if not self._closed:
-            self.hub.close()
             self._backend.close()
             self._closed = True
 
@@ -199,7 +223,7 @@ class MVCCStore:
         seen = self._current_rev
         self._backend.abort()
         self._load()
-        self.hub.on_restore(synced_through=seen)
+        self.watchers.on_restore(synced_through=seen)
 
     # ------------------------------------------------------------------ apply
 
@@ -350,7 +374,7 @@ class MVCCStore:
             return
         self._current_rev += 1
         rev = self._current_rev
-        if not self.hub.has_synced_watchers():
+        if not self.watchers.has_synced_watchers():
             return  # unsynced watchers replay from the backend; nothing to hand over
         events = []
         for kv in changes:
@@ -358,7 +382,7 @@ class MVCCStore:
                 events.append(Event(type=_DELETE, kv=kv))
             else:
                 events.append(Event(type=_PUT, kv=kv))
-        self.hub.notify(events, rev)
+        self.watchers.notify(events, rev)
 
     def _read_rev(self) -> int:
         """Revision reads see: the current one, plus the pending write's if it changed anything."""
@@ -837,7 +861,7 @@ class MVCCStore:
         seen = self._current_rev
         self._backend.replace_with(Path(snapshot_file))
         self._load()
-        self.hub.on_restore(synced_through=seen)
+        self.watchers.on_restore(synced_through=seen)
 
 
 def _compare_kv(c: rpc_pb2.Compare, kv: kv_pb2.KeyValue) -> bool:

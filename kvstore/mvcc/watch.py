@@ -17,15 +17,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from kvstore._pb.etcdserverpb import rpc_pb2
 from kvstore._pb.mvccpb import kv_pb2
-
-if TYPE_CHECKING:
-    from kvstore.mvcc.store import MVCCStore
 
 log = logging.getLogger(__name__)
 
@@ -298,12 +295,28 @@ def _build(item: _Data) -> list[rpc_pb2.WatchResponse]:
     return out
 
 
+class History(Protocol):
+    """What the hub reads of the store: where it stands and what happened."""
+
+    @property
+    def current_revision(self) -> int: ...
+
+    @property
+    def compact_revision(self) -> int: ...
+
+    def events_between(
+        self, start_rev: int, end_rev: int
+    ) -> Iterator[tuple[int, kv_pb2.Event]]: ...
+
+    def get_at(self, key: bytes, rev: int) -> kv_pb2.KeyValue | None: ...
+
+
 class WatchHub:
     """All watchers of one store. The store calls ``notify`` after each write."""
 
     def __init__(
         self,
-        store: MVCCStore,
+        store: History,
         *,
         queue_size: int = DEFAULT_QUEUE_SIZE,
         batch_max_revs: int = BATCH_MAX_REVS,

@@ -154,7 +154,7 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
         s = self.s
         if _requires_leader(context) and not s.node.leader_id:
             await abort(context, NoLeaderError())
-        stream = s.node.store.hub.new_stream()
+        stream = s.node.hub.new_stream()
         require_leader = _requires_leader(context)
         if require_leader:
             s.leader_streams.add(stream)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kvstore._pb.etcdserverpb import rpc_pb2
-from kvstore.mvcc.store import MVCCStore
+from kvstore.mvcc import open_store
 from kvstore.server.membership import MEMBERS_RECORD
 
 DIGEST_BYTES = hashlib.sha256().digest_size
@@ -87,7 +87,7 @@ def backup_status(backup: Path, scratch: Path) -> BackupStatus:
     """Verify ``backup`` and read its revision and key count (``scratch`` is removed)."""
     try:
         _install(backup, scratch)
-        store = MVCCStore(scratch)
+        store, _ = open_store(scratch)
         try:
             keys = store.range(ALL_KEYS).count
             return BackupStatus(store.current_revision, keys, backup.stat().st_size)
@@ -104,7 +104,7 @@ def restore_backup(backup: Path, data_dir: Path) -> BackupStatus:
         raise BackupError(f"data dir {data_dir} already holds a member; restore into a new one")
     db_dir = member / "db"
     _install(backup, db_dir)
-    store = MVCCStore(db_dir)
+    store, _ = open_store(db_dir)
     try:
         # The new cluster has its own members, and its log starts over: everything in
         # the backup counts as applied before its first entry.

@@ -36,8 +36,9 @@ from kvstore.errors import (
     RequestTooLargeError,
     StoppedError,
 )
+from kvstore.mvcc import open_store
 from kvstore.mvcc.backend import DEFAULT_MAP_SIZE
-from kvstore.mvcc.store import MVCCStore, StoreView, costs_space, quota_cost
+from kvstore.mvcc.store import StoreView, costs_space, quota_cost
 from kvstore.raft import Config, EntryType, HardState, Message, RaftNode, Ready, initial_snapshot
 from kvstore.raft.confchange import decode_conf_change
 from kvstore.raft.types import ConfChange, Entry, Role, Snapshot, SnapshotMetadata
@@ -112,7 +113,7 @@ class Node:
         wal_dir = member_dir / "wal"
         snap_dir = member_dir / "snap"
         self.snapshots = SnapshotStore(snap_dir)
-        self.store = MVCCStore(
+        self.store, self.hub = open_store(
             member_dir / "db", max_txn_ops=cfg.max_txn_ops, map_size=_map_size(cfg.backend_quota)
         )
         raft_cfg = Config(
@@ -764,6 +765,7 @@ class Node:
             self.maybe_commit_backend(force=True)
             self.wal.close()
         finally:
+            self.hub.close()
             self.store.close()
 
     # ------------------------------------------------------------------ leases (leader only)
@@ -806,11 +808,11 @@ class Node:
         while not self._stopped:
             await asyncio.sleep(0.1)
             self.maybe_commit_backend()
-            self.store.hub.sync_unsynced()
+            self.hub.sync_unsynced()
             now = time.monotonic()
             if now - last_progress >= self.cfg.watch_progress_notify_interval:
                 last_progress = now
-                self.store.hub.progress_notify()
+                self.hub.progress_notify()
             self.metrics.db_size = self.store.db_size()
 
 

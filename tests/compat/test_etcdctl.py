@@ -17,7 +17,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from kvstore.local.etcd import etcdctl_path, run_etcdctl
+from kvstore.local.binaries import etcdctl_path
+from kvstore.local.etcd import run_etcdctl
 from tests.compat.pairs import Server, side_by_side
 
 

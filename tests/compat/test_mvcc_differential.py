@@ -21,8 +21,15 @@ from kvstore._pb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 from kvstore._pb.mvccpb import kv_pb2
 from kvstore.errors import RequestError
 from kvstore.local.etcd import EtcdCluster
-from kvstore.mvcc import MVCCStore
+from kvstore.mvcc import MVCCStore, WatchHub, open_store
 from kvstore.server.status import to_status
+
+
+def hub_of(store: MVCCStore) -> WatchHub:
+    """The watch hub ``open_store`` attached to ``store``."""
+    assert isinstance(store.watchers, WatchHub)
+    return store.watchers
+
 
 RangeRequest = rpc_pb2.RangeRequest
 Compare = rpc_pb2.Compare
@@ -354,7 +361,7 @@ def test_differential_vs_etcd(
     fresh_etcd: EtcdCluster, tmp_path: Path, seed: int, keys: list[bytes], compact_batch: int
 ) -> None:
     """compact_batch 2 keeps our physical compaction pending across commits."""
-    store = MVCCStore(tmp_path / "ours", compact_batch=compact_batch)
+    store = open_store(tmp_path / "ours", compact_batch=compact_batch)[0]
     try:
         tally = run_differential(fresh_etcd.endpoints[0], store, seed, 800, keys)
         print(sorted(tally.items()))
@@ -370,7 +377,7 @@ def test_differential_vs_etcd(
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", range(10, 20))
 def test_differential_vs_etcd_long(fresh_etcd: EtcdCluster, tmp_path: Path, seed: int) -> None:
-    store = MVCCStore(tmp_path / "ours", compact_batch=3 if seed % 3 == 0 else 10_000)
+    store = open_store(tmp_path / "ours", compact_batch=3 if seed % 3 == 0 else 10_000)[0]
     try:
         run_differential(
             fresh_etcd.endpoints[0], store, seed, 5000, WIDE_KEYS if seed % 2 else KEYS
@@ -466,8 +473,8 @@ async def run_watch_differential(
 
     r = random.Random(seed * 1000)
     gen = OpGen(seed)
-    store = MVCCStore(tmp_path / "ours", watch_queue_size=4)  # small: forces replay paths
-    ours = store.hub.new_stream()
+    store = open_store(tmp_path / "ours", watch_queue_size=4)[0]  # small: forces replay paths
+    ours = hub_of(store).new_stream()
     client = EtcdClient(fresh_etcd.endpoints[0])
     channel = grpc.aio.insecure_channel(fresh_etcd.endpoints[0])
     call = rpc_pb2_grpc.WatchStub(channel).Watch()  # type: ignore[no-untyped-call]
@@ -506,7 +513,7 @@ async def run_watch_differential(
                 our_resps.extend(ours.drain())
         while True:
             our_resps.extend(ours.drain())
-            if not store.hub.sync_unsynced() and ours.pending() == 0:
+            if not hub_of(store).sync_unsynced() and ours.pending() == 0:
                 break
         expected = _flatten(our_resps)
         # etcd pushes asynchronously: read until it has said as much as we did.

@@ -26,8 +26,9 @@ import pytest
 from kvstore._pb.v3lockpb import v3lock_pb2 as lpb
 from kvstore._pb.v3lockpb import v3lock_pb2_grpc
 from kvstore.client import Client, DeadlineExceededError, TLSConfig, UnavailableError
+from kvstore.local.binaries import etcd_bin_dir
 from kvstore.local.cluster import KVMember
-from kvstore.local.etcd import etcd_bin_dir, run_etcdctl
+from kvstore.local.etcd import run_etcdctl
 from kvstore.local.tls import Certificates, make_certificates
 from kvstore.ports import free_ports
 from tests.compat.pairs import Server, side_by_side

@@ -17,8 +17,14 @@ from kvstore.errors import (
 )
 from kvstore.lease import MAX_LEASE_TTL, Lessor
 from kvstore.lease.lessor import LeaseExpiringError
-from kvstore.mvcc import MVCCStore
+from kvstore.mvcc import MVCCStore, WatchHub, open_store
 from kvstore.server.status import StatusCode, code_of
+
+
+def hub_of(store: MVCCStore) -> WatchHub:
+    """The watch hub ``open_store`` attached to ``store``."""
+    assert isinstance(store.watchers, WatchHub)
+    return store.watchers
 
 
 class Clock:
@@ -81,7 +87,7 @@ def test_an_expired_lease_awaiting_its_revoke_reports_ttl_zero_not_minus_one(
     """TTL -1 means "no such lease"; until the revoke is applied the lease and its keys
     still exist, so the leader must not say -1 (nor -2, ...) however late the revoke is."""
     clock = Clock()
-    store = MVCCStore(tmp_path / "s", clock=clock)
+    store = open_store(tmp_path / "s", clock=clock)[0]
     store.lessor.promote(extend=0.0)
     store.apply(1, rpc_pb2.LeaseGrantRequest(ID=7, TTL=2))
     _put(store, 2, b"k", 7)
@@ -149,14 +155,14 @@ def _put(store: MVCCStore, idx: int, key: bytes, lease: int) -> None:
 
 def test_store_revoke_deletes_keys_in_one_revision(tmp_path: Path) -> None:
     clock = Clock()
-    store = MVCCStore(tmp_path / "s", clock=clock)
+    store = open_store(tmp_path / "s", clock=clock)[0]
     store.apply(1, rpc_pb2.LeaseGrantRequest(ID=7, TTL=30))
     store.apply(2, rpc_pb2.LeaseGrantRequest(ID=8, TTL=30))
     _put(store, 3, b"c", 7)
     _put(store, 4, b"a", 7)
     _put(store, 5, b"b", 8)
     _put(store, 6, b"b", 7)  # re-put with another lease: moves from 8 to 7
-    stream = store.hub.new_stream()
+    stream = hub_of(store).new_stream()
     stream.watch(rpc_pb2.WatchCreateRequest(key=b"\x00", range_end=b"\x00"))
     stream.drain()
     resp = store.execute(rpc_pb2.LeaseRevokeRequest(ID=7))
@@ -177,7 +183,7 @@ def test_store_revoke_deletes_keys_in_one_revision(tmp_path: Path) -> None:
 
 def test_store_leases_persist_with_checkpoints(tmp_path: Path) -> None:
     clock = Clock()
-    store = MVCCStore(tmp_path / "s", clock=clock)
+    store = open_store(tmp_path / "s", clock=clock)[0]
     store.apply(1, rpc_pb2.LeaseGrantRequest(ID=7, TTL=600))
     store.apply(2, rpc_pb2.LeaseGrantRequest(ID=9, TTL=600))
     _put(store, 3, b"k", 7)
@@ -191,7 +197,7 @@ def test_store_leases_persist_with_checkpoints(tmp_path: Path) -> None:
     store.apply(6, rpc_pb2.LeaseRevokeRequest(ID=9))
     store.commit()
     store.close()
-    store = MVCCStore(tmp_path / "s", clock=clock)
+    store = open_store(tmp_path / "s", clock=clock)[0]
     assert [lease.id for lease in store.lessor.leases()] == [7]
     assert store.lessor.keys_of(7) == [b"k"]
     store.lessor.promote(extend=1.0)

@@ -8,7 +8,7 @@ import pytest
 
 from kvstore._pb.etcdserverpb import rpc_pb2
 from kvstore.errors import NoSpaceError
-from kvstore.mvcc import MVCCStore
+from kvstore.mvcc import open_store
 from kvstore.mvcc.store import KV_OVERHEAD, LEASE_OVERHEAD, costs_space, quota_cost
 from kvstore.server.status import StatusCode, code_of
 
@@ -41,7 +41,7 @@ def test_quota_costs_follow_etcds_estimates() -> None:
 
 
 def test_nospace_alarm_caps_writes_until_disarmed(tmp_path: Path) -> None:
-    store = MVCCStore(tmp_path / "db")
+    store = open_store(tmp_path / "db")[0]
     index = iter(range(1, 1000))
     store.apply(next(index), put(b"a"))
 
@@ -71,21 +71,21 @@ def test_nospace_alarm_caps_writes_until_disarmed(tmp_path: Path) -> None:
 
 
 def test_alarms_survive_reopen_and_snapshot(tmp_path: Path) -> None:
-    store = MVCCStore(tmp_path / "db")
+    store = open_store(tmp_path / "db")[0]
     store.apply(1, alarm(rpc_pb2.AlarmRequest.ACTIVATE))
     store.apply(2, alarm(rpc_pb2.AlarmRequest.ACTIVATE, member=7))
     store.commit()
     snap = store.snapshot(tmp_path / "snap")
     store.close()
 
-    reopened = MVCCStore(tmp_path / "db")
+    reopened = open_store(tmp_path / "db")[0]
     assert reopened.space_exhausted()
     assert [a.memberID for a in reopened.alarm_members()] == [7, MEMBER]
     with pytest.raises(NoSpaceError):
         reopened.apply(3, put(b"x"))
     reopened.close()
 
-    other = MVCCStore(tmp_path / "other")
+    other = open_store(tmp_path / "other")[0]
     assert not other.space_exhausted()
     other.restore(snap)
     assert len(other.alarm_members(rpc_pb2.NOSPACE)) == 2
@@ -93,7 +93,7 @@ def test_alarms_survive_reopen_and_snapshot(tmp_path: Path) -> None:
 
 
 def test_deactivating_one_members_alarm_keeps_the_other(tmp_path: Path) -> None:
-    store = MVCCStore(tmp_path / "db")
+    store = open_store(tmp_path / "db")[0]
     store.apply(1, alarm(rpc_pb2.AlarmRequest.ACTIVATE))
     store.apply(2, alarm(rpc_pb2.AlarmRequest.ACTIVATE, member=7))
     store.apply(3, alarm(rpc_pb2.AlarmRequest.DEACTIVATE))
@@ -105,7 +105,7 @@ def test_deactivating_one_members_alarm_keeps_the_other(tmp_path: Path) -> None:
 
 
 def test_defragment_shrinks_the_backend_and_keeps_the_data(tmp_path: Path) -> None:
-    store = MVCCStore(tmp_path / "db", compact_batch=100_000)  # one commit finishes it
+    store = open_store(tmp_path / "db", compact_batch=100_000)[0]  # one commit finishes it
     big = b"x" * 4096
     index = 0
     for i in range(400):
@@ -131,6 +131,6 @@ def test_defragment_shrinks_the_backend_and_keeps_the_data(tmp_path: Path) -> No
     assert store.range(ALL) == live
     assert (store.current_revision, store.consistent_index) == (rev, ci)
     store.close()
-    reopened = MVCCStore(tmp_path / "db")
+    reopened = open_store(tmp_path / "db")[0]
     assert reopened.range(ALL) == live
     assert reopened.consistent_index == ci

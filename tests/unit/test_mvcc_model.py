@@ -12,7 +12,7 @@ import pytest
 
 from kvstore._pb.etcdserverpb import rpc_pb2
 from kvstore.errors import CompactedError, FutureRevError, LeaseNotFoundError, RequestError
-from kvstore.mvcc import MVCCStore
+from kvstore.mvcc import MVCCStore, open_store
 
 KVT = tuple[bytes, bytes, int, int, int, int]  # key, value, create, mod, version, lease
 KEYS = [b"k%d" % i for i in range(8)] + [b"p/1", b"p/2", b"p/3"]
@@ -204,7 +204,7 @@ def run_model(store: MVCCStore, seed: int, n_ops: int) -> Model:
 @pytest.mark.parametrize(("seed", "compact_batch"), [(1, 10_000), (2, 10_000), (3, 2), (4, 1)])
 def test_model(tmp_path: Path, seed: int, compact_batch: int) -> None:
     """compact_batch 1-2 keeps physical compaction pending across many commits."""
-    store = MVCCStore(tmp_path / "s", compact_batch=compact_batch)
+    store = open_store(tmp_path / "s", compact_batch=compact_batch)[0]
     try:
         m = run_model(store, seed, 1500)
         # Every revision still visible is identical to the model, key by key.
@@ -220,7 +220,7 @@ def test_model(tmp_path: Path, seed: int, compact_batch: int) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", range(100, 120))
 def test_model_long(tmp_path: Path, seed: int) -> None:
-    store = MVCCStore(tmp_path / "s", compact_batch=1 + seed % 3 * 5000)
+    store = open_store(tmp_path / "s", compact_batch=1 + seed % 3 * 5000)[0]
     try:
         run_model(store, seed, 10000)
     finally:

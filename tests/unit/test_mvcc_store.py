@@ -11,7 +11,7 @@ import pytest
 
 from kvstore._pb.etcdserverpb import rpc_pb2
 from kvstore.errors import CompactedError, DuplicateKeyError, FutureRevError, RequestError
-from kvstore.mvcc import MVCCStore, validate_request
+from kvstore.mvcc import MVCCStore, open_store, validate_request
 from kvstore.mvcc.gosort import go_sort
 from kvstore.server.status import StatusCode, code_of
 
@@ -63,12 +63,12 @@ def dump(store: MVCCStore) -> list[Any]:
 
 
 def test_reopen_gives_same_state(tmp_path: Path) -> None:
-    s = MVCCStore(tmp_path / "s")
+    s = open_store(tmp_path / "s")[0]
     feed(s, ops(1, 600))
     s.commit()
     before, h = dump(s), s.hash_kv()
     s.close()
-    s = MVCCStore(tmp_path / "s")
+    s = open_store(tmp_path / "s")[0]
     assert dump(s) == before
     assert s.hash_kv() == h
     # And it keeps working identically after reopen.
@@ -79,16 +79,16 @@ def test_reopen_gives_same_state(tmp_path: Path) -> None:
 
 def test_crash_loses_only_the_uncommitted_batch(tmp_path: Path) -> None:
     reqs = ops(2, 400)
-    ref = MVCCStore(tmp_path / "ref")
+    ref = open_store(tmp_path / "ref")[0]
     feed(ref, reqs)
     ref.commit()
 
-    s = MVCCStore(tmp_path / "s")
+    s = open_store(tmp_path / "s")[0]
     feed(s, reqs[:250])
     s.commit()
     feed(s, reqs[250:300], 251)  # applied, never committed: lost in the "crash"
     s.close()
-    s = MVCCStore(tmp_path / "s")
+    s = open_store(tmp_path / "s")[0]
     assert s.consistent_index == 250
     # The driver replays the WAL from consistent_index; already-applied entries are skipped.
     feed(s, reqs, 1)
@@ -100,7 +100,7 @@ def test_crash_loses_only_the_uncommitted_batch(tmp_path: Path) -> None:
 
 
 def test_hash_kv_equal_for_same_ops_and_differs_otherwise(tmp_path: Path) -> None:
-    a, b = MVCCStore(tmp_path / "a"), MVCCStore(tmp_path / "b")
+    a, b = open_store(tmp_path / "a")[0], open_store(tmp_path / "b")[0]
     reqs = ops(3, 500)
     feed(a, reqs)
     feed(b, reqs)
@@ -118,10 +118,10 @@ def test_hash_kv_equal_for_same_ops_and_differs_otherwise(tmp_path: Path) -> Non
 
 
 def test_snapshot_restore(tmp_path: Path) -> None:
-    src = MVCCStore(tmp_path / "src")
+    src = open_store(tmp_path / "src")[0]
     feed(src, ops(4, 500))
     snap = src.snapshot(tmp_path / "snap")
-    dst = MVCCStore(tmp_path / "dst")
+    dst = open_store(tmp_path / "dst")[0]
     feed(dst, ops(5, 50))  # some unrelated state to be replaced
     dst.commit()
     dst.restore(snap)
@@ -133,7 +133,7 @@ def test_snapshot_restore(tmp_path: Path) -> None:
 
 
 def test_compaction_semantics(tmp_path: Path) -> None:
-    s = MVCCStore(tmp_path / "s")
+    s = open_store(tmp_path / "s")[0]
     for i in range(5):
         s.apply(i + 1, rpc_pb2.PutRequest(key=b"a", value=b"%d" % i))  # revs 2..6
     s.apply(6, rpc_pb2.DeleteRangeRequest(key=b"a"))  # rev 7
@@ -155,13 +155,13 @@ def test_compaction_semantics(tmp_path: Path) -> None:
     assert s.range(rpc_pb2.RangeRequest(key=b"b")).kvs[0].version == 1
     s.commit()
     s.close()
-    s = MVCCStore(tmp_path / "s")
+    s = open_store(tmp_path / "s")[0]
     assert s.compact_revision == 8 and s.current_revision == 8
     s.close()
 
 
 def test_txn_shares_one_revision_and_readonly_txn_does_not_bump(tmp_path: Path) -> None:
-    s = MVCCStore(tmp_path / "s")
+    s = open_store(tmp_path / "s")[0]
     t = rpc_pb2.TxnRequest()
     for k in (b"x", b"y", b"z"):
         t.success.add().request_put.CopyFrom(rpc_pb2.PutRequest(key=k, value=k))
@@ -192,7 +192,7 @@ def test_duplicate_key_and_too_many_ops_rejected() -> None:
 
 def test_txn_delete_to_end_then_ignore_value_put_is_applied_atomically(tmp_path: Path) -> None:
     """etcd 3.5.1 panics on this txn; we apply it whole (empty value) on every member."""
-    s = MVCCStore(tmp_path / "s")
+    s = open_store(tmp_path / "s")[0]
     s.apply(1, rpc_pb2.PutRequest(key=b"z", value=b"old"))
     t = rpc_pb2.TxnRequest()
     t.success.add().request_delete_range.CopyFrom(
@@ -221,8 +221,8 @@ def test_go_sort_sorts() -> None:
 def test_incremental_compaction_is_invisible_and_resumes(tmp_path: Path) -> None:
     """Bounded physical deletion: same answers and hash as a store that finished at once,
     during the deletion and after a crash in the middle of it."""
-    slow = MVCCStore(tmp_path / "slow", compact_batch=3)
-    fast = MVCCStore(tmp_path / "fast")
+    slow, slow_hub = open_store(tmp_path / "slow", compact_batch=3)
+    fast, fast_hub = open_store(tmp_path / "fast")
     reqs: list[Any] = []
     for i in range(300):
         reqs.append(rpc_pb2.PutRequest(key=b"k%d" % (i % 13), value=b"%d" % i))
@@ -234,16 +234,16 @@ def test_incremental_compaction_is_invisible_and_resumes(tmp_path: Path) -> None
     assert slow.compaction_pending and not fast.compaction_pending
     assert dump(slow) == dump(fast)
     assert slow.hash_kv() == fast.hash_kv()
-    stream = slow.hub.new_stream()
+    stream = slow_hub.new_stream()
     stream.watch(rpc_pb2.WatchCreateRequest(key=b"k", range_end=b"l", start_revision=250))
     replay = [ev.SerializeToString() for r in stream.drain() for ev in r.events]
-    stream2 = fast.hub.new_stream()
+    stream2 = fast_hub.new_stream()
     stream2.watch(rpc_pb2.WatchCreateRequest(key=b"k", range_end=b"l", start_revision=250))
     assert replay == [ev.SerializeToString() for r in stream2.drain() for ev in r.events]
     slow.commit()  # durable mid-compaction, then "crash"
     assert slow.compaction_pending
     slow.close()
-    slow = MVCCStore(tmp_path / "slow", compact_batch=3)
+    slow = open_store(tmp_path / "slow", compact_batch=3)[0]
     assert slow.compaction_pending
     assert dump(slow)[:1] + dump(slow)[3:] == dump(fast)[:1] + dump(fast)[3:]
     assert slow.hash_kv() == fast.hash_kv()

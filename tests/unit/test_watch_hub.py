@@ -11,8 +11,15 @@ import pytest
 
 from kvstore._pb.etcdserverpb import rpc_pb2
 from kvstore._pb.mvccpb import kv_pb2
-from kvstore.mvcc import MVCCStore
+from kvstore.mvcc import MVCCStore, WatchHub, open_store
 from kvstore.mvcc import watch as watch_mod
+
+
+def hub_of(store: MVCCStore) -> WatchHub:
+    """The watch hub ``open_store`` attached to ``store``."""
+    assert isinstance(store.watchers, WatchHub)
+    return store.watchers
+
 
 PUT, DELETE = kv_pb2.Event.PUT, kv_pb2.Event.DELETE
 W = rpc_pb2.WatchCreateRequest
@@ -20,7 +27,7 @@ W = rpc_pb2.WatchCreateRequest
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[MVCCStore]:
-    s = MVCCStore(tmp_path / "s", watch_queue_size=8)
+    s = open_store(tmp_path / "s", watch_queue_size=8)[0]
     yield s
     s.close()
 
@@ -52,7 +59,7 @@ def events(resps: list[rpc_pb2.WatchResponse], wid: int) -> list[tuple[int, byte
 
 def test_created_then_events_in_order(store: MVCCStore) -> None:
     f = Feeder(store)
-    s = store.hub.new_stream()
+    s = hub_of(store).new_stream()
     wid = s.watch(W(key=b"a"))
     created = s.get_nowait()
     assert created is not None and created.created and created.watch_id == wid
@@ -67,7 +74,7 @@ def test_created_then_events_in_order(store: MVCCStore) -> None:
 
 def test_txn_events_of_one_revision_arrive_together(store: MVCCStore) -> None:
     f = Feeder(store)
-    s = store.hub.new_stream()
+    s = hub_of(store).new_stream()
     wid = s.watch(W(key=b"p/", range_end=b"p0"))
     s.drain()
     t = rpc_pb2.TxnRequest()
@@ -84,7 +91,7 @@ def test_replay_from_past_revision_and_all_keys(store: MVCCStore) -> None:
     for i in range(5):
         f.put(b"k%d" % i)  # revs 2..6
     f.delete(b"k1")  # rev 7
-    s = store.hub.new_stream()
+    s = hub_of(store).new_stream()
     wid = s.watch(W(key=b"k", range_end=b"\x00", start_revision=4))
     resps = s.drain()
     assert resps[0].created
@@ -100,7 +107,7 @@ def test_replay_from_past_revision_and_all_keys(store: MVCCStore) -> None:
 
 def test_future_start_revision_waits(store: MVCCStore) -> None:
     f = Feeder(store)
-    s = store.hub.new_stream()
+    s = hub_of(store).new_stream()
     wid = s.watch(W(key=b"a", start_revision=4))
     s.drain()
     f.put(b"a")  # 2
@@ -114,7 +121,7 @@ def test_compacted_start_revision_cancels(store: MVCCStore) -> None:
     for _ in range(5):
         f.put(b"a")
     f(rpc_pb2.CompactionRequest(revision=4))
-    s = store.hub.new_stream()
+    s = hub_of(store).new_stream()
     wid = s.watch(W(key=b"a", start_revision=2))
     resps = s.drain()
     assert resps[0].created
@@ -127,7 +134,7 @@ def test_compacted_start_revision_cancels(store: MVCCStore) -> None:
 
 def test_filters_and_prev_kv(store: MVCCStore) -> None:
     f = Feeder(store)
-    s = store.hub.new_stream()
+    s = hub_of(store).new_stream()
     noput = s.watch(W(key=b"a", filters=[W.NOPUT]))
     nodel = s.watch(W(key=b"a", filters=[W.NODELETE], prev_kv=True))
     s.drain()
@@ -144,8 +151,8 @@ def test_filters_and_prev_kv(store: MVCCStore) -> None:
 
 def test_slow_consumer_never_blocks_and_catches_up(store: MVCCStore) -> None:
     f = Feeder(store)
-    slow = store.hub.new_stream()  # queue_size 8
-    fast = store.hub.new_stream()
+    slow = hub_of(store).new_stream()  # queue_size 8
+    fast = hub_of(store).new_stream()
     ws = slow.watch(W(key=b"k", range_end=b"l"))
     wf = fast.watch(W(key=b"k", range_end=b"l"))
     slow.drain()
@@ -155,10 +162,10 @@ def test_slow_consumer_never_blocks_and_catches_up(store: MVCCStore) -> None:
         got_fast.extend(fast.drain())
     assert len(events(got_fast, wf)) == 100
     assert slow.pending() <= 8
-    assert store.hub.unsynced_count == 1
+    assert hub_of(store).unsynced_count == 1
     got_slow = slow.drain()  # draining lets the hub replay the backlog from the backend
-    while store.hub.unsynced_count:
-        assert store.hub.sync_unsynced() >= 0
+    while hub_of(store).unsynced_count:
+        assert hub_of(store).sync_unsynced() >= 0
         got_slow.extend(slow.drain())
     assert events(got_slow, ws) == events(got_fast, wf)
     f.put(b"k1")
@@ -166,15 +173,15 @@ def test_slow_consumer_never_blocks_and_catches_up(store: MVCCStore) -> None:
 
 
 def test_catch_up_is_bounded_per_round(store: MVCCStore) -> None:
-    store.hub.batch_max_revs = 10
+    hub_of(store).batch_max_revs = 10
     f = Feeder(store)
     for _ in range(35):
         f.put(b"a")
-    s = store.hub.new_stream()
+    s = hub_of(store).new_stream()
     wid = s.watch(W(key=b"a", start_revision=2))
     got = s.drain()
-    while store.hub.unsynced_count:
-        store.hub.sync_unsynced()
+    while hub_of(store).unsynced_count:
+        hub_of(store).sync_unsynced()
         got.extend(s.drain())
     revs = [e[2] for e in events(got, wid)]
     assert revs == list(range(2, 37))
@@ -184,7 +191,7 @@ def test_catch_up_is_bounded_per_round(store: MVCCStore) -> None:
 def test_fragmentation(store: MVCCStore, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(watch_mod, "MAX_RESPONSE_BYTES", 1000)
     f = Feeder(store)
-    s = store.hub.new_stream()
+    s = hub_of(store).new_stream()
     frag = s.watch(W(key=b"a", range_end=b"b", fragment=True))
     whole = s.watch(W(key=b"a", range_end=b"b"))
     s.drain()
@@ -203,21 +210,21 @@ def test_fragmentation(store: MVCCStore, monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_progress_and_cancel(store: MVCCStore) -> None:
     f = Feeder(store)
-    s = store.hub.new_stream()
+    s = hub_of(store).new_stream()
     wid = s.watch(W(key=b"a", progress_notify=True))
     f.put(b"b")
     s.drain()
     s.request_progress()
     (p,) = s.drain()
     assert p.watch_id == -1 and p.header.revision == 2 and not p.events
-    store.hub.progress_notify()
+    hub_of(store).progress_notify()
     (p,) = s.drain()
     assert p.watch_id == wid and p.header.revision == 2 and not p.events
     f.put(b"a")
     s.drain()
-    store.hub.progress_notify()  # it got an event since the last tick: no progress
+    hub_of(store).progress_notify()  # it got an event since the last tick: no progress
     assert s.drain() == []
-    store.hub.progress_notify()
+    hub_of(store).progress_notify()
     (p,) = s.drain()
     assert p.watch_id == wid and p.header.revision == 3
     assert s.cancel(wid)
@@ -234,24 +241,24 @@ def test_no_progress_below_a_future_start_revision(store: MVCCStore) -> None:
     revision older than events the client has already seen elsewhere."""
     f = Feeder(store)
     f.put(b"x")  # revision 2
-    s = store.hub.new_stream()
+    s = hub_of(store).new_stream()
     wid = s.watch(W(key=b"a", progress_notify=True, start_revision=10))
     s.drain()
     s.request_progress()
-    store.hub.progress_notify()
+    hub_of(store).progress_notify()
     assert s.drain() == []
     for _ in range(8):
         f.put(b"x")  # up to revision 10: the watch now waits for the next one only
     s.request_progress()
     (p,) = s.drain()
     assert p.watch_id == -1 and p.header.revision == 10
-    store.hub.progress_notify()
+    hub_of(store).progress_notify()
     (p,) = s.drain()
     assert p.watch_id == wid and p.header.revision == 10
 
 
 def test_duplicate_watch_id_refused(store: MVCCStore) -> None:
-    s = store.hub.new_stream()
+    s = hub_of(store).new_stream()
     assert s.watch(W(key=b"a", watch_id=7)) == 7
     assert s.watch(W(key=b"b", watch_id=7)) == -1
     resps = s.drain()
@@ -260,7 +267,7 @@ def test_duplicate_watch_id_refused(store: MVCCStore) -> None:
 
 async def test_async_consumer(store: MVCCStore) -> None:
     f = Feeder(store)
-    s = store.hub.new_stream()
+    s = hub_of(store).new_stream()
     wid = s.watch(W(key=b"a"))
     received: list[rpc_pb2.WatchResponse] = []
 
@@ -278,13 +285,13 @@ async def test_async_consumer(store: MVCCStore) -> None:
 
 
 def test_restore_resyncs_watchers(store: MVCCStore, tmp_path: Path) -> None:
-    other = MVCCStore(tmp_path / "other")
+    other = open_store(tmp_path / "other")[0]
     g = Feeder(other)
     for _ in range(3):
         g.put(b"a", b"o")
     snap = other.snapshot(tmp_path / "snap")
     other.close()
-    s = store.hub.new_stream()
+    s = hub_of(store).new_stream()
     wid = s.watch(W(key=b"a"))
     s.drain()
     store.restore(snap)
@@ -294,19 +301,19 @@ def test_restore_resyncs_watchers(store: MVCCStore, tmp_path: Path) -> None:
 
 def test_compaction_while_unsynced_cancels_with_compact_revision(store: MVCCStore) -> None:
     f = Feeder(store)
-    s = store.hub.new_stream()  # queue_size 8
+    s = hub_of(store).new_stream()  # queue_size 8
     wid = s.watch(W(key=b"a"))
     s.drain()
     for _ in range(20):
         f.put(b"a")  # revs 2..21: the outbox fills up, the watcher falls behind
-    assert store.hub.unsynced_count == 1
+    assert hub_of(store).unsynced_count == 1
     f(rpc_pb2.CompactionRequest(revision=15))
     got = []
     while (r := s.get_nowait()) is not None:
         got.append(r)
     assert [e[2] for e in events(got, wid)] == list(range(2, 10))
     assert got[-1].canceled and got[-1].compact_revision == 15
-    assert store.hub.unsynced_count == 0 and wid not in s.watchers
+    assert hub_of(store).unsynced_count == 0 and wid not in s.watchers
 
 
 def test_abort_drops_uncommitted_batch(store: MVCCStore) -> None:
@@ -325,12 +332,12 @@ def test_restore_to_a_newer_state_replays_only_what_is_new(
 ) -> None:
     f = Feeder(store)
     f.put(b"a", b"1")  # rev 2, seen by the watcher below
-    s = store.hub.new_stream()
+    s = hub_of(store).new_stream()
     wid = s.watch(W(key=b"a", start_revision=2))
     assert [e[2] for e in events(s.drain(), wid)] == [2]
     f.put(b"b")  # rev 3: the watcher is synced through 3 without any event for it
     # A leader's snapshot: the same history, further ahead.
-    ahead = MVCCStore(tmp_path / "ahead")
+    ahead = open_store(tmp_path / "ahead")[0]
     g = Feeder(ahead)
     g.put(b"a", b"1")
     g.put(b"b")
