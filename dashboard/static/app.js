@@ -431,6 +431,10 @@ const TABLES = {
       button.dataset.action = "scale";
       return [input, " ", button];
     },
+    refresh: (cell, rs) => {
+      const input = cell.querySelector("input");
+      if (document.activeElement !== input) input.value = (rs.spec || {}).replicas ?? 0;
+    },
   },
   pods: {
     headers: ["Namespace", "Name", "Phase", "Node", "Owner", "Age", ""],
@@ -558,12 +562,12 @@ async function listKeys(prefix) {
     items.push(el("li", { "data-key": kv.key, onclick: () => showKey(kv.key) }, kv.key.slice(current.length) || kv.key));
   }
   list.replaceChildren(...items);
-  const crumbs = [el("a", { onclick: () => listKeys("") }, "(all)")];
+  const crumbs = [el("a", { onclick: () => listKeys("") }, "(all keys)")];
   let path = "";
   for (const part of current.split("/").slice(0, -1)) {
     path += `${part}/`;
     const target = path;
-    crumbs.push(" ", el("a", { onclick: () => listKeys(target) }, `${part}/`));
+    crumbs.push(" ", el("a", { onclick: () => listKeys(target) }, part ? `${part}/` : "/"));
   }
   document.getElementById("keys-crumbs").replaceChildren(...crumbs);
 }

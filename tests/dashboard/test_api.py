@@ -370,13 +370,13 @@ async def test_keys_values_revisions_and_history(served: Served) -> None:
 
 async def sse_events(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[str, Any]]:
     """(event, data) of a text/event-stream, as an EventSource parses it."""
-    event, data = "message", []
+    event, data = "message", list[str]()
     async for raw in response.content:
         line = raw.decode().rstrip("\r\n")
         if not line:
             if data:
                 yield event, json.loads("\n".join(data))
-            event, data = "message", []
+            event, data = "message", list[str]()
         elif line.startswith("event:"):
             event = line[6:].strip()
         elif line.startswith("data:"):

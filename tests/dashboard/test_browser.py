@@ -124,9 +124,10 @@ async def running_pods(page: Page, count: int) -> list[str]:
         }""",
         arg=count,
     )
-    return await page.eval_on_selector_all(
+    keys = await page.eval_on_selector_all(
         '#pods tbody tr[data-owner="web"]', "rows => rows.map(row => row.dataset.key)"
     )
+    return [str(key) for key in keys]
 
 
 async def act_until_done(page: Page, button: str) -> str:
