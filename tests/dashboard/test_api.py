@@ -391,11 +391,13 @@ async def test_events_stream_snapshots_then_watched_changes(served: Served) -> N
     ):
         assert response.headers["Content-Type"].startswith("text/event-stream")
         seen: list[str] = []
+        created = False
         with anyio.fail_after(DEADLINE):
             async for event, data in sse_events(response):
                 seen.append(event)
-                if event == "objects" and data["resource"] == "pods":
+                if event == "objects" and data["resource"] == "pods" and not created:
                     assert data["items"] == []
+                    created = True
                     await store.create(
                         DirectWriter(served.client), "pods", new_object("pods", "live", "default")
                     )
