@@ -5,10 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 SEEDS ?= 100000
 
-.PHONY: install test lint run proto sim bench chaos soak clean
-# Debian's chromium runs the dashboard's browser tests (never a browser of Playwright's own).
-CHROMIUM := /usr/bin/chromium
-SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+.PHONY: install test test-deps lint run proto sim bench chaos soak clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,12 +16,18 @@ $(INSTALLED): pyproject.toml
 install: $(INSTALLED)
 
 ## make test: lint, type-check and the default test suite (real etcd and chromium included).
-test: lint $(CHROMIUM)
+test: lint test-deps
 	$(BIN)/python -m pytest -q
 
-$(CHROMIUM):
-	$(SUDO) apt-get update -qq
-	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+## make test-deps: Debian packages the tests use: etcd 3.4 (etcd-client, etcd-server), whose
+## tools and backups our etcd-format backups are checked against, and chromium, the browser
+## of the dashboard's tests (never a browser of Playwright's own).
+test-deps:
+	@test -x /usr/bin/etcdctl -a -x /usr/bin/etcd || { apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+		etcd-client etcd-server; }
+	@test -x /usr/bin/chromium || { apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .

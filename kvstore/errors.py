@@ -78,6 +78,12 @@ class FutureRevError(RequestError):
     message = rpctypes.ERR_FUTURE_REV
 
 
+class CorruptError(RequestError):
+    """A write while a CORRUPT alarm is raised (members disagree on their data)."""
+
+    message = rpctypes.ERR_CORRUPT
+
+
 class NoSpaceError(RequestError):
     """A write while the backend is over its quota (or a NOSPACE alarm is raised)."""
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 PROTO_ROOT = Path(__file__).resolve().parents[2] / "proto"
 PACKAGE_DIR = Path(__file__).resolve().parent
-PROTO_PACKAGES = ("mvccpb", "authpb", "etcdserverpb", "v3electionpb", "v3lockpb", "peerpb")
+PROTO_PACKAGES = ("mvccpb", "leasepb", "authpb", "etcdserverpb", "v3electionpb", "v3lockpb", "peerpb")
 _IMPORT = re.compile(rf"^(from|import) ({'|'.join(PROTO_PACKAGES)})\b", re.MULTILINE)
 
 

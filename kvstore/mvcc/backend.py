@@ -224,10 +224,14 @@ class Backend:
             self.env.copy(str(dest_dir), compact=True, txn=view)
             return target
         finally:
-            view.abort()
-            with self._views_released:
-                self._views -= 1
-                self._views_released.notify_all()
+            self.release_view(view)
+
+    def release_view(self, view: lmdb.Transaction) -> None:
+        """End a view from ``open_view`` (any thread)."""
+        view.abort()
+        with self._views_released:
+            self._views -= 1
+            self._views_released.notify_all()
 
     def copy_to(self, dest_dir: Path) -> Path:
         """Commit, then write a compacted copy of the env into ``dest_dir``; returns the file."""

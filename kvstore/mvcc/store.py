@@ -14,12 +14,12 @@ at revision 1 with no keys, as etcd does.
 from __future__ import annotations
 
 import logging
-import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, overload
 
+import google_crc32c
 import lmdb
 from google.protobuf.message import Message
 
@@ -27,6 +27,7 @@ from kvstore._pb.etcdserverpb import rpc_pb2
 from kvstore._pb.mvccpb import kv_pb2
 from kvstore.errors import (
     CompactedError,
+    CorruptError,
     FutureRevError,
     KeyNotFoundError,
     LeaseNotFoundError,
@@ -37,7 +38,7 @@ from kvstore.lease.lessor import NO_LEASE, Lessor
 from kvstore.mvcc import backend as bk
 from kvstore.mvcc.gosort import go_sort
 from kvstore.mvcc.index import TreeIndex
-from kvstore.mvcc.revision import Revision, is_tombstone, rev_key, rev_of
+from kvstore.mvcc.revision import REV_KEY_LEN, Revision, is_tombstone, rev_key, rev_of
 from kvstore.mvcc.validate import MAX_TXN_OPS, validate_request
 
 log = logging.getLogger(__name__)
@@ -298,6 +299,8 @@ class MVCCStore:
     def execute(self, request: Message) -> Message:
         """Validate and apply a request without a raft index (reads, tests, single node)."""
         validate_request(request, self.max_txn_ops)
+        if self.corrupted() and _changes_keys(request):
+            raise CorruptError()  # etcd's corrupt applier: no writes until the alarm is gone
         if self.space_exhausted() and costs_space(request):
             # Like etcd's capped applier: with a NOSPACE alarm raised, only writes
             # that can free space (deletes, compaction, revokes) go through.
@@ -323,6 +326,10 @@ class MVCCStore:
         raise TypeError(f"unsupported request {type(request).__name__}")
 
     # ------------------------------------------------------------------ alarms
+
+    def corrupted(self) -> bool:
+        """Whether a CORRUPT alarm is raised (by any member)."""
+        return any(alarm == rpc_pb2.CORRUPT for _, alarm in self.alarms)
 
     def space_exhausted(self) -> bool:
         """Whether a NOSPACE alarm is raised (by any member)."""
@@ -427,8 +434,11 @@ class MVCCStore:
         keys = [k for k, _ in self._index.range(key, end, self._read_rev())]
         for k in keys:
             rev: Revision = (main, self._sub)
+            # etcd stores a tombstone as KeyValue{key} alone (HashKV and backups see these
+            # bytes); the event carries the revision of the deletion.
+            tombstone = KeyValue(key=k).SerializeToString()
+            self._backend.put_rev(rev_key(main, self._sub, True), tombstone)
             kv = KeyValue(key=k, mod_revision=main)
-            self._backend.put_rev(rev_key(main, self._sub, True), kv.SerializeToString())
             self._index.tombstone(k, rev)
             self._sub += 1
             changes.append(kv)
@@ -624,7 +634,7 @@ class MVCCStore:
     def _txn_request(self, t: rpc_pb2.TxnRequest) -> rpc_pb2.TxnResponse:
         path: list[bool] = []
         self._compare_to_path(t, path)
-        if not _txn_readonly(t):
+        if not txn_readonly(t):
             self._check_requests(t, iter(path), self._check_put)
         self._check_requests(t, iter(path), self._check_range)
         # From here nothing may fail: every check ran against the pre-txn state.
@@ -804,9 +814,13 @@ class MVCCStore:
         return self._kv_at(got[0])
 
     def hash_kv(self, rev: int = 0) -> tuple[int, int, int]:
-        """(crc32 of the key bucket up to ``rev``, compact revision, revision hashed).
+        """(hash of the key bucket up to ``rev``, compact revision, revision hashed).
 
-        Members that applied the same log have the same hash. ``rev`` 0 means current.
+        etcd's HashKV: CRC-32C over the bucket name, then each revision key and
+        value up to ``rev``, leaving out revisions at or below the compaction
+        that a compaction at ``rev`` would drop (so the progress of physical
+        compaction does not matter). The same history gives the same hash here
+        and on etcd. ``rev`` 0 means current.
         """
         if 0 < rev <= self._compact_rev:
             raise CompactedError()
@@ -814,12 +828,16 @@ class MVCCStore:
             raise FutureRevError()
         if rev == 0:
             rev = self._current_rev
-        h = zlib.crc32(bk.KEY_DB)
+        keep = {rev_key(m, s) for m, s in self._index.keep(rev)}
+        below_compaction = rev_key(self._compact_rev + 1, 0)
+        h = google_crc32c.value(bk.KEY_DB)
         for k, v in self._backend.iter_revs(b"", rev_key(rev + 1, 0)):
             if self._is_stale(k):
-                continue  # same hash whatever the progress of physical compaction
-            h = zlib.crc32(v, zlib.crc32(k, h))
-        return h & 0xFFFFFFFF, self._compact_rev, rev
+                continue  # what etcd hashes once its (background) compaction is done
+            if k < below_compaction and keep and k[:REV_KEY_LEN] not in keep:
+                continue
+            h = google_crc32c.extend(google_crc32c.extend(h, k), v)
+        return h, self._compact_rev, rev
 
     def snapshot(self, dest_dir: Path) -> Path:
         """Commit the batch and write the whole state (KV, leases, meta) to ``dest_dir``.
@@ -837,7 +855,7 @@ class MVCCStore:
         """Commit the batch and pin this exact state for ``copy_view`` (from any thread)."""
         assert self._changes is None
         self.commit()
-        return StoreView(self._backend.open_view())
+        return StoreView(self._backend.open_view(), self._backend)
 
     def copy_view(self, view: StoreView, dest_dir: Path) -> Path:
         """Write the pinned state to ``dest_dir`` (thread-safe); returns the file."""
@@ -903,6 +921,11 @@ class StoreView:
     """A committed state of the store, pinned for a copy in another thread."""
 
     txn: lmdb.Transaction
+    backend: bk.Backend
+
+    def release(self) -> None:
+        """Unpin the state (``copy_view`` does it itself)."""
+        self.backend.release_view(self.txn)
 
 
 KV_OVERHEAD = 256
@@ -939,11 +962,21 @@ def costs_space(request: Message) -> bool:
     return quota_cost(request) > 0
 
 
-def _txn_readonly(t: rpc_pb2.TxnRequest) -> bool:
+def _changes_keys(request: Message) -> bool:
+    if isinstance(request, rpc_pb2.TxnRequest):
+        return not txn_readonly(request)
+    return isinstance(
+        request,
+        (rpc_pb2.PutRequest, rpc_pb2.DeleteRangeRequest, rpc_pb2.CompactionRequest),
+    )
+
+
+def txn_readonly(t: rpc_pb2.TxnRequest) -> bool:
+    """Whether the txn only reads, whichever branch it takes."""
     for op in (*t.success, *t.failure):
         kind = op.WhichOneof("request")
         if kind in ("request_put", "request_delete_range"):
             return False
-        if kind == "request_txn" and not _txn_readonly(op.request_txn):
+        if kind == "request_txn" and not txn_readonly(op.request_txn):
             return False
     return True

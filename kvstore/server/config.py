@@ -196,6 +196,9 @@ class ServerConfig:
     listen_metrics_urls: list[str] = field(default_factory=list)
     # etcd's --experimental-watch-progress-notify-interval (default 10 minutes).
     watch_progress_notify_interval: float = 600.0
+    # etcd's --experimental-initial-corrupt-check and --experimental-corrupt-check-time (0: off).
+    initial_corrupt_check: bool = False
+    corrupt_check_time: float = 0.0
     client_tls: TLSFiles = field(default_factory=TLSFiles)
     peer_tls: TLSFiles = field(default_factory=lambda: TLSFiles(prefix="peer-"))
     members: list[MemberInfo] = field(default_factory=list)

@@ -1,11 +1,11 @@
-"""One etcd-compatible member: node driver + peer transport + gRPC services + HTTP."""
+"""One etcd-compatible member: node driver + peer transport + client services + HTTP."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -13,23 +13,12 @@ from typing import TypeVar
 
 import grpc
 
-from kvstore._pb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
+from kvstore import rpc
+from kvstore._pb.etcdserverpb import rpc_pb2
 from kvstore._pb.peerpb import peer_pb2_grpc
-from kvstore._pb.v3electionpb import v3election_pb2_grpc
-from kvstore._pb.v3lockpb import v3lock_pb2_grpc
-from kvstore.errors import (
-    LeaseNotFoundError,
-    NoLeaderError,
-    NotPrimaryError,
-    RequestError,
-    RequestTimeoutError,
-    RequestTooLargeError,
-)
-from kvstore.lease.lessor import LeaseExpiringError
-from kvstore.mvcc.watch import WatchStream
-from kvstore.raft.types import Message, Role
-from kvstore.server import api
-from kvstore.server.concurrency_api import ElectionService, LockService, SelfClient
+from kvstore.errors import RequestError
+from kvstore.raft.types import Message
+from kvstore.server import corruption
 from kvstore.server.config import (
     CLUSTER_VERSION,
     GRPC_OVERHEAD_BYTES,
@@ -39,22 +28,27 @@ from kvstore.server.config import (
     is_https,
 )
 from kvstore.server.http import Handler, json_body, serve_http
+from kvstore.server.leases import LeaseForwarder
 from kvstore.server.membership import ClusterMembership, Member, discover_existing
 from kvstore.server.node import Node
+from kvstore.server.services import Core, SelfClient, method_table
+from kvstore.server.status import to_status
 from kvstore.server.tls import http_ssl_context, server_credentials
 from kvstore.server.transport import GRPC_OPTIONS, PeerReceiver, Transport
 from kvstore.storage import WAL
 
 log = logging.getLogger(__name__)
 
-R = TypeVar("R", rpc_pb2.LeaseKeepAliveResponse, rpc_pb2.LeaseTimeToLiveResponse)
-R_ = TypeVar("R_")
+R = TypeVar("R")
+_GRPC_CODES = {c.value[0]: c for c in grpc.StatusCode}
 
 NO_LEADER_CHECKS = 3
 """Require-leader streams are cancelled after this many election timeouts without a leader."""
 
 
 class PeerService(peer_pb2_grpc.PeerServicer):
+    """What members ask each other: Raft messages, snapshots, and calls only the leader answers."""
+
     def __init__(self, server: EtcdServer, receiver: PeerReceiver) -> None:
         self.s = server
         self.receiver = receiver
@@ -65,59 +59,51 @@ class PeerService(peer_pb2_grpc.PeerServicer):
     async def SendSnapshot(self, request_iterator, context):  # type: ignore[no-untyped-def]
         return await self.receiver.handle_snapshot(request_iterator, context)
 
+    async def _call(self, context: grpc.aio.ServicerContext, fn: Callable[[], Awaitable[R]]) -> R:
+        try:
+            return await fn()
+        except RequestError as exc:
+            code, message = to_status(exc)
+            await context.abort(_GRPC_CODES[code], message)
+            raise
+
     async def LeaseRenew(
         self, request: rpc_pb2.LeaseKeepAliveRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.LeaseKeepAliveResponse:
-        try:
-            return await self.s.local_renew(request)
-        except RequestError as exc:
-            await api.abort(context, exc)
-            raise
+        return await self._call(context, lambda: self.s.leases.local_renew(request))
 
     async def LeaseTimeToLive(
         self, request: rpc_pb2.LeaseTimeToLiveRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.LeaseTimeToLiveResponse:
-        try:
-            return await self.s.local_time_to_live(request)
-        except RequestError as exc:
-            await api.abort(context, exc)
-            raise
-
-    async def _leader_only(
-        self, context: grpc.aio.ServicerContext, fn: Callable[[], Awaitable[R_]]
-    ) -> R_:
-        try:
-            return await fn()
-        except RequestError as exc:
-            await api.abort(context, exc)
-            raise
+        return await self._call(context, lambda: self.s.leases.local_time_to_live(request))
 
     async def MemberAdd(
         self, request: rpc_pb2.MemberAddRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.MemberAddResponse:
-        return await self._leader_only(context, lambda: self.s.membership.add_local(request))
+        return await self._call(context, lambda: self.s.membership.add_local(request))
 
     async def MemberRemove(
         self, request: rpc_pb2.MemberRemoveRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.MemberRemoveResponse:
-        return await self._leader_only(context, lambda: self.s.membership.remove_local(request))
+        return await self._call(context, lambda: self.s.membership.remove_local(request))
 
     async def MemberUpdate(
         self, request: rpc_pb2.MemberUpdateRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.MemberUpdateResponse:
-        return await self._leader_only(context, lambda: self.s.membership.update_local(request))
+        return await self._call(context, lambda: self.s.membership.update_local(request))
 
     async def MemberPromote(
         self, request: rpc_pb2.MemberPromoteRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.MemberPromoteResponse:
-        return await self._leader_only(context, lambda: self.s.membership.promote_local(request))
+        return await self._call(context, lambda: self.s.membership.promote_local(request))
 
     async def MemberList(
         self, request: rpc_pb2.MemberListRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.MemberListResponse:
+        """For a member joining with --initial-cluster-state existing."""
         resp = rpc_pb2.MemberListResponse()
-        resp.members.extend(await self.s.member_list())
-        self.s.fill_header(resp.header)
+        resp.members.extend(m.to_pb() for m in self.s.membership.described())
+        self.s.core.fill_header(resp.header)
         return resp
 
 
@@ -150,119 +136,18 @@ class EtcdServer:
         )
         self.receiver = PeerReceiver(cfg.cluster_id, self.node.receive)
         self.membership.connect(self.transport, self.receiver)
-        self.leader_streams: set[WatchStream] = set()
+        self.leases = LeaseForwarder(self.node, self.transport)
+        self.core = Core(cfg, self.node, self.membership, self.leases)
+        self.self_client = SelfClient(cfg)
+        self.clients = rpc.Server(
+            method_table(self.core, self.self_client),
+            max_receive_bytes=cfg.max_request_bytes + GRPC_OVERHEAD_BYTES,
+            error_mapper=to_status,
+        )
         self._stop = asyncio.Event()
-        self.self_client = SelfClient(self)
 
     def _send(self, msgs: list[Message]) -> None:
         self.transport.send(msgs)
-
-    # ----- helpers for the services
-
-    def fill_header(self, h: rpc_pb2.ResponseHeader) -> None:
-        h.cluster_id = self.cluster_id
-        h.member_id = self.member_id
-        h.raft_term = self.node.term
-        if not h.revision:
-            h.revision = self.node.store.current_revision
-
-    def check_size(self, request: object) -> None:
-        size = request.ByteSize()  # type: ignore[attr-defined]
-        if size > self.cfg.max_request_bytes:
-            raise RequestTooLargeError()
-
-    def _leader_stub(self, leader: int) -> peer_pb2_grpc.PeerStub:
-        return self.transport.peers[leader].stub()
-
-    async def local_renew(
-        self, req: rpc_pb2.LeaseKeepAliveRequest
-    ) -> rpc_pb2.LeaseKeepAliveResponse:
-        """Keepalive on the leader.
-
-        As in etcd, a lease past its deadline whose revoke is still on its way is
-        answered once the revoke is applied (TTL 0) or this member stops leading:
-        "not found" must never come while the lease's keys can still be read.
-        """
-        resp = rpc_pb2.LeaseKeepAliveResponse(ID=req.ID)
-        node = self.node
-        while True:
-            try:
-                resp.TTL = node.store.lessor.renew(req.ID)
-                break
-            except LeaseExpiringError:
-                await node.wait_applied(node.applied_index + 1)
-            except LeaseNotFoundError:
-                resp.TTL = 0
-                break
-        self.fill_header(resp.header)
-        return resp
-
-    async def local_time_to_live(
-        self, req: rpc_pb2.LeaseTimeToLiveRequest
-    ) -> rpc_pb2.LeaseTimeToLiveResponse:
-        if self.node.role != Role.LEADER:
-            raise NotPrimaryError()
-        resp = self.node.store.lease_time_to_live(req)
-        self.fill_header(resp.header)
-        return resp
-
-    async def _forward(
-        self,
-        call_local: Callable[[], Awaitable[R]],
-        call_remote: Callable[[peer_pb2_grpc.PeerStub], Awaitable[R]],
-    ) -> R:
-        for _ in range(3):
-            leader = await self.node.await_leader()
-            if leader == self.member_id:
-                try:
-                    return await call_local()
-                except NotPrimaryError:
-                    await asyncio.sleep(self.cfg.heartbeat_ms / 1000)
-                    continue
-            try:
-                resp = await call_remote(self._leader_stub(leader))
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
-                    await asyncio.sleep(self.cfg.heartbeat_ms / 1000)
-                    continue  # leader moved on
-                if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                    raise RequestTimeoutError() from None
-                raise
-            resp.header.member_id = self.member_id
-            return resp
-        raise NoLeaderError()
-
-    async def lease_renew(
-        self, req: rpc_pb2.LeaseKeepAliveRequest
-    ) -> rpc_pb2.LeaseKeepAliveResponse:
-        timeout = self.cfg.election_ms / 1000 * 2
-        resp: rpc_pb2.LeaseKeepAliveResponse = await self._forward(
-            lambda: self.local_renew(req), lambda stub: stub.LeaseRenew(req, timeout=timeout)
-        )
-        return resp
-
-    async def lease_time_to_live(
-        self, req: rpc_pb2.LeaseTimeToLiveRequest
-    ) -> rpc_pb2.LeaseTimeToLiveResponse:
-        timeout = self.cfg.election_ms / 1000 * 2
-        resp: rpc_pb2.LeaseTimeToLiveResponse = await self._forward(
-            lambda: self.local_time_to_live(req),
-            lambda stub: stub.LeaseTimeToLive(req, timeout=timeout),
-        )
-        return resp
-
-    async def member_list(self) -> list[rpc_pb2.Member]:
-        return [m.to_pb() for m in self.membership.described()]
-
-    async def move_leader(self, target: int) -> None:
-        self.node.raft.transfer_leadership(target)
-        deadline = time.monotonic() + self.cfg.request_timeout
-        while self.node.leader_id != target:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise RequestTimeoutError()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.node.leader_changed.wait(), left)
 
     # ----- HTTP
 
@@ -294,46 +179,24 @@ class EtcdServer:
             await asyncio.sleep(interval)
             since = self.node.no_leader_since
             if since is not None and time.monotonic() - since >= NO_LEADER_CHECKS * interval:
-                for stream in list(self.leader_streams):
+                streams = self.core.leader_streams
+                for stream in list(streams):
                     stream.close()
-                self.leader_streams.clear()
+                streams.clear()
 
     def stop(self) -> None:
         self._stop.set()
 
-    async def _serve_clients_once_published(self, client: grpc.aio.Server) -> None:
+    async def _serve_clients_once_published(self) -> None:
         """Like etcd, serve clients once this member's attributes are applied here."""
         await self.membership.published.wait()
-        await client.start()
+        for url in self.cfg.listen_client_urls:
+            host, port = host_port(url)
+            context = http_ssl_context(self.cfg.client_tls) if is_https(url) else None
+            await self.clients.listen(host, port, context)
 
     async def run(self) -> None:
         cfg = self.cfg
-        max_recv = cfg.max_request_bytes + GRPC_OVERHEAD_BYTES
-        client = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", max_recv),
-                ("grpc.max_send_message_length", 2**31 - 1),
-                ("grpc.max_concurrent_streams", 2**31 - 1),
-                ("grpc.keepalive_permit_without_calls", 1),
-                ("grpc.http2.min_ping_interval_without_data_ms", 5000),
-                ("grpc.so_reuseport", 0),
-            ]
-        )
-        rpc_pb2_grpc.add_KVServicer_to_server(api.KVService(self), client)  # type: ignore[no-untyped-call]
-        rpc_pb2_grpc.add_WatchServicer_to_server(api.WatchService(self), client)  # type: ignore[no-untyped-call]
-        rpc_pb2_grpc.add_LeaseServicer_to_server(api.LeaseService(self), client)  # type: ignore[no-untyped-call]
-        rpc_pb2_grpc.add_ClusterServicer_to_server(api.ClusterService(self), client)  # type: ignore[no-untyped-call]
-        rpc_pb2_grpc.add_MaintenanceServicer_to_server(api.MaintenanceService(self), client)  # type: ignore[no-untyped-call]
-        v3lock_pb2_grpc.add_LockServicer_to_server(LockService(self, self.self_client), client)  # type: ignore[no-untyped-call]
-        v3election_pb2_grpc.add_ElectionServicer_to_server(  # type: ignore[no-untyped-call]
-            ElectionService(self, self.self_client), client
-        )
-        for url in cfg.listen_client_urls:
-            host, port = host_port(url)
-            if is_https(url):
-                client.add_secure_port(f"{host}:{port}", server_credentials(cfg.client_tls))
-            else:
-                client.add_insecure_port(f"{host}:{port}")
         peer = grpc.aio.server(
             options=[
                 *GRPC_OPTIONS,
@@ -350,6 +213,7 @@ class EtcdServer:
                 peer.add_secure_port(f"{host}:{port}", server_credentials(cfg.peer_tls))
             else:
                 peer.add_insecure_port(f"{host}:{port}")
+        _check_free(cfg.listen_client_urls)
         http_servers = []
         await peer.start()
         try:
@@ -365,6 +229,7 @@ class EtcdServer:
                 ",".join(cfg.listen_peer_urls),
                 ",".join(cfg.listen_metrics_urls) or "-",
             )
+            await corruption.check_initial(self.core)  # before serving clients, as etcd does
             async with asyncio.TaskGroup() as tg:
                 raft_task = tg.create_task(self.node.run())
                 others = [
@@ -374,11 +239,12 @@ class EtcdServer:
                     tg.create_task(self.transport.run()),
                     tg.create_task(self._monitor_leader()),
                     tg.create_task(self.membership.publish()),
-                    tg.create_task(self._serve_clients_once_published(client)),
+                    tg.create_task(self._serve_clients_once_published()),
+                    tg.create_task(corruption.monitor(self.core)),
                 ]
                 await self._stop.wait()
                 log.info("member %s stopping", cfg.name)
-                await client.stop(grace=0.5)
+                await self.clients.stop(grace=0.5)
                 for t in others:
                     t.cancel()
                 self.node.stop()
@@ -387,9 +253,21 @@ class EtcdServer:
             for h in http_servers:
                 h.close()
             await self.self_client.close()
-            await client.stop(grace=None)
+            await self.clients.stop()
             await peer.stop(grace=None)
             await self.transport.close()
+
+
+def _check_free(urls: list[str]) -> None:
+    """Fail at start, as etcd does, when a client URL's port is taken (we bind it later)."""
+    for url in urls:
+        host, port = host_port(url)
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, port))
+            except OSError as exc:
+                raise OSError(exc.errno, f"listen {host}:{port}: {exc.strerror}") from None
 
 
 async def serve(cfg: ServerConfig) -> None:

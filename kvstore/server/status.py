@@ -45,6 +45,7 @@ _CODE: dict[type[errors.RequestError], StatusCode] = {
     errors.CompactedError: StatusCode.OUT_OF_RANGE,
     errors.FutureRevError: StatusCode.OUT_OF_RANGE,
     errors.NoSpaceError: StatusCode.RESOURCE_EXHAUSTED,
+    errors.CorruptError: StatusCode.DATA_LOSS,
     errors.LeaseNotFoundError: StatusCode.NOT_FOUND,
     errors.LeaseExistsError: StatusCode.FAILED_PRECONDITION,
     errors.LeaseTTLTooLargeError: StatusCode.OUT_OF_RANGE,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import difflib
 import random
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -249,6 +250,7 @@ class EtcdClient:
         self.channel = grpc.insecure_channel(endpoint)
         self.kv = rpc_pb2_grpc.KVStub(self.channel)  # type: ignore[no-untyped-call]
         self.lease = rpc_pb2_grpc.LeaseStub(self.channel)  # type: ignore[no-untyped-call]
+        self.maintenance = rpc_pb2_grpc.MaintenanceStub(self.channel)  # type: ignore[no-untyped-call]
 
     def call(self, req: Any) -> Any:
         kv, lease = self.kv, self.lease
@@ -307,6 +309,40 @@ def outcome_ours(store: MVCCStore, index: int, req: Any) -> tuple[str, Any]:
     return "ok", _normalize(resp)
 
 
+def hash_kv_etcd(client: EtcdClient, rev: int) -> tuple[str, Any]:
+    try:
+        resp = client.maintenance.HashKV(rpc_pb2.HashKVRequest(revision=rev), timeout=10)
+    except grpc.RpcError as e:
+        return "error", (e.code().value[0], e.details())
+    return "ok", (resp.hash, resp.compact_revision)
+
+
+def settled_hash_kv_etcd(client: EtcdClient, rev: int, ours: tuple[str, Any]) -> tuple[str, Any]:
+    """etcd's HashKV once its compaction has reached its backend's read view.
+
+    etcd compacts in the background and its readers see deletions only after the
+    batch commits (every 100 ms; Maintenance.Hash forces one); until then, with
+    every key deleted, its HashKV still covers revisions the compaction drops.
+    So ask again (a bounded number of times) while the answer is not ours yet.
+    """
+    deadline = time.monotonic() + 10
+    while True:
+        client.maintenance.Hash(rpc_pb2.HashRequest(), timeout=10)  # commits etcd's batch
+        got = hash_kv_etcd(client, rev)
+        if got == ours or time.monotonic() > deadline:
+            return got
+        time.sleep(0.02)  # etcd's background compaction: nothing to await from here
+
+
+def hash_kv_ours(store: MVCCStore, rev: int) -> tuple[str, Any]:
+    try:
+        h, compact, _ = store.hash_kv(rev)
+    except RequestError as e:
+        code, message = to_status(e)
+        return "error", (code.value, message)
+    return "ok", (h, compact)
+
+
 def _diff(want: tuple[str, object], got: tuple[str, object]) -> str:
     a = f"{want[0]}\n{want[1]}".splitlines()
     b = f"{got[0]}\n{got[1]}".splitlines()
@@ -345,7 +381,16 @@ def run_differential(
                 gen.observe(want[1])
                 if isinstance(req, rpc_pb2.CompactionRequest):
                     gen.compacted = req.revision
+            if i % 20 == 0:
+                # Same history, same HashKV: now and at a past (or compacted, or future) revision.
+                for rev in (0, gen.revision()):
+                    got = hash_kv_ours(store, rev)
+                    want = settled_hash_kv_etcd(client, rev, got)
+                    assert got == want, f"HashKV({rev}) after op {i}"
+                    tally["HashKV" + (": " + want[1][1] if want[0] == "error" else "")] += 1
         store.commit()
+        got = hash_kv_ours(store, 0)
+        assert got == settled_hash_kv_etcd(client, 0, got)
         # Final state: full range at the current revision, and the revision itself.
         final = RangeRequest(key=b"\x00", range_end=b"\x00")
         assert outcome_ours(store, n_ops + 1, final) == outcome_etcd(client, final)

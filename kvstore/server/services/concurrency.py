@@ -1,48 +1,40 @@
-"""etcd's v3lock and v3election gRPC services, for clients that use them instead of recipes.
+"""etcd's v3lock and v3election services, for clients that use them instead of recipes.
 
 Like etcd, the member serves them as a client of itself: each call runs the
-election package's Mutex or Election recipe over the caller's lease (which
-the caller keeps alive), through an in-process client connected to this
-member. Errors of the recipes travel as etcd's do: the Go error text with
-status UNKNOWN; errors of the store keep their status.
+client's Mutex or Election recipe over the caller's lease (which the caller
+keeps alive), through an in-process client connected to this member. Errors
+of the recipes travel as etcd's do: the Go error text with status UNKNOWN;
+errors of the store keep their status.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar
-
-import grpc
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
 
 from kvstore._pb.etcdserverpb import rpc_pb2
 from kvstore._pb.v3electionpb import v3election_pb2 as epb
-from kvstore._pb.v3electionpb import v3election_pb2_grpc
 from kvstore._pb.v3lockpb import v3lock_pb2 as lpb
-from kvstore._pb.v3lockpb import v3lock_pb2_grpc
 from kvstore.client import Client, TLSConfig
 from kvstore.client.concurrency import ConcurrencyError, Election, Mutex, Session
 from kvstore.client.errors import EtcdError as ClientError
 from kvstore.errors import RecipeError, RemoteError
-from kvstore.server.api import _call, abort
-from kvstore.server.config import host_port, is_https
-
-if TYPE_CHECKING:
-    from kvstore.server.server import EtcdServer
-
-log = logging.getLogger(__name__)
+from kvstore.rpc import CallContext, Cardinality, Method
+from kvstore.server.config import ServerConfig, host_port, is_https
+from kvstore.server.services.core import Core
 
 T = TypeVar("T")
-
+LOCK = "/v3lockpb.Lock/"
+ELECTION = "/v3electionpb.Election/"
 DEFAULT_SESSION_TTL = 60
 """TTL of the lease granted for a call that names none (etcd's session default)."""
 MISSING_LEADER_KEY = '"leader" field must be provided'
 
 
-async def _as_etcd(fn: Callable[[], Awaitable[T]]) -> T:
+async def _as_etcd(call: Awaitable[T]) -> T:
     """Run a recipe; its failures travel as etcd's do (Go error text; the store's status)."""
     try:
-        return await fn()
+        return await call
     except ConcurrencyError as exc:
         raise RecipeError(str(exc)) from None
     except ClientError as exc:
@@ -52,19 +44,17 @@ async def _as_etcd(fn: Callable[[], Awaitable[T]]) -> T:
 class SelfClient:
     """The member's client of itself, opened on first use."""
 
-    def __init__(self, server: EtcdServer) -> None:
-        self.server = server
+    def __init__(self, cfg: ServerConfig) -> None:
+        self.cfg = cfg
         self._client: Client | None = None
 
     async def get(self) -> Client:
         if self._client is None:
-            host, port = host_port(self.server.cfg.listen_client_urls[0])
+            host, port = host_port(self.cfg.listen_client_urls[0])
             if host in ("0.0.0.0", "::", ""):
                 host = "127.0.0.1"
             client = Client(
-                [f"{host}:{port}"],
-                default_timeout=self.server.cfg.request_timeout,
-                tls=self._tls(),
+                [f"{host}:{port}"], default_timeout=self.cfg.request_timeout, tls=self._tls()
             )
             await client.__aenter__()
             self._client = client
@@ -72,7 +62,7 @@ class SelfClient:
 
     def _tls(self) -> TLSConfig | None:
         """Like etcd's own gateway, dial our TLS client port with our own certificate."""
-        cfg = self.server.cfg
+        cfg = self.cfg
         if not is_https(cfg.listen_client_urls[0]):
             return None
         tls = cfg.client_tls
@@ -90,38 +80,40 @@ class SelfClient:
         return Session.of_lease(client, lease)
 
 
-class LockService(v3lock_pb2_grpc.LockServicer):
-    def __init__(self, server: EtcdServer, client: SelfClient) -> None:
-        self.s = server
+class LockService:
+    def __init__(self, core: Core, client: SelfClient) -> None:
+        self.core = core
         self.client = client
 
-    async def Lock(
-        self, request: lpb.LockRequest, context: grpc.aio.ServicerContext
-    ) -> lpb.LockResponse:
+    async def lock(self, request: lpb.LockRequest, ctx: CallContext) -> lpb.LockResponse:
         async def body() -> lpb.LockResponse:
             mutex = Mutex(await self.client.session(request.lease), request.name)
             await mutex.lock()  # a cancelled call gives up its place (the recipe cleans up)
             resp = lpb.LockResponse(key=mutex.key)
-            self.s.fill_header(resp.header)
+            self.core.fill_header(resp.header)
             return resp
 
-        return await _call(context, lambda: _as_etcd(body))
+        return await _as_etcd(body())
 
-    async def Unlock(
-        self, request: lpb.UnlockRequest, context: grpc.aio.ServicerContext
-    ) -> lpb.UnlockResponse:
+    async def unlock(self, request: lpb.UnlockRequest, ctx: CallContext) -> lpb.UnlockResponse:
         async def body() -> lpb.UnlockResponse:
             deleted = await (await self.client.get()).delete(request.key)
             resp = lpb.UnlockResponse()
             resp.header.CopyFrom(deleted.header)
             return resp
 
-        return await _call(context, lambda: _as_etcd(body))
+        return await _as_etcd(body())
+
+    def methods(self) -> list[tuple[str, Method]]:
+        return [
+            (LOCK + "Lock", Method(lpb.LockRequest, self.lock)),
+            (LOCK + "Unlock", Method(lpb.UnlockRequest, self.unlock)),
+        ]
 
 
-class ElectionService(v3election_pb2_grpc.ElectionServicer):
-    def __init__(self, server: EtcdServer, client: SelfClient) -> None:
-        self.s = server
+class ElectionService:
+    def __init__(self, core: Core, client: SelfClient) -> None:
+        self.core = core
         self.client = client
 
     async def _resumed(self, leader: epb.LeaderKey) -> Election:
@@ -130,11 +122,11 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
 
     def _header(self) -> rpc_pb2.ResponseHeader:
         header = rpc_pb2.ResponseHeader()
-        self.s.fill_header(header)
+        self.core.fill_header(header)
         return header
 
-    async def Campaign(
-        self, request: epb.CampaignRequest, context: grpc.aio.ServicerContext
+    async def campaign(
+        self, request: epb.CampaignRequest, ctx: CallContext
     ) -> epb.CampaignResponse:
         async def body() -> epb.CampaignResponse:
             session = await self.client.session(request.lease)
@@ -145,10 +137,10 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
             )
             return epb.CampaignResponse(header=self._header(), leader=leader)
 
-        return await _call(context, lambda: _as_etcd(body))
+        return await _as_etcd(body())
 
-    async def Proclaim(
-        self, request: epb.ProclaimRequest, context: grpc.aio.ServicerContext
+    async def proclaim(
+        self, request: epb.ProclaimRequest, ctx: CallContext
     ) -> epb.ProclaimResponse:
         async def body() -> epb.ProclaimResponse:
             if not request.HasField("leader"):
@@ -156,35 +148,49 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
             await (await self._resumed(request.leader)).proclaim(request.value)
             return epb.ProclaimResponse(header=self._header())
 
-        return await _call(context, lambda: _as_etcd(body))
+        return await _as_etcd(body())
 
-    async def Resign(
-        self, request: epb.ResignRequest, context: grpc.aio.ServicerContext
-    ) -> epb.ResignResponse:
+    async def resign(self, request: epb.ResignRequest, ctx: CallContext) -> epb.ResignResponse:
         async def body() -> epb.ResignResponse:
             if not request.HasField("leader"):
                 raise RecipeError(MISSING_LEADER_KEY)
             await (await self._resumed(request.leader)).resign()
             return epb.ResignResponse(header=self._header())
 
-        return await _call(context, lambda: _as_etcd(body))
+        return await _as_etcd(body())
 
-    async def Leader(
-        self, request: epb.LeaderRequest, context: grpc.aio.ServicerContext
-    ) -> epb.LeaderResponse:
+    async def leader(self, request: epb.LeaderRequest, ctx: CallContext) -> epb.LeaderResponse:
         async def body() -> epb.LeaderResponse:
             session = Session.of_lease(await self.client.get(), 0)
             kv = await Election(session, request.name).leader()
             return epb.LeaderResponse(header=self._header(), kv=kv)
 
-        return await _call(context, lambda: _as_etcd(body))
+        return await _as_etcd(body())
 
-    async def Observe(
-        self, request: epb.LeaderRequest, context: grpc.aio.ServicerContext
+    async def observe(
+        self, request: epb.LeaderRequest, ctx: CallContext
     ) -> AsyncIterator[epb.LeaderResponse]:
         session = Session.of_lease(await self.client.get(), 0)
-        try:
-            async for kv in Election(session, request.name).observe():
-                yield epb.LeaderResponse(header=self._header(), kv=kv)
-        except ClientError as exc:
-            await abort(context, RemoteError(exc.code.value[0], exc.message))
+        observing = Election(session, request.name).observe()
+        while True:
+            kv = await _as_etcd(_next_or_none(observing))
+            if kv is None:
+                return
+            yield epb.LeaderResponse(header=self._header(), kv=kv)
+
+    def methods(self) -> list[tuple[str, Method]]:
+        observe = Method(epb.LeaderRequest, self.observe, Cardinality.SERVER_STREAM)
+        return [
+            (ELECTION + "Campaign", Method(epb.CampaignRequest, self.campaign)),
+            (ELECTION + "Proclaim", Method(epb.ProclaimRequest, self.proclaim)),
+            (ELECTION + "Resign", Method(epb.ResignRequest, self.resign)),
+            (ELECTION + "Leader", Method(epb.LeaderRequest, self.leader)),
+            (ELECTION + "Observe", observe),
+        ]
+
+
+async def _next_or_none(iterator: AsyncIterator[T]) -> T | None:
+    try:
+        return await anext(iterator)
+    except StopAsyncIteration:
+        return None

@@ -1,0 +1,10 @@
+"""A small gRPC server for asyncio: HTTP/2 spoken directly on the event loop.
+
+See :mod:`kvstore.rpc.server` for why and how it is layered.
+"""
+
+from kvstore.rpc.call import CallContext, Cardinality, Method, methods_of
+from kvstore.rpc.server import Server
+from kvstore.rpc.status import RpcError, StatusCode
+
+__all__ = ["CallContext", "Cardinality", "Method", "RpcError", "Server", "StatusCode", "methods_of"]
