@@ -54,7 +54,17 @@ async def served(store: EtcdCluster | KVCluster) -> AsyncIterator[Served]:
     async with Client(store.endpoints) as client, anyio.create_task_group() as tasks:
         config = Config(etcd_prefix=prefix, interval=0.5, metrics_urls=metrics_urls(store))
         dashboard = Dashboard(client, config)
-        tasks.start_soon(dashboard.run)
+        crashed: list[BaseException] = []
+
+        async def run() -> None:
+            # A crash is reported at teardown: left to the task group, it would cancel
+            # whatever the test is awaiting in the shared runner task.
+            try:
+                await dashboard.run()
+            except Exception as error:
+                crashed.append(error)
+
+        tasks.start_soon(run)
         runner = web.AppRunner(build_app(dashboard), shutdown_timeout=2)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
@@ -63,3 +73,4 @@ async def served(store: EtcdCluster | KVCluster) -> AsyncIterator[Served]:
         finally:
             await runner.cleanup()
             tasks.cancel_scope.cancel()
+    assert crashed == [], crashed
