@@ -25,16 +25,19 @@ $(INSTALLED): pyproject.toml
 
 install: $(INSTALLED)
 
-## make test: lint, type-check and the default test suite (real etcd included).
+## make test: lint, type-check and the default test suite (real etcd and chromium included).
 test: lint test-deps
 	$(BIN)/python -m pytest -q
 
 ## make test-deps: Debian packages the tests use: etcd 3.4 (etcd-client, etcd-server), whose
-## tools and backups our etcd-format backups are checked against, and fuse3 (power-loss disks).
+## tools and backups our etcd-format backups are checked against, fuse3 (power-loss disks) and
+## chromium, the browser of the dashboard's tests (never a browser of Playwright's own).
 test-deps: | $(FUSERMOUNT)
 	@test -x /usr/bin/etcdctl -a -x /usr/bin/etcd || { apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
 		etcd-client etcd-server; }
+	@test -x /usr/bin/chromium || { apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
@@ -43,7 +46,8 @@ lint: $(INSTALLED)
 
 ## make run: the controllers demo on our 3-member store (ports 2379/12379/22379, data in
 ## ./kvstore-data): controller-managers, schedulers, node agents and a Deployment, with a live
-## view and keys to kill leaders (Ctrl-C stops it). RUN_ARGS=--free-ports if the ports are
+## view, keys to kill leaders and the web dashboard (its URL is printed; Ctrl-C stops it).
+## RUN_ARGS=--free-ports if the ports are
 ## taken; `.venv/bin/kvstore cluster up -n 3` runs just the store.
 RUN_ARGS ?=
 run: $(INSTALLED)

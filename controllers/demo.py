@@ -11,6 +11,7 @@ Ready/NotReady, pods per node, and how long each failover took.
 Commands: ``s`` kill the store leader (``r`` restarts it), ``c`` kill the
 controller-manager leader, ``k`` the scheduler leader (both are replaced by
 new standbys), ``n`` kill a node agent (``b`` brings it back), ``q`` quit.
+The web dashboard (``dashboard``) runs beside them; its URL is printed.
 On a terminal a key press is enough; otherwise (tests, CI) the view is
 printed as plain text every few seconds, events as they happen, and
 commands are read from stdin one per line. Ctrl-C or SIGTERM stops every
@@ -58,6 +59,7 @@ from kvstore.ports import free_ports
 
 # etcd's conventional local ports (client, peer) for three members, as `kvstore cluster up`.
 STORE_PORTS = [(2379, 2380), (12379, 12380), (22379, 22380)]
+DASHBOARD_PORT = 8080
 DEFAULT_DATA_DIR = Path("kvstore-data")
 
 FAST = {
@@ -145,6 +147,7 @@ class Demo:
         self.quit = anyio.Event()
         self.children_changed = anyio.Event()  # set (and replaced) on each component event
         self.exit_code = 0
+        self.dashboard_url = ""
 
     # ---- output ----
 
@@ -364,7 +367,7 @@ class Demo:
         command = [
             sys.executable,
             "-m",
-            f"controllers.{child.module}",
+            child.module if "." in child.module else f"controllers.{child.module}",
             "--endpoints",
             ",".join(self.endpoints),
             *child.args,
@@ -395,6 +398,18 @@ class Demo:
             await self.spawn(self.new_child("controller_manager", cm_flags))
         for _ in range(2):
             await self.spawn(self.new_child("scheduler", self.election_flags(LOCKS["scheduler"])))
+        await self.spawn(self.dashboard())
+
+    def dashboard(self) -> Child:
+        """The web dashboard, on --dashboard-port (or a free port if that one is taken)."""
+        port = self.args.dashboard_port
+        if self.args.free_ports or _busy_port([port]) is not None:
+            port = free_ports(1)[0]
+        args = ["--etcd-prefix", self.args.etcd_prefix, "--listen", f"{HOST}:{port}"]
+        if isinstance(self.cluster, KVCluster):  # our members serve /metrics on a port of its own
+            urls = [f"{m.name}={m.http_url}/metrics" for m in self.cluster.members]
+            args += ["--metrics-urls", ",".join(urls)]
+        return Child("dashboard", "dashboard.main", args)
 
     def node_agent(self, name: str) -> Child:
         args = ["--etcd-prefix", self.args.etcd_prefix, "--node-name", name]
@@ -408,6 +423,10 @@ class Demo:
             buffer += chunk
             *lines, buffer = buffer.split(b"\n")
             for line in lines:
+                if line.startswith(b"dashboard: http"):
+                    self.dashboard_url = line.decode().split(" ", 1)[1].strip()
+                    self.say(f"dashboard: {self.dashboard_url}")
+                    continue
                 try:
                     event = json.loads(line)
                 except ValueError:
@@ -682,6 +701,7 @@ class Demo:
             f"controllers demo on {self.store_name()} ({timings} timings)"
             f"   {time.strftime('%H:%M:%S')}",
             f"endpoints {endpoints}" + (f"   data {self.data_dir}" if self.data_dir else ""),
+            f"dashboard {self.dashboard_url or '(starting)'}",
             f"try: {_etcdctl()} --endpoints={endpoints} get {self.args.etcd_prefix}/ "
             "--prefix --keys-only",
         ]
@@ -876,6 +896,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--etcd-prefix", default="/registry")
     parser.add_argument("--replicas", type=int, default=6, help="pods of the sample Deployment")
+    parser.add_argument(
+        "--dashboard-port", type=int, default=DASHBOARD_PORT, help="port of the web dashboard"
+    )
     parser.add_argument("--k8s-timings", action="store_true", help="Kubernetes' default timings")
     parser.add_argument(
         "--plain", action="store_true", help="print the view as text even on a terminal"

@@ -20,6 +20,7 @@ from kvstore._pb.etcdserverpb import rpc_pb2
 from kvstore._pb.peerpb import peer_pb2
 from kvstore.errors import NoSpaceError, RequestError
 from kvstore.mvcc.store import MVCCStore, costs_space, quota_cost
+from kvstore.server.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ class Applier:
         propose_nowait: Callable[[Message], None],
         on_member_attributes: Callable[[int, peer_pb2.MemberAttributes], None],
         alarm_interval: float,
+        metrics: Metrics,
     ) -> None:
         self.store = store
         self.quota_bytes = quota_bytes
@@ -83,6 +85,7 @@ class Applier:
         self._propose_nowait = propose_nowait
         self._on_member_attributes = on_member_attributes
         self._alarm_interval = alarm_interval
+        self._metrics = metrics
         self._nospace_proposed_at = -float("inf")
 
     def apply(self, index: int, data: bytes) -> tuple[int, object]:
@@ -100,11 +103,14 @@ class Applier:
         try:
             over_quota = self._over_quota(request)
             result = self.store.apply(index, request)
-            if over_quota and result is not None:
-                return env.id, self._on_over_quota()
-            return env.id, result
         except RequestError as exc:
             return env.id, exc
+        if result is None:
+            return env.id, None  # applied before a restart
+        if over_quota:
+            return env.id, self._on_over_quota()
+        self._metrics.count_applied(field, result)
+        return env.id, result
 
     def _over_quota(self, request: Message) -> bool:
         """Whether this member's backend has no room for ``request`` (etcd's apply-time check)."""

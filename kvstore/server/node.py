@@ -123,6 +123,7 @@ class Node:
             self.propose_nowait,
             self._member_attributes_applied,
             alarm_interval=self._election_s,
+            metrics=self.metrics,
         )
         self.applier.member_id = self.id
         self.on_conf_change: Callable[[int, ConfChange], None] | None = None
