@@ -59,8 +59,16 @@ MAX_PROPOSALS_PER_READY = 4096
 MAX_APPLY_LAG_ENTRIES = 5000
 """Past this many committed entries not yet applied here, new proposals are refused
 (etcd's maxGapBetweenApplyAndCommitIndex)."""
-MAX_TICKS_PER_WAKE = 50
-"""Ticks the loop catches up at once after it was held up."""
+HELD_UP_TICKS = 2
+"""Ticks counted for a wait of any length after the loop was held up (Go's ticker, which
+etcd's raft loop reads, drops the ticks a slow reader missed in the same way). While
+this process was held up it read nothing from its peers either: had it counted every
+tick it missed, a leader that applied one huge entry would find no follower heard from
+and step down, and a follower would call an election against a leader it never listened
+to. A wait this long counts as one election timeout's worth of silence only when it is
+silence the member could have heard."""
+HELD_UP_WARN_TICKS = 5
+"""A wait of this many tick intervals is logged (etcd warns of late heartbeats too)."""
 BATCH_HOLD_SECONDS = 0.005
 """While this member's previous batch of proposals is still in flight, new ones wait
 for it, at most this long, and then go together: every batch costs a round of peer
@@ -335,7 +343,8 @@ class Node:
             await self._shutdown()
 
     async def run_ticker(self) -> None:
-        """Ticks from the monotonic clock (catching up if the loop was busy)."""
+        """Ticks from the monotonic clock; after the loop was held up, at most
+        HELD_UP_TICKS for the whole wait (see there)."""
         interval = self.cfg.heartbeat_ms / 1000
         nxt = time.monotonic() + interval
         while not self._stopped:
@@ -346,7 +355,15 @@ class Node:
                 nxt += interval
                 n += 1
             if n:  # (a timer may fire a little early: uvloop rounds its delays down)
-                self._ticks += n
+                if n >= HELD_UP_WARN_TICKS:
+                    log.warning(
+                        "member %x: the loop was held up %.0f ms (heartbeat %d ms); "
+                        "the ticks it missed are not counted",
+                        self.id,
+                        n * interval * 1000,
+                        self.cfg.heartbeat_ms,
+                    )
+                self._ticks += min(n, HELD_UP_TICKS)
                 self._wake.set()
 
     async def run_watch_sync(self) -> None:
@@ -381,13 +398,13 @@ class Node:
         if self._inbox:
             inbox, self._inbox = self._inbox, []
             for owed, msgs in inbox:
-                while ticked < min(owed, MAX_TICKS_PER_WAKE):
+                while ticked < owed:
                     raft.tick()
                     ticked += 1
                 for m in msgs:
                     raft.step(m)
         if self._ticks:
-            while ticked < min(self._ticks, MAX_TICKS_PER_WAKE):
+            while ticked < self._ticks:
                 raft.tick()
                 ticked += 1
             self._ticks = 0
