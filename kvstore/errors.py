@@ -36,6 +36,12 @@ class EmptyKeyError(RequestError):
     message = rpctypes.ERR_EMPTY_KEY
 
 
+class InvalidSortOptionError(RequestError):
+    """A range sorted by an order or a field that does not exist."""
+
+    message = rpctypes.ERR_INVALID_SORT_OPTION
+
+
 class KeyNotFoundError(RequestError):
     """ignore_value/ignore_lease on a missing key; or an empty txn op."""
 

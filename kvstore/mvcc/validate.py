@@ -13,6 +13,7 @@ from kvstore._pb.etcdserverpb import rpc_pb2
 from kvstore.errors import (
     DuplicateKeyError,
     EmptyKeyError,
+    InvalidSortOptionError,
     KeyNotFoundError,
     LeaseProvidedError,
     TooManyOpsError,
@@ -39,9 +40,16 @@ def validate_request(request: Message, max_txn_ops: int = MAX_TXN_OPS) -> None:
         _check_intervals(list(request.failure))
 
 
+_SORT_ORDERS = frozenset(rpc_pb2.RangeRequest.SortOrder.values())
+_SORT_TARGETS = frozenset(rpc_pb2.RangeRequest.SortTarget.values())
+
+
 def _check_range(r: rpc_pb2.RangeRequest) -> None:
     if not r.key:
         raise EmptyKeyError()
+    # An unknown enum value decodes as itself: etcd 3.5.1 crashed sorting by one.
+    if r.sort_order not in _SORT_ORDERS or r.sort_target not in _SORT_TARGETS:
+        raise InvalidSortOptionError()
 
 
 def _check_put(r: rpc_pb2.PutRequest) -> None:

@@ -37,6 +37,7 @@ class StatusCode(enum.IntEnum):
 
 _CODE: dict[type[errors.RequestError], StatusCode] = {
     errors.EmptyKeyError: StatusCode.INVALID_ARGUMENT,
+    errors.InvalidSortOptionError: StatusCode.INVALID_ARGUMENT,
     errors.KeyNotFoundError: StatusCode.INVALID_ARGUMENT,
     errors.ValueProvidedError: StatusCode.INVALID_ARGUMENT,
     errors.LeaseProvidedError: StatusCode.INVALID_ARGUMENT,

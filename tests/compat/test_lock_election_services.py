@@ -89,6 +89,13 @@ async def _session(endpoints: list[str], prefix: str) -> list[object]:
         seen.append(await _error(elections.Leader(epb.LeaderRequest(name=election), timeout=15)))
         stale = epb.ProclaimRequest(leader=leader, value=b"d")
         seen.append(await _error(elections.Proclaim(stale, timeout=15)))
+        # A leader key without its key (found by the fuzz test): etcd's recipe sends the
+        # empty key on and its txn is refused.
+        keyless = epb.LeaderKey(name=election, lease=first)
+        seen.append(
+            await _error(elections.Proclaim(epb.ProclaimRequest(leader=keyless), timeout=15))
+        )
+        seen.append(await _error(elections.Resign(epb.ResignRequest(leader=keyless), timeout=15)))
     return seen
 
 
@@ -96,5 +103,6 @@ async def test_lock_and_election_services_like_etcd(etcd: EtcdCluster, ours: KVC
     expected = await _session(etcd.endpoints, "/svc-etcd")
     assert await _session(ours.endpoints, "/svc-ours") == expected
     assert expected[4] == ("UNKNOWN", "election: no leader")
-    assert expected[-1] == ("UNKNOWN", "election: not leader")
-    assert expected[-3] == ("UNKNOWN", '"leader" field must be provided')
+    assert expected[-3] == ("UNKNOWN", "election: not leader")
+    assert expected[-5] == ("UNKNOWN", '"leader" field must be provided')
+    assert expected[-2:] == [("UNKNOWN", "etcdserver: key is not provided")] * 2

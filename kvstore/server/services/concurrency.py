@@ -156,6 +156,8 @@ class ElectionService:
         async def body() -> epb.ProclaimResponse:
             if not request.HasField("leader"):
                 raise RecipeError(MISSING_LEADER_KEY)
+            if not request.leader.key:  # etcd's recipe sends it on, and its txn is refused
+                raise RecipeError(rpctypes.ERR_EMPTY_KEY)
             await (await self._resumed(request.leader)).proclaim(request.value)
             return epb.ProclaimResponse(header=self._header())
 
@@ -165,6 +167,8 @@ class ElectionService:
         async def body() -> epb.ResignResponse:
             if not request.HasField("leader"):
                 raise RecipeError(MISSING_LEADER_KEY)
+            if not request.leader.key:
+                raise RecipeError(rpctypes.ERR_EMPTY_KEY)
             await (await self._resumed(request.leader)).resign()
             return epb.ResignResponse(header=self._header())
 
