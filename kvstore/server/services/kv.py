@@ -22,12 +22,11 @@ class KVService:
         self.core = core
 
     def range(self, req: rpc_pb2.RangeRequest, ctx: CallContext) -> Any:
-        core = self.core
-        core.check_size(req)
+        # (No size check: etcd bounds a read by gRPC's message limit alone.)
         validate_request(req)
         if req.serializable:
             return self._range_now(req)
-        return core.node.linearized(lambda: self._range_now(req))
+        return self.core.node.linearized(lambda: self._range_now(req))
 
     def _range_now(self, req: rpc_pb2.RangeRequest) -> rpc_pb2.RangeResponse:
         node = self.core.node
@@ -37,11 +36,12 @@ class KVService:
         return resp
 
     def _write(self, req: Any, check_quota: bool) -> Any:
+        # etcd's order: the quota, then the request's own checks, then its size.
         core = self.core
-        core.check_size(req)
-        validate_request(req, core.cfg.max_txn_ops)
         if check_quota and core.over_quota(req):
             return core.refuse_over_quota()
+        validate_request(req, core.cfg.max_txn_ops)
+        core.check_size(req)
         return core.node.submit(req)
 
     def put(self, req: rpc_pb2.PutRequest, ctx: CallContext) -> Any:
@@ -55,10 +55,9 @@ class KVService:
             return self._write(req, check_quota=True)
         # Like etcd: a txn without writes is a linearizable read, not a proposal.
         core = self.core
-        core.check_size(req)
-        validate_request(req, core.cfg.max_txn_ops)
         if core.over_quota(req):  # etcd checks every Txn, reads included
             return core.refuse_over_quota()
+        validate_request(req, core.cfg.max_txn_ops)
         return core.node.linearized(lambda: self._execute_now(req))
 
     def _execute_now(self, req: rpc_pb2.TxnRequest) -> rpc_pb2.TxnResponse:
