@@ -14,7 +14,7 @@ at revision 1 with no keys, as etcd does.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, overload
@@ -44,6 +44,9 @@ from kvstore.mvcc.validate import MAX_TXN_OPS, validate_request
 log = logging.getLogger(__name__)
 
 DEFAULT_COMPACT_BATCH = 10_000
+DELETE_SLICE_KEYS = 1000
+"""Keys a DeleteRange applied in slices (:meth:`MVCCStore.apply_in_slices`) deletes at a time:
+a few milliseconds of work, after which the caller may serve others."""
 """Revisions a compaction deletes per commit (etcd: 1000 per 10 ms in the background)."""
 
 KeyValue = kv_pb2.KeyValue
@@ -132,6 +135,7 @@ class MVCCStore:
         self._consistent_index = 0
         self._changes: list[kv_pb2.KeyValue] | None = None  # not None inside a write
         self._sub = 0
+        self._suspended_write = False
         self._closed = False
         self.alarms: set[tuple[int, int]] = set()
         """Raised alarms as (member id, AlarmType); replicated like any write."""
@@ -207,12 +211,18 @@ class MVCCStore:
             self._backend.close()
             self._closed = True
 
+    @property
+    def write_suspended(self) -> bool:
+        """Whether a write applied in slices is half done (nothing may commit meanwhile)."""
+        return self._suspended_write
+
     def commit(self) -> None:
         """End the batch: the applied entries and the consistent index become durable.
 
         Also does up to ``compact_batch`` deletions owed by a compaction.
         """
         assert self._changes is None, "commit inside a write"
+        assert not self._suspended_write, "commit inside a write applied in slices"
         if self._pending_compact is not None:
             self._compact_work(self.compact_batch)
         b = self._backend
@@ -273,6 +283,47 @@ class MVCCStore:
             return None
         self._consistent_index = raft_index
         return self.execute(request)
+
+    def apply_in_slices(
+        self, raft_index: int, request: rpc_pb2.DeleteRangeRequest
+    ) -> Generator[None, None, rpc_pb2.DeleteRangeResponse | None]:
+        """``apply`` of a DeleteRange, yielding after every DELETE_SLICE_KEYS keys deleted.
+
+        One request still makes one revision. While it is suspended, readers see the store
+        as it was before it (its tombstones carry the revision that is not yet current,
+        and the key index answers by revision), nothing may commit (the consistent index
+        moves only at the end) and no other write may start. A generator closed before
+        its end leaves the batch to be dropped (the WAL still has the entry).
+        """
+        if raft_index <= self._consistent_index:
+            return None
+        validate_request(request)
+        end = gte_end(request.range_end)
+        resp = rpc_pb2.DeleteRangeResponse()
+        self._begin()
+        finished = False
+        try:
+            if request.prev_kv:
+                kvs, _, _ = self._mvcc_range(request.key, end, 0, 0, False)
+                resp.prev_kvs.extend(kvs)
+            keys = [k for k, _ in self._index.range(request.key, end, self._read_rev())]
+            for start in range(0, len(keys), DELETE_SLICE_KEYS):
+                if start:
+                    changes, sub = self._changes, self._sub
+                    self._changes, self._suspended_write = None, True
+                    yield
+                    self._changes, self._sub, self._suspended_write = changes, sub, False
+                self._tombstone(keys[start : start + DELETE_SLICE_KEYS])
+            resp.deleted = len(keys)
+            resp.header.revision = self._current_rev + (1 if self._changes else 0)
+            self._consistent_index = raft_index
+            finished = True
+        finally:
+            if finished:
+                self._end()
+            else:
+                self._changes, self._suspended_write = None, False
+        return resp
 
     @overload
     def execute(self, request: rpc_pb2.PutRequest) -> rpc_pb2.PutResponse: ...
@@ -355,6 +406,7 @@ class MVCCStore:
 
     def _begin(self) -> None:
         assert self._changes is None, "nested write"
+        assert not self._suspended_write, "a write while another is applied in slices"
         self._changes = []
         self._sub = 0
 
@@ -415,8 +467,14 @@ class MVCCStore:
     def _write_delete_range(self, key: bytes, end: bytes | None) -> int:
         changes = self._changes
         assert changes is not None
-        main = self._current_rev + 1
         keys = [k for k, _ in self._index.range(key, end, self._read_rev())]
+        self._tombstone(keys)
+        return len(keys)
+
+    def _tombstone(self, keys: list[bytes]) -> None:
+        changes = self._changes
+        assert changes is not None
+        main = self._current_rev + 1
         for k in keys:
             rev: Revision = (main, self._sub)
             # etcd stores a tombstone as KeyValue{key} alone (HashKV and backups see these
@@ -430,7 +488,6 @@ class MVCCStore:
             old = self.lessor.lease_of(k)
             if old != NO_LEASE:
                 self.lessor.detach(old, k)
-        return len(keys)
 
     def _kv_at(self, rev: Revision) -> kv_pb2.KeyValue:
         raw = self._backend.get_rev(rev_key(*rev))

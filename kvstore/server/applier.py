@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 
 from google.protobuf.message import Message
 
@@ -51,6 +51,9 @@ def _varint(value: int) -> bytes:
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+_DELETE_RANGE_TAG = _varint(_FIELD_TAGS[rpc_pb2.DeleteRangeRequest])
 
 
 def encode_proposal(request_id: int, request: Message) -> bytes:
@@ -110,6 +113,33 @@ class Applier:
         if over_quota:
             return env.id, self._on_over_quota()
         self._metrics.count_applied(field, result)
+        return env.id, result
+
+    @staticmethod
+    def may_take_long(data: bytes) -> bool:
+        """Whether the entry is a DeleteRange, whose apply may touch any number of keys
+        (and so goes through :meth:`apply_in_slices`); read from the envelope's first
+        bytes without decoding it."""
+        i = 0
+        if data[:1] == bytes((_ID_TAG,)):
+            i = 1
+            while i < len(data) and data[i] & 0x80:
+                i += 1
+            i += 1
+        return data.startswith(_DELETE_RANGE_TAG, i)
+
+    def apply_in_slices(self, index: int, data: bytes) -> Generator[None, None, tuple[int, object]]:
+        """``apply`` of a DeleteRange entry, yielding between slices of its keys (see
+        :meth:`MVCCStore.apply_in_slices`)."""
+        env = peer_pb2.Request.FromString(data)
+        assert env.WhichOneof("request") == "delete_range"
+        try:
+            result = yield from self.store.apply_in_slices(index, env.delete_range)
+        except RequestError as exc:
+            return env.id, exc
+        if result is None:
+            return env.id, None  # applied before a restart
+        self._metrics.count_applied("delete_range", result)
         return env.id, result
 
     def _over_quota(self, request: Message) -> bool:

@@ -15,11 +15,12 @@ loop resolves: proposals by the request id their entry carries
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message as PbMessage
@@ -84,6 +85,11 @@ it to a worker costs more CPU and latency than it saves. Slower disks get a work
 thread, so the loop keeps serving while the fsync is in flight."""
 FSYNC_AVERAGE_WEIGHT = 8
 """The fsync average moves by 1/this of each new sample."""
+APPLY_SLICE_SECONDS = 0.02
+"""Apply work done at once before the loop serves others (peers' messages, the ticker,
+clients) again. Committed entries wait in a queue meanwhile, as they wait for etcd's
+apply goroutine; one DeleteRange of many keys goes in slices (``apply_in_slices``), so a
+member deleting 60,000 keys in one request still answers its peers' heartbeats."""
 WATCH_SYNC_INTERVAL_SECONDS = 0.1
 """How often unsynced watchers catch up (etcd: 100 ms)."""
 LEADER_WAIT_ELECTIONS = 2
@@ -163,6 +169,12 @@ class Node:
         self._batch_sent_at = 0.0
         self._hold_timer: asyncio.Handle | None = None
         self._hold_deadline = 0.0
+        self._to_apply: collections.deque[Entry] = collections.deque()
+        """Committed entries handed out by Raft, not yet applied."""
+        self._queued_conf_changes = 0
+        """Membership changes among them: Raft's next Ready waits until they are applied."""
+        self._slices: tuple[Entry, Generator[None, None, tuple[int, object]]] | None = None
+        """The entry being applied in slices, and what applies it."""
 
     @property
     def pending_proposals(self) -> int:
@@ -312,6 +324,7 @@ class Node:
         """Rewrite the backend compactly. Like etcd's, it holds up this member meanwhile."""
         if self._stopped:
             raise StoppedError()
+        self._apply_some(budget=None)  # (the backend commits first: no half-applied entry)
         before = self.store.db_size()
         t0 = time.monotonic()
         self.store.defragment()
@@ -331,14 +344,22 @@ class Node:
         """The raft loop. Returns when ``stop()`` is called; closes storage."""
         try:
             while not self._stopped:
-                await self._wake.wait()
+                if self._slices is None and not self._to_apply:
+                    await self._wake.wait()
+                else:
+                    await asyncio.sleep(0)  # apply work is left: serve the others first
                 self._wake.clear()
                 self._between_readys()
                 while self.raft.has_ready() and not self._stopped:
+                    if self._queued_conf_changes:
+                        break  # Raft must see the membership change applied first
                     rd = self.raft.ready()
                     await self._handle_ready(rd)
                     self.raft.advance(rd)
                     self._between_readys()
+                self._apply_some()
+                if self.raft.has_ready():
+                    self._wake.set()  # (held back by a membership change, applied now)
         finally:
             await self._shutdown()
 
@@ -384,7 +405,7 @@ class Node:
     def _between_readys(self) -> None:
         snapshotter = self.snapshotter
         snapshotter.finish()
-        if snapshotter.maybe_take(self.applied_index, self._wake.set):
+        if self._slices is None and snapshotter.maybe_take(self.applied_index, self._wake.set):
             self._uncommitted_applies = 0
         self._feed()
 
@@ -522,9 +543,14 @@ class Node:
         if rd.persisted_messages:
             self._send(rd.persisted_messages)
         if rd.snapshot is not None and rd.snapshot.metadata.index > self.applied_index:
+            self._apply_some(budget=None)  # (what came before the snapshot, if anything)
             self._install(rd.snapshot)
         if rd.committed_entries:
-            self._apply(rd.committed_entries)
+            self._to_apply.extend(rd.committed_entries)
+            self._queued_conf_changes += sum(
+                e.type == EntryType.CONF_CHANGE for e in rd.committed_entries
+            )
+            self._apply_some()
         if rd.messages and not must_sync:
             # Nothing to overlap with: the replies to the requests just applied go out first.
             self._send(rd.messages)
@@ -577,37 +603,67 @@ class Node:
         elif was_leader and role != Role.LEADER:
             lessor.demote()
 
-    def _apply(self, entries: list[Entry]) -> None:
+    def _apply_some(self, budget: float | None = APPLY_SLICE_SECONDS) -> None:
+        """Apply queued entries for up to ``budget`` seconds (None: all of them)."""
+        if self._slices is None and not self._to_apply:
+            return
         failpoint("raftBeforeApply")
         t0 = time.monotonic()
+        deadline = None if budget is None else t0 + budget
         applier = self.applier
-        waiters = self._waiters
+        queue = self._to_apply
         applied = 0
-        for e in entries:
-            if e.type == EntryType.CONF_CHANGE:
-                cc = decode_conf_change(e.data)
-                self.raft.apply_conf_change(cc)
-                if self.on_conf_change is not None:
-                    self.on_conf_change(e.index, cc)
-                continue
-            request_id, result = applier.apply(e.index, e.data)
-            applied += 1
-            if request_id:
-                if result is not None and not isinstance(result, RequestError):
-                    header = result.header  # type: ignore[attr-defined]
-                    header.cluster_id = self.cluster_id
-                    header.member_id = self.id
-                    header.raft_term = self.term
-                waiters.resolve(request_id, result)
-        last = entries[-1].index
-        assert last > self.applied_index, "entries apply in order, once"
-        self.applied_index = last
-        self._uncommitted_applies += len(entries)
-        self.maybe_commit_backend()
+        last = 0
+        while True:
+            if self._slices is not None:
+                entry, slices = self._slices
+                try:
+                    next(slices)
+                except StopIteration as done:
+                    self._slices = None
+                    self._resolve(*done.value)
+                    applied += 1
+                    last = entry.index
+            elif not queue:
+                break
+            else:
+                e = queue.popleft()
+                if e.type == EntryType.CONF_CHANGE:
+                    cc = decode_conf_change(e.data)
+                    self.raft.apply_conf_change(cc)
+                    self._queued_conf_changes -= 1
+                    if self.on_conf_change is not None:
+                        self.on_conf_change(e.index, cc)
+                    last = e.index
+                elif applier.may_take_long(e.data):
+                    self._slices = (e, applier.apply_in_slices(e.index, e.data))
+                    continue
+                else:
+                    self._resolve(*applier.apply(e.index, e.data))
+                    applied += 1
+                    last = e.index
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+        if last:
+            assert last > self.applied_index, "entries apply in order, once"
+            self._uncommitted_applies += last - self.applied_index
+            self.applied_index = last
+            self.maybe_commit_backend()
+            self._apply_waits.applied(last)
         self.metrics.proposals_applied += applied
         self.metrics.apply_duration.observe(time.monotonic() - t0)
-        self._apply_waits.applied(last)
+        if self._slices is not None or queue:
+            self._wake.set()
         failpoint("raftAfterApply")
+
+    def _resolve(self, request_id: int, result: object) -> None:
+        if request_id:
+            if result is not None and not isinstance(result, RequestError):
+                header = result.header  # type: ignore[attr-defined]
+                header.cluster_id = self.cluster_id
+                header.member_id = self.id
+                header.raft_term = self.term
+            self._waiters.resolve(request_id, result)
 
     def _member_attributes_applied(self, index: int, attrs: peer_pb2.MemberAttributes) -> None:
         if self.on_member_attributes is not None:
@@ -619,8 +675,8 @@ class Node:
         Safe because the WAL is durable first: after a crash the store reopens at its
         last committed consistent index and the WAL replays the rest.
         """
-        if not self._uncommitted_applies:
-            return
+        if not self._uncommitted_applies or self._slices is not None:
+            return  # (never half an entry: the consistent index would not cover it)
         now = time.monotonic()
         if (
             force
@@ -642,9 +698,16 @@ class Node:
                 conf_fut.set_exception(err)
         if self._hold_timer is not None:
             self._hold_timer.cancel()
+        # Half an entry applied: the batch is dropped (closing the backend without a
+        # commit), and the WAL replays it all after the restart.
+        half_applied = self._slices is not None
+        if self._slices is not None:
+            self._slices[1].close()
+            self._slices = None
         try:
             await self.snapshotter.close()
-            self.maybe_commit_backend(force=True)
+            if not half_applied:
+                self.maybe_commit_backend(force=True)
             self.wal.close()
         finally:
             self.hub.close()
