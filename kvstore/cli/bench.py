@@ -21,6 +21,9 @@ far less than the rates). The figures are medians over ``--rounds`` rounds and
 come with the ratio ours/etcd. ``--kills N`` adds the failover gap: the median
 over N SIGKILLs of the leader, under a steady write load, of the time until a
 write through a client that knows every member is accepted again.
+
+``--mode watch-fanout|lease-storm|connections`` runs a misbehaving client instead
+(:mod:`kvstore.cli.bench_hostile`).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ import grpc
 
 from kvstore._pb.etcdserverpb import rpc_pb2 as pb
 from kvstore._pb.etcdserverpb import rpc_pb2_grpc
+from kvstore.cli import bench_hostile
 from kvstore.client import Client, EtcdError
 from kvstore.local.cluster import KVCluster
 from kvstore.local.etcd import EtcdCluster
@@ -473,7 +477,17 @@ def main(argv: list[str] | None = None) -> int:
         "--targets", default="kvstore,etcd", help="comma-separated: kvstore, etcd or both"
     )
     parser.add_argument("--json", type=Path, help="also write the raw samples and rows here")
+    parser.add_argument(
+        "--mode",
+        choices=("workloads", *bench_hostile.MODES),
+        default="workloads",
+        help="the workloads above, or a misbehaving client (see kvstore.cli.bench_hostile)",
+    )
+    bench_hostile.add_arguments(parser)
     args = parser.parse_args(argv)
+    if args.mode != "workloads":
+        bench_hostile.print_results(bench_hostile.run(args))
+        return 0
     targets = tuple(t for t in args.targets.split(",") if t)
     results = run(
         args.rounds, args.seconds, _parse_workloads(args.workloads), args.via, args.kills, targets

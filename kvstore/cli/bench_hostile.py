@@ -1,0 +1,322 @@
+"""``kvstore bench --mode watch-fanout|lease-storm|connections``: clients that misbehave at
+scale, against our 3-member cluster and a real etcd's, side by side.
+
+Each mode measures, on the member the hostile client talks to (the leader): its
+resident memory (RSS, from ``/proc``) before, at the peak and after, and the
+latency of a bystander client (a linearizable read and a put of its own key, one at a
+time) while the cluster is quiet, under the mode's honest load alone, and with the
+hostile clients added; and whether the leader changed.
+
+* ``watch-fanout``: ``--watchers`` watchers (default 10,000) on a busy prefix, over
+  ``--streams`` streams, whose client never reads, while a writer puts ``--rate`` per
+  second on the prefix. Then the history is compacted and a few streams are read: a
+  slow watcher is caught up or cancelled with the compacted revision, as etcd does.
+* ``lease-storm``: ``--leases`` leases granted by 64 concurrent clients, then
+  ``--streams`` keep-alive streams that each send one request and are abandoned
+  unread, their connections left open.
+* ``connections``: ``--connections`` client connections (default 1,000) opened at
+  once, each making one read and then idling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import grpc
+
+from kvstore._pb.etcdserverpb import rpc_pb2 as pb
+from kvstore._pb.etcdserverpb import rpc_pb2_grpc
+from kvstore.local.cluster import KVCluster
+from kvstore.local.etcd import EtcdCluster
+
+Cluster = KVCluster | EtcdCluster
+
+PREFIX = b"/busy/"
+PREFIX_END = b"/busy0"
+VALUE = b"v" * 256
+BYSTANDER_KEY = b"/bystander"
+PHASE_SECONDS = 3.0
+RSS_SAMPLE_SECONDS = 0.25
+TIMEOUT = 15.0
+
+
+@dataclass
+class Result:
+    target: str
+    rss_mib: dict[str, float] = field(default_factory=dict)
+    """before, peak, after."""
+    bystander_ms: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """phase -> (p50, p99) of the bystander's read+put."""
+    leader_changes: int = 0
+    notes: dict[str, object] = field(default_factory=dict)
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of process ``pid`` in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3 if ordered else float("nan")
+
+
+class Bench:
+    """One target's cluster, its leader, and the load generator's channels to it."""
+
+    def __init__(self, cluster: Cluster, leader: int) -> None:
+        self.cluster = cluster
+        self.leader = leader
+        self.endpoint = cluster.endpoints[leader]
+        proc = cluster.members[leader].process
+        assert proc is not None
+        self.pid = proc.pid
+        self.channel = grpc.aio.insecure_channel(self.endpoint)
+        self.kv = rpc_pb2_grpc.KVStub(self.channel)  # type: ignore[no-untyped-call]
+        self.peak = 0.0
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def bystander(self, seconds: float) -> tuple[float, float]:
+        """(p50, p99) ms of a read and a put, one after the other, for ``seconds``."""
+        own = grpc.aio.insecure_channel(self.endpoint)  # a client of its own
+        kv = rpc_pb2_grpc.KVStub(own)  # type: ignore[no-untyped-call]
+        took: list[float] = []
+        end = time.monotonic() + seconds
+        try:
+            while time.monotonic() < end:
+                t0 = time.perf_counter()
+                await kv.Range(pb.RangeRequest(key=BYSTANDER_KEY), timeout=TIMEOUT)
+                await kv.Put(pb.PutRequest(key=BYSTANDER_KEY, value=b"x"), timeout=TIMEOUT)
+                took.append(time.perf_counter() - t0)
+        finally:
+            await own.close()
+        return _pct(took, 0.5), _pct(took, 0.99)
+
+    async def sample_rss(self) -> None:
+        while True:
+            self.peak = max(self.peak, rss_mib(self.pid))
+            await anyio.sleep(RSS_SAMPLE_SECONDS)
+
+    async def writer(self, rate: float, stop: anyio.Event) -> int:
+        puts = 0
+        t0 = time.monotonic()
+        while not stop.is_set():
+            due = t0 + puts / rate
+            if due > time.monotonic():
+                await anyio.sleep(due - time.monotonic())
+            key = PREFIX + b"%d" % (puts % 1000)
+            await self.kv.Put(pb.PutRequest(key=key, value=VALUE), timeout=TIMEOUT)
+            puts += 1
+        return puts
+
+
+async def _with_writer(
+    bench: Bench, rate: float, body: Callable[[], Awaitable[None]]
+) -> tuple[float, float]:
+    """Run ``body`` while the writer puts; the bystander measures meanwhile."""
+    stop = anyio.Event()
+    got: list[tuple[float, float]] = []
+    async with anyio.create_task_group() as tg:
+
+        async def write() -> None:
+            await bench.writer(rate, stop)
+
+        tg.start_soon(write)
+        await body()
+        got.append(await bench.bystander(PHASE_SECONDS))
+        stop.set()
+    return got[0]
+
+
+async def watch_fanout(bench: Bench, args: argparse.Namespace, result: Result) -> None:
+    result.bystander_ms["load alone"] = await _with_writer(bench, args.rate, _nothing)
+    channels = [grpc.aio.insecure_channel(bench.endpoint) for _ in range(4)]
+    stubs = [rpc_pb2_grpc.WatchStub(c) for c in channels]  # type: ignore[no-untyped-call]
+    create = pb.WatchRequest(create_request=pb.WatchCreateRequest(key=PREFIX, range_end=PREFIX_END))
+    per_stream = max(1, args.watchers // args.streams)
+    calls = [stubs[i % len(stubs)].Watch() for i in range(args.streams)]
+
+    async def open_watchers() -> None:
+        for call in calls:  # written, never read
+            for _ in range(per_stream):
+                await call.write(create)
+
+    result.bystander_ms["load + hostile"] = await _with_writer(bench, args.rate, open_watchers)
+    # The slow watchers' history goes: each must be cancelled with the compacted revision
+    # or caught up, never left behind silently.
+    status = await bench.kv.Range(pb.RangeRequest(key=BYSTANDER_KEY), timeout=TIMEOUT)
+    rev = status.header.revision
+    await bench.kv.Compact(pb.CompactionRequest(revision=rev), timeout=TIMEOUT)
+    outcome = {"cancelled (compacted)": 0, "caught up": 0, "no answer": 0}
+    for call in calls[: min(5, len(calls))]:
+        seen: set[int] = set()
+        with anyio.move_on_after(20):
+            while len(seen) < per_stream:
+                resp = await call.read()
+                if resp is grpc.aio.EOF:
+                    break
+                if resp.canceled and resp.compact_revision:
+                    outcome["cancelled (compacted)"] += 1
+                    seen.add(resp.watch_id)
+                elif resp.header.revision >= rev and not resp.created:
+                    outcome["caught up"] += 1
+                    seen.add(resp.watch_id)
+        outcome["no answer"] += per_stream - len(seen)
+    result.notes["slow watchers read (5 streams)"] = outcome
+    for call in calls:
+        call.cancel()
+    for c in channels:
+        await c.close()
+
+
+async def lease_storm(bench: Bench, args: argparse.Namespace, result: Result) -> None:
+    result.bystander_ms["load alone"] = await _with_writer(bench, args.rate, _nothing)
+    lease = rpc_pb2_grpc.LeaseStub(bench.channel)  # type: ignore[no-untyped-call]
+    granted: list[int] = []
+    abandoned: list[grpc.aio.Channel] = []
+
+    async def storm() -> None:
+        t0 = time.monotonic()
+        todo = iter(range(args.leases))
+
+        async def granter() -> None:
+            for _ in todo:
+                resp = await lease.LeaseGrant(pb.LeaseGrantRequest(TTL=3600), timeout=TIMEOUT)
+                granted.append(resp.ID)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(64):
+                tg.start_soon(granter)
+        result.notes["leases granted per second"] = round(len(granted) / (time.monotonic() - t0))
+        for i in range(args.streams):
+            if i % 50 == 0:
+                abandoned.append(grpc.aio.insecure_channel(bench.endpoint))
+            stub = rpc_pb2_grpc.LeaseStub(abandoned[-1])  # type: ignore[no-untyped-call]
+            call = stub.LeaseKeepAlive()
+            await call.write(pb.LeaseKeepAliveRequest(ID=granted[i % len(granted)]))
+
+    result.bystander_ms["load + hostile"] = await _with_writer(bench, args.rate, storm)
+    for c in abandoned:
+        await c.close()
+
+
+async def connections(bench: Bench, args: argparse.Namespace, result: Result) -> None:
+    result.bystander_ms["load alone"] = await _with_writer(bench, args.rate, _nothing)
+    opened: list[grpc.aio.Channel] = []
+
+    async def crowd() -> None:
+        async def one() -> None:
+            ch = grpc.aio.insecure_channel(bench.endpoint)
+            opened.append(ch)
+            kv = rpc_pb2_grpc.KVStub(ch)  # type: ignore[no-untyped-call]
+            await kv.Range(pb.RangeRequest(key=BYSTANDER_KEY), timeout=60)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(args.connections):
+                tg.start_soon(one)
+
+    result.bystander_ms["load + hostile"] = await _with_writer(bench, args.rate, crowd)
+    result.notes["connections open"] = len(opened)
+    for ch in opened:
+        await ch.close()
+
+
+async def _nothing() -> None:
+    return None
+
+
+MODES = {"watch-fanout": watch_fanout, "lease-storm": lease_storm, "connections": connections}
+
+
+async def _leader_of(cluster: Cluster) -> int:
+    for _ in range(100):
+        for i, ep in enumerate(cluster.endpoints):
+            async with grpc.aio.insecure_channel(ep) as ch:
+                m = rpc_pb2_grpc.MaintenanceStub(ch)  # type: ignore[no-untyped-call]
+                st = await m.Status(pb.StatusRequest(), timeout=TIMEOUT)
+                if st.leader == st.header.member_id:
+                    return i
+        await anyio.sleep(0.1)
+    raise RuntimeError("no leader")
+
+
+async def _terms(cluster: Cluster) -> set[int]:
+    terms = set()
+    for ep in cluster.endpoints:
+        async with grpc.aio.insecure_channel(ep) as ch:
+            m = rpc_pb2_grpc.MaintenanceStub(ch)  # type: ignore[no-untyped-call]
+            terms.add((await m.Status(pb.StatusRequest(), timeout=TIMEOUT)).raftTerm)
+    return terms
+
+
+async def measure(cluster: Cluster, target: str, args: argparse.Namespace) -> Result:
+    """One mode against one started cluster."""
+    result = Result(target)
+    bench = Bench(cluster, await _leader_of(cluster))
+    terms = await _terms(cluster)
+    try:
+        result.bystander_ms["quiet"] = await bench.bystander(PHASE_SECONDS)
+        result.rss_mib["before"] = rss_mib(bench.pid)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(bench.sample_rss)
+            await MODES[args.mode](bench, args, result)
+            tg.cancel_scope.cancel()
+        result.rss_mib["peak"] = bench.peak
+        result.rss_mib["after"] = rss_mib(bench.pid)
+        after = await _terms(cluster)
+        result.leader_changes = max(after) - max(terms)
+    finally:
+        await bench.close()
+    return result
+
+
+def _cluster(target: str, root: Path) -> Cluster:
+    return KVCluster(root=root, size=3) if target == "kvstore" else EtcdCluster(root=root, size=3)
+
+
+async def _run_all(args: argparse.Namespace, root: Path) -> AsyncIterator[Result]:
+    for target in args.targets.split(","):
+        cluster = _cluster(target, root / target)
+        cluster.start()
+        try:
+            yield await measure(cluster, target, args)
+        finally:
+            cluster.stop()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--watchers", type=int, default=10_000)
+    parser.add_argument("--streams", type=int, default=100, help="watch or keep-alive streams")
+    parser.add_argument("--leases", type=int, default=10_000)
+    parser.add_argument("--connections", type=int, default=1000)
+    parser.add_argument("--rate", type=float, default=200, help="honest puts per second")
+
+
+def print_results(results: list[Result]) -> None:
+    for r in results:
+        print(f"== {r.target}")
+        print("  member RSS MiB: " + ", ".join(f"{k} {v:.0f}" for k, v in r.rss_mib.items()))
+        for phase, (p50, p99) in r.bystander_ms.items():
+            print(f"  bystander read+put, {phase:15} p50 {p50:7.2f} ms  p99 {p99:7.2f} ms")
+        print(f"  leader changes: {r.leader_changes}")
+        for k, v in r.notes.items():
+            print(f"  {k}: {v}")
+
+
+def run(args: argparse.Namespace) -> list[Result]:
+    async def main() -> list[Result]:
+        with tempfile.TemporaryDirectory(prefix="kvbench-hostile-") as tmp:
+            return [r async for r in _run_all(args, Path(tmp))]
+
+    return anyio.run(main)
