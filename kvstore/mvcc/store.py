@@ -13,6 +13,7 @@ at revision 1 with no keys, as etcd does.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
@@ -306,15 +307,20 @@ class MVCCStore:
             if request.prev_kv:
                 kvs, _, _ = self._mvcc_range(request.key, end, 0, 0, False)
                 resp.prev_kvs.extend(kvs)
-            keys = [k for k, _ in self._index.range(request.key, end, self._read_rev())]
-            for start in range(0, len(keys), DELETE_SLICE_KEYS):
-                if start:
+            # The keys are listed as they are deleted, a slice at a time: listing 100,000
+            # of them takes a while too. (The listing is of the revision before this
+            # write; no other write can add or remove a key meanwhile.)
+            live = (k for k, _ in self._index.range(request.key, end, self._read_rev()))
+            deleted = 0
+            while keys := list(itertools.islice(live, DELETE_SLICE_KEYS)):
+                if deleted:
                     changes, sub = self._changes, self._sub
                     self._changes, self._suspended_write = None, True
                     yield
                     self._changes, self._sub, self._suspended_write = changes, sub, False
-                self._tombstone(keys[start : start + DELETE_SLICE_KEYS])
-            resp.deleted = len(keys)
+                self._tombstone(keys)
+                deleted += len(keys)
+            resp.deleted = deleted
             resp.header.revision = self._current_rev + (1 if self._changes else 0)
             self._consistent_index = raft_index
             finished = True
