@@ -20,11 +20,12 @@ from kvstore.server.http import MemberHTTP
 from kvstore.server.leases import LeaseForwarder, expire_leases
 from kvstore.server.membership import ClusterMembership, Member, discover_existing
 from kvstore.server.node import Node
+from kvstore.server.peerlistener import CallSpec, PeerListener
 from kvstore.server.peerwire import PeerMethod
 from kvstore.server.services import Core, SelfClient, method_table
 from kvstore.server.status import to_status
 from kvstore.server.tls import http_ssl_context
-from kvstore.server.transport import CallSpec, PeerListener, Transport
+from kvstore.server.transport import Transport
 from kvstore.storage import WAL
 
 log = logging.getLogger(__name__)

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from kvstore.chaos.disk import PowerLossDisk, fuse_available
-from kvstore.chaos.faults import schedule
-from kvstore.chaos.history import OK
-from kvstore.chaos.runner import CampaignConfig, CampaignResult, run_campaign
+from chaos.campaign import CampaignConfig, CampaignResult
+from chaos.disk import PowerLossDisk, fuse_available
+from chaos.faults import schedule
+from chaos.history import OK
+from chaos.runner import run_campaign
 from kvstore.client import Client
 from kvstore.failpoints import ENV
 from kvstore.local.cluster import KVCluster
@@ -91,7 +92,7 @@ async def test_a_fresh_member_keeps_its_data_through_an_early_power_cut(tmp_path
     """No grace period: a cut right after start keeps the member's directories and data.
 
     (etcd 3.5 loses its whole member directory here: it never syncs the data
-    directory after creating it; see kvstore/chaos/README.md.)
+    directory after creating it; see chaos/README.md.)
     """
     cluster = KVCluster(root=tmp_path, size=1)
     member = cluster.members[0]

@@ -1,7 +1,7 @@
 """Workloads: concurrent clients that drive the cluster and record what they saw.
 
 Each workload runs until its ``stop`` event is set and records into a shared
-:class:`~kvstore.chaos.history.History` (register operations) or its own log
+:class:`~chaos.history.History` (register operations) or its own log
 objects (watchers, leases, locks). Every request has a deadline; loops pace
 themselves with short sleeps (pacing, not synchronisation).
 """
@@ -20,10 +20,10 @@ from typing import Any, Protocol
 
 import anyio
 
+from chaos.checkers import Batch, Event, LeaseLog, WatcherLog
+from chaos.history import FAIL, INFO, OK, History, Op
 from election import Callbacks, ElectionConfig, LeaderElector, Leadership, LeadershipLost, fence_key
 from kvstore._pb.etcdserverpb import rpc_pb2 as pb
-from kvstore.chaos.checkers import Batch, Event, LeaseLog, WatcherLog
-from kvstore.chaos.history import FAIL, INFO, OK, History, Op
 from kvstore.client import Client, EtcdError, LeaseNotFoundError, txn
 from kvstore.client.watch import WatchBatch
 
