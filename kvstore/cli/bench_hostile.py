@@ -21,6 +21,7 @@ hostile clients added; and whether the leader changed.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -44,6 +45,7 @@ BYSTANDER_KEY = b"/bystander"
 PHASE_SECONDS = 3.0
 RSS_SAMPLE_SECONDS = 0.25
 TIMEOUT = 15.0
+_OWN_POOL = "grpc.use_local_subchannel_pool"
 
 
 @dataclass
@@ -63,6 +65,12 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def _sockets(pid: int) -> int:
+    """Open sockets of process ``pid``."""
+    fds = Path(f"/proc/{pid}/fd")
+    return sum(1 for fd in fds.iterdir() if os.readlink(fd).startswith("socket:"))
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -112,9 +120,9 @@ class Bench:
         puts = 0
         t0 = time.monotonic()
         while not stop.is_set():
-            due = t0 + puts / rate
-            if due > time.monotonic():
-                await anyio.sleep(due - time.monotonic())
+            wait = t0 + puts / rate - time.monotonic()
+            if wait > 0:
+                await anyio.sleep(wait)
             key = PREFIX + b"%d" % (puts % 1000)
             await self.kv.Put(pb.PutRequest(key=key, value=VALUE), timeout=TIMEOUT)
             puts += 1
@@ -201,7 +209,9 @@ async def lease_storm(bench: Bench, args: argparse.Namespace, result: Result) ->
         result.notes["leases granted per second"] = round(len(granted) / (time.monotonic() - t0))
         for i in range(args.streams):
             if i % 50 == 0:
-                abandoned.append(grpc.aio.insecure_channel(bench.endpoint))
+                abandoned.append(
+                    grpc.aio.insecure_channel(bench.endpoint, options=[(_OWN_POOL, 1)])
+                )
             stub = rpc_pb2_grpc.LeaseStub(abandoned[-1])  # type: ignore[no-untyped-call]
             call = stub.LeaseKeepAlive()
             await call.write(pb.LeaseKeepAliveRequest(ID=granted[i % len(granted)]))
@@ -217,7 +227,8 @@ async def connections(bench: Bench, args: argparse.Namespace, result: Result) ->
 
     async def crowd() -> None:
         async def one() -> None:
-            ch = grpc.aio.insecure_channel(bench.endpoint)
+            # A subchannel pool of its own: grpc would otherwise share one connection.
+            ch = grpc.aio.insecure_channel(bench.endpoint, options=[(_OWN_POOL, 1)])
             opened.append(ch)
             kv = rpc_pb2_grpc.KVStub(ch)  # type: ignore[no-untyped-call]
             await kv.Range(pb.RangeRequest(key=BYSTANDER_KEY), timeout=60)
@@ -227,7 +238,7 @@ async def connections(bench: Bench, args: argparse.Namespace, result: Result) ->
                 tg.start_soon(one)
 
     result.bystander_ms["load + hostile"] = await _with_writer(bench, args.rate, crowd)
-    result.notes["connections open"] = len(opened)
+    result.notes["client connections the member holds"] = _sockets(bench.pid)
     for ch in opened:
         await ch.close()
 
