@@ -120,6 +120,8 @@ class Node:
         self.committed_index = self.raft.commit_index
         self.term = self.raft.term
         self.leader_id = 0
+        self._last_leader = 0
+        """The last leader this member knew (kept while it knows none)."""
         self.role = Role.FOLLOWER
         self.leader_changed = asyncio.Event()
         self.no_leader_since: float | None = time.monotonic()
@@ -583,14 +585,19 @@ class Node:
     def _on_soft_state(self, leader: int, role: Role) -> None:
         if leader != self.leader_id:
             if leader:
-                self.metrics.leader_changes += 1
                 self.no_leader_since = None
+                if leader != self._last_leader:
+                    # Proposals made through the old leader may be lost with it: fail them
+                    # now. Not when this member only lost sight of its leader for a while
+                    # (a pre-vote after being held up) and finds the same one again: what
+                    # that leader has it still commits (etcd's rule, and its metric).
+                    self.metrics.leader_changes += 1
+                    self._waiters.fail_proposed(LeaderChangedError())
+                    self._last_leader = leader
             else:
                 self.no_leader_since = time.monotonic()
             log.info("member %x: leader is now %x (term %d)", self.id, leader, self.raft.term)
             self.leader_id = leader
-            # Proposals made through the old leader may be lost with it: fail them now.
-            self._waiters.fail_proposed(LeaderChangedError())
             self.leader_changed.set()
             self.leader_changed = asyncio.Event()
         self.metrics.has_leader = int(bool(leader))
