@@ -20,6 +20,7 @@ import logging
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf.message import Message
 
@@ -276,7 +277,9 @@ class AuthStore:
         token = self.tokens.assign(r.name, self.revision, r.simple_token, index)
         return rpc_pb2.AuthenticateResponse(token=token)
 
-    def _user_add(self, r: rpc_pb2.AuthUserAddRequest, info: AuthInfo | None, index: int) -> Message:
+    def _user_add(
+        self, r: rpc_pb2.AuthUserAddRequest, info: AuthInfo | None, index: int
+    ) -> Message:
         if not r.name:
             raise UserEmptyError()
         if r.name in self.users:
@@ -348,7 +351,9 @@ class AuthStore:
         log.info("granted role %r to user %r", r.role, r.user)
         return rpc_pb2.AuthUserGrantRoleResponse()
 
-    def _user_get(self, r: rpc_pb2.AuthUserGetRequest, info: AuthInfo | None, index: int) -> Message:
+    def _user_get(
+        self, r: rpc_pb2.AuthUserGetRequest, info: AuthInfo | None, index: int
+    ) -> Message:
         if not self.is_admin(info) and (info is None or info.username != r.name):
             self.check_admin(info)  # raises etcd's error for this caller
         user = self._user(r.name)
@@ -378,7 +383,9 @@ class AuthStore:
         log.info("revoked role %r from user %r", r.role, r.name)
         return rpc_pb2.AuthUserRevokeRoleResponse()
 
-    def _role_add(self, r: rpc_pb2.AuthRoleAddRequest, info: AuthInfo | None, index: int) -> Message:
+    def _role_add(
+        self, r: rpc_pb2.AuthRoleAddRequest, info: AuthInfo | None, index: int
+    ) -> Message:
         if not r.name:
             raise RoleEmptyError()
         if r.name in self.roles:
@@ -389,8 +396,12 @@ class AuthStore:
         log.info("added role %r", r.name)
         return rpc_pb2.AuthRoleAddResponse()
 
-    def _role_get(self, r: rpc_pb2.AuthRoleGetRequest, info: AuthInfo | None, index: int) -> Message:
-        if not self.is_admin(info) and not (info is not None and self.has_role(info.username, r.role)):
+    def _role_get(
+        self, r: rpc_pb2.AuthRoleGetRequest, info: AuthInfo | None, index: int
+    ) -> Message:
+        if not self.is_admin(info) and not (
+            info is not None and self.has_role(info.username, r.role)
+        ):
             self.check_admin(info)
         role = self._role(r.role)
         perms = [ROOT_PERMISSION] if r.role == ROOT else list(role.keyPermission)
@@ -473,7 +484,7 @@ def _decoded_hash(hashed: str) -> bytes:
         raise AuthFailedError() from None
 
 
-_Apply = Callable[[AuthStore, Message, AuthInfo | None, int], Message]
+_Apply = Callable[[AuthStore, Any, AuthInfo | None, int], Message]
 
 _APPLY: dict[type[Message], tuple[bool, _Apply]] = {
     rpc_pb2.AuthEnableRequest: (True, AuthStore._enable),

@@ -76,7 +76,9 @@ class TokenProvider(Protocol):
 class SimpleTokens:
     """etcd's simple tokens: opaque, held in memory by every member, expiring when unused."""
 
-    def __init__(self, ttl: float = DEFAULT_SIMPLE_TTL, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, ttl: float = DEFAULT_SIMPLE_TTL, clock: Callable[[], float] = time.monotonic
+    ):
         self.ttl = ttl if ttl > 0 else DEFAULT_SIMPLE_TTL
         self._clock = clock
         self._tokens: dict[str, tuple[str, float]] = {}  # token -> (user, expires at)

@@ -326,9 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument(
         "--auth-token-ttl", type=int, default=300, help="seconds a simple token lives unused"
     )
-    srv.add_argument(
-        "--bcrypt-cost", type=int, default=10, help="cost of password hashes (4..31)"
-    )
+    srv.add_argument("--bcrypt-cost", type=int, default=10, help="cost of password hashes (4..31)")
     srv.add_argument(
         "--listen-metrics-urls",
         default=None,

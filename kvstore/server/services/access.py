@@ -33,14 +33,11 @@ from kvstore.errors import (
 from kvstore.mvcc.store import txn_readonly
 from kvstore.rpc import CallContext, Cardinality, Method
 from kvstore.server.applier import PROPOSER
+from kvstore.server.services.concurrency import GATEWAY_KEY, token_of
 from kvstore.server.services.core import Core
 
 log = logging.getLogger(__name__)
 
-TOKEN_KEYS = ("token", "authorization")
-"""Metadata that carries a token: etcd's gRPC key, and its gateway's (``Bearer <token>``)."""
-GATEWAY_KEY = "grpcgateway-accept"
-"""Set by a JSON gateway in front of us: its certificate's name is not the user's (as etcd)."""
 
 Rule = Callable[["Access", AuthInfo | None, Any], None]
 """Raises etcd's error when the caller may not make the request (auth enabled)."""
@@ -56,21 +53,13 @@ class Access:
 
     # ------------------------------------------------------------------ the caller
 
-    @staticmethod
-    def token_of(ctx: CallContext) -> str | None:
-        for key in TOKEN_KEYS:
-            token = ctx.metadata.get(key)
-            if token:
-                return token.removeprefix("Bearer ")
-        return None
-
     def unapplied_login(self, ctx: CallContext) -> int:
         """The raft index of the caller's login if this member has not applied it yet (else 0).
 
         A simple token is known to a member once it applies the login; the client may
         have logged in through a member further ahead.
         """
-        token = self.token_of(ctx)
+        token = token_of(ctx)
         if token is None:
             return 0
         index = self.auth.tokens.index_of(token)
@@ -79,7 +68,7 @@ class Access:
     def caller(self, ctx: CallContext) -> AuthInfo | None:
         """Who makes the call (None: nobody said), as etcd's AuthInfoFromCtx. Auth enabled."""
         auth = self.auth
-        token = self.token_of(ctx)
+        token = token_of(ctx)
         if token is not None:
             info = auth.tokens.info(token)
             if info is None:
@@ -354,6 +343,7 @@ judged when their entry applies; Authenticate needs nobody; Watch creations are
 judged by :meth:`Access.watch_refusal`; lock and election calls are served through
 the member's own client with the caller's token, so the calls they make are judged.
 """
+
 
 def _always(request: Any) -> bool:
     return True
