@@ -236,6 +236,13 @@ class AuthFailedError(AuthError):
     message = rpctypes.ERR_AUTH_FAILED
 
 
+class NoPasswordUserError(AuthError):
+    """A login with a password as a user created with --no-password: etcd sends its
+    internal text with status UNKNOWN."""
+
+    message = "auth: authentication failed, password was given for no password user"
+
+
 class PermissionNotGivenError(AuthError):
     message = rpctypes.ERR_PERMISSION_NOT_GIVEN
 

@@ -27,13 +27,14 @@ from google.protobuf.message import Message
 from kvstore._pb.authpb import auth_pb2
 from kvstore._pb.etcdserverpb import rpc_pb2
 from kvstore._pb.peerpb import peer_pb2
-from kvstore.auth.perms import OPEN_END, READWRITE, UserPermissions, is_valid_grant
+from kvstore.auth.perms import UserPermissions, is_valid_grant
 from kvstore.auth.tokens import TokenProvider
 from kvstore.errors import (
     AuthFailedError,
     AuthNotEnabledError,
     AuthOldRevisionError,
     InvalidAuthMgmtError,
+    NoPasswordUserError,
     PermissionDeniedError,
     PermissionNotGivenError,
     PermissionNotGrantedError,
@@ -57,8 +58,6 @@ ENABLED_KEY = b"authEnabled"
 REVISION_KEY = b"authRevision"
 _U64 = struct.Struct(">Q")
 _ON, _OFF = b"\x01", b"\x00"
-ROOT_PERMISSION = auth_pb2.Permission(permType=READWRITE, key=b"", range_end=OPEN_END)
-"""What RoleGet shows for ``root`` (etcd's rootPerm)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,8 +162,10 @@ class AuthStore:
         if not self.enabled:
             raise AuthNotEnabledError()
         user = self.users.get(name)
-        if user is None or user.options.no_password:
+        if user is None:
             raise AuthFailedError()
+        if user.options.no_password:
+            raise NoPasswordUserError()
         return user.password, self.revision
 
     def check_admin(self, info: AuthInfo | None) -> None:
@@ -404,8 +405,7 @@ class AuthStore:
         ):
             self.check_admin(info)
         role = self._role(r.role)
-        perms = [ROOT_PERMISSION] if r.role == ROOT else list(role.keyPermission)
-        return rpc_pb2.AuthRoleGetResponse(perm=perms)
+        return rpc_pb2.AuthRoleGetResponse(perm=list(role.keyPermission))
 
     def _role_list(
         self, r: rpc_pb2.AuthRoleListRequest, info: AuthInfo | None, index: int

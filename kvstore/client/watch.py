@@ -244,7 +244,9 @@ class WatchHub:
     async def _relogged_in(self, state: _WatchState, response: pb.WatchResponse) -> bool:
         """Log in again if the create was refused for its token (a few times per watch)."""
         relogin = self._auth.relogin
-        if relogin is None or response.cancel_reason not in RELOGIN_MESSAGES:
+        # etcd words the reason as a gRPC error: "rpc error: code = ... desc = <message>".
+        reason = response.cancel_reason.rpartition("desc = ")[2]
+        if relogin is None or reason not in RELOGIN_MESSAGES:
             return False
         if state.relogins >= MAX_RELOGINS:
             return False

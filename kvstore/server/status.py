@@ -84,6 +84,7 @@ _CODE: dict[type[errors.RequestError], StatusCode] = {
     errors.InvalidAuthMgmtError: StatusCode.INVALID_ARGUMENT,
     errors.AuthOldRevisionError: StatusCode.INVALID_ARGUMENT,
     errors.PasswordTooLongError: StatusCode.UNKNOWN,
+    errors.NoPasswordUserError: StatusCode.UNKNOWN,
 }
 
 

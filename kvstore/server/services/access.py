@@ -35,6 +35,7 @@ from kvstore.rpc import CallContext, Cardinality, Method
 from kvstore.server.applier import PROPOSER
 from kvstore.server.services.concurrency import GATEWAY_KEY, token_of
 from kvstore.server.services.core import Core
+from kvstore.server.status import code_of
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +92,9 @@ class Access:
             info = self.caller(ctx)
             self.auth.check_read(info or NOBODY, create.key, create.range_end)
         except (InvalidAuthTokenError, AuthOldRevisionError, UserEmptyError) as exc:
-            return exc.message
+            return _as_grpc_error(exc)
         except RequestError:
-            return PermissionDeniedError.message
+            return _as_grpc_error(PermissionDeniedError())
         return None
 
     # ------------------------------------------------------------------ wrapping
@@ -179,6 +180,13 @@ class Access:
         info = self.caller(ctx)
         if rule is not None:
             rule(self, info, request)
+
+
+def _as_grpc_error(error: RequestError) -> str:
+    """The text of etcd's gRPC error, as it puts it in a watch's cancel reason."""
+    code = code_of(type(error))
+    go_name = "".join(part.capitalize() for part in code.name.split("_"))
+    return f"rpc error: code = {go_name} desc = {error.message}"
 
 
 def _as(info: AuthInfo, handler: Callable[..., Any], request: Message, ctx: CallContext) -> Any:
