@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import bcrypt
@@ -22,8 +23,9 @@ MIN_COST = 4
 MAX_COST = 31
 MAX_PASSWORD_BYTES = 72
 """bcrypt's limit; Go's bcrypt refuses longer passwords, and so do we."""
-HASHING_THREADS = 2
-"""Bound on bcrypt work at once: more would only queue behind the two cores."""
+HASHING_THREADS = max(1, (os.cpu_count() or 2) // 2)
+"""Bound on bcrypt work at once: half the cores, so a storm of logins (each tens of
+milliseconds of CPU by design) leaves the raft loop and the peers a core to run on."""
 
 _pool = ThreadPoolExecutor(max_workers=HASHING_THREADS, thread_name_prefix="bcrypt")
 

@@ -107,6 +107,11 @@ class Client(AuthCalls):
         return list(self._pool.endpoints)
 
     @property
+    def token(self) -> str | None:
+        """The token calls carry (after a login; None without one)."""
+        return self._auth.token
+
+    @property
     def current_endpoint(self) -> str:
         return self._pool.current
 
