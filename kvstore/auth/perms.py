@@ -84,7 +84,7 @@ class KeySet:
         if range_end == OPEN_END:
             return end is None
         if range_end <= key:
-            return True  # an empty range reads nothing
+            return True  # an empty range: judged by its first key, checked above
         return end is None or end >= range_end
 
 

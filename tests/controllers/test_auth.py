@@ -68,8 +68,11 @@ async def test_controllers_on_a_store_with_auth(kind: str, tmp_path: Path) -> No
                 store = Store(root, names.prefix)
                 await store.create(DirectWriter(root), "replicasets", replicaset("web", REPLICAS))
                 with anyio.fail_after(60):
-                    while len(await _running(store)) < REPLICAS:
-                        await anyio.sleep(0.2)  # polling the store: no event to await here
+                    async with root.watch(store.resource_prefix("pods"), prefix=True) as pods:
+                        if len(await _running(store)) < REPLICAS:
+                            async for _ in pods:
+                                if len(await _running(store)) == REPLICAS:
+                                    break
                 running = await _running(store)
                 assert {p["spec"]["nodeName"] for p in running} == {"node-1"}
             finally:

@@ -48,15 +48,14 @@ async def setup_users(endpoints: list[str]) -> None:
 
 async def until_refused(endpoint: str, token: str, error: type[Exception]) -> None:
     """Poll one member with ``token`` until it refuses it with ``error`` (no event to await)."""
-    async with Client([endpoint], default_timeout=15) as plain:
-        async with plain.with_token(token) as view:
-            with anyio.fail_after(DEADLINE):
-                while True:
-                    try:
-                        await view.get("/app/probe", serializable=True)
-                    except error:
-                        return
-                    await anyio.sleep(0.2)
+    async with Client([endpoint], default_timeout=15) as plain, plain.with_token(token) as view:
+        with anyio.fail_after(DEADLINE):
+            while True:
+                try:
+                    await view.get("/app/probe", serializable=True)
+                except error:
+                    return
+                await anyio.sleep(0.2)
 
 
 @pytest.fixture
@@ -154,15 +153,17 @@ async def test_lock_service_calls_as_its_caller(cluster: KVCluster) -> None:
 async def test_election_recipes_with_a_login(cluster: KVCluster) -> None:
     from kvstore.client.concurrency import Election, Mutex, Session
 
-    async with Client(cluster.endpoints, user="alice", password="alicepw") as alice:
-        async with Session(alice, ttl=10) as session:
-            mutex = Mutex(session, "/app/mutex")
-            await mutex.lock()
-            await mutex.unlock()
-            election = Election(session, "/app/election")
-            await election.campaign("me")
-            assert (await election.leader()).value == b"me"
-            await election.resign()
+    async with (
+        Client(cluster.endpoints, user="alice", password="alicepw") as alice,
+        Session(alice, ttl=10) as session,
+    ):
+        mutex = Mutex(session, "/app/mutex")
+        await mutex.lock()
+        await mutex.unlock()
+        election = Election(session, "/app/election")
+        await election.campaign("me")
+        assert (await election.leader()).value == b"me"
+        await election.resign()
 
 
 async def test_auth_survives_restart_and_snapshot_catch_up(tmp_path: Path) -> None:
@@ -192,8 +193,10 @@ async def test_auth_survives_restart_and_snapshot_catch_up(tmp_path: Path) -> No
             status = await root.auth_status()
             c.restart(behind)
             with anyio.fail_after(DEADLINE):
-                while "restored snapshot" not in c.members[behind].log_path.read_text():
-                    await anyio.sleep(0.2)  # the member's own progress, seen in its log
+                while True:  # the member's own progress, seen in its log
+                    if "restored snapshot" in c.members[behind].log_path.read_text():
+                        break
+                    await anyio.sleep(0.2)
         async with Client([c.endpoints[behind]], user="carol", password="carolpw") as carol:
             assert (await carol.get("/late/k", serializable=True)).kvs[0].value == b"v"
             with pytest.raises(PermissionDeniedError):
