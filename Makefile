@@ -7,6 +7,16 @@ SEEDS ?= 100000
 
 .PHONY: install test test-deps lint run proto sim bench chaos soak clean
 
+# Debian's fuse3 (fusermount3, libfuse3) for the chaos harness's power-loss disks; installed
+# with apt-get when missing and possible (root), else the tests that need it are skipped.
+FUSERMOUNT := /usr/bin/fusermount3
+$(FUSERMOUNT):
+	@if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse3 libfuse3-dev; \
+	else \
+		echo "fuse3 is missing: power-loss tests will be skipped (apt-get install fuse3 libfuse3-dev)"; \
+	fi
+
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -15,16 +25,19 @@ $(INSTALLED): pyproject.toml
 
 install: $(INSTALLED)
 
-## make test: lint, type-check and the default test suite (real etcd included).
+## make test: lint, type-check and the default test suite (real etcd and chromium included).
 test: lint test-deps
 	$(BIN)/python -m pytest -q
 
 ## make test-deps: Debian packages the tests use: etcd 3.4 (etcd-client, etcd-server), whose
-## tools and backups our etcd-format backups are checked against.
-test-deps:
+## tools and backups our etcd-format backups are checked against, fuse3 (power-loss disks) and
+## chromium, the browser of the dashboard's tests (never a browser of Playwright's own).
+test-deps: | $(FUSERMOUNT)
 	@test -x /usr/bin/etcdctl -a -x /usr/bin/etcd || { apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
 		etcd-client etcd-server; }
+	@test -x /usr/bin/chromium || { apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
@@ -32,8 +45,9 @@ lint: $(INSTALLED)
 	$(BIN)/mypy
 
 ## make run: the controllers demo on our 3-member store (ports 2379/12379/22379, data in
-## ./kvstore-data): controller-managers, schedulers, node agents and a ReplicaSet, with a live
-## view and keys to kill leaders (Ctrl-C stops it). RUN_ARGS=--free-ports if the ports are
+## ./kvstore-data): controller-managers, schedulers, node agents and a Deployment, with a live
+## view, keys to kill leaders and the web dashboard (its URL is printed; Ctrl-C stops it).
+## RUN_ARGS=--free-ports if the ports are
 ## taken; `.venv/bin/kvstore cluster up -n 3` runs just the store.
 RUN_ARGS ?=
 run: $(INSTALLED)
@@ -54,13 +68,14 @@ bench: $(INSTALLED)
 	$(BIN)/python -m kvstore.mvcc.bench
 
 ## make chaos ROUNDS=200 TARGET=etcd|ours SEED=1: a fault campaign against 3 members of a real
-## etcd or of our store (lease reads judged strictly there); see kvstore/chaos/README.md.
+## etcd or of our store (lease reads judged strictly there), with every fault: process, network,
+## membership, power loss and disk faults, and (ours) failpoint crashes; see kvstore/chaos/README.md.
 ROUNDS ?= 200
 TARGET ?= etcd
 SEED ?= 1
-CHAOS_TARGET = $(if $(filter ours kvstore,$(TARGET)),kvstore --strict-leases,$(TARGET))
-chaos: $(INSTALLED)
-	$(BIN)/python -m kvstore.chaos --seed $(SEED) --rounds $(ROUNDS) --members 3 --round-seconds 1.5 --network --target $(CHAOS_TARGET) --out run/chaos
+CHAOS_TARGET = $(if $(filter ours kvstore,$(TARGET)),kvstore --strict-leases --failpoints,$(TARGET))
+chaos: $(INSTALLED) | $(FUSERMOUNT)
+	$(BIN)/python -m kvstore.chaos --seed $(SEED) --rounds $(ROUNDS) --members 3 --round-seconds 1.5 --network --power --target $(CHAOS_TARGET) --out run/chaos
 
 ## make soak: the long-running tests left out of the default run.
 soak: $(INSTALLED)

@@ -1,4 +1,5 @@
-"""``controller-manager``: node lifecycle and ReplicaSet controllers, leader-elected.
+"""``controller-manager``: node lifecycle, taint eviction, ReplicaSet and Deployment
+controllers, leader-elected.
 
 Only the holder of the lock (``kube-system/kube-controller-manager`` by
 default) runs controllers; they are cancelled the moment leadership is lost,
@@ -7,17 +8,25 @@ instead and relies on being restarted).
 
 Events (JSON lines on stdout): ready, standby, new_leader, started_leading,
 controller_synced, pod_created, pod_deleted, pod_adopted, pod_released,
-node_not_ready, node_ready, pod_evicted, controllers_stopped,
-stopped_leading, exit.
+node_not_ready, node_ready, pod_evicted, replicaset_created,
+replicaset_scaled, replicaset_deleted, replicaset_adopted,
+replicaset_released, deployment_status, deployment_rolled_back,
+deployment_invalid, controllers_stopped, stopped_leading, exit.
+
+The controllers share one informer per resource (pods, nodes, ...), so a
+leader lists and watches each resource once.
 """
 
 from __future__ import annotations
 
 import argparse
+from typing import Protocol
 
 import anyio
 
+from controllers.deployment import DeploymentController
 from controllers.events import emit, set_component
+from controllers.informer import Informers
 from controllers.nodelifecycle import NodeLifecycleController
 from controllers.replicaset import ReplicaSetController
 from controllers.runtime import (
@@ -30,10 +39,16 @@ from controllers.runtime import (
     validate_leader_election,
 )
 from controllers.store import Store, Writer
+from controllers.tainteviction import TaintEvictionController
+from kvstore import eventloop
 from kvstore.client import Client
 
-KNOWN_CONTROLLERS = ("nodelifecycle", "replicaset")
+KNOWN_CONTROLLERS = ("nodelifecycle", "taint-eviction-controller", "replicaset", "deployment")
 DEFAULT_CONTROLLERS = KNOWN_CONTROLLERS
+
+
+class Controller(Protocol):
+    async def run(self) -> None: ...
 
 
 def enabled_controllers(spec: str) -> list[str]:
@@ -58,8 +73,15 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     add_leader_election_flags(parser, "kube-controller-manager")
     parser.add_argument("--node-monitor-period", type=duration, default=5.0)
     parser.add_argument("--node-monitor-grace-period", type=duration, default=40.0)
-    parser.add_argument("--pod-eviction-timeout", type=duration, default=300.0)
+    parser.add_argument(
+        "--pod-eviction-timeout",
+        type=duration,
+        default=300.0,
+        help="how long pods tolerate an unreachable node when they do not say "
+        "(kube-apiserver's --default-unreachable-toleration-seconds)",
+    )
     parser.add_argument("--concurrent-replicaset-syncs", type=int, default=5)
+    parser.add_argument("--concurrent-deployment-syncs", type=int, default=5)
     parser.add_argument(
         "--controllers",
         type=enabled_controllers,
@@ -78,24 +100,43 @@ async def amain(args: argparse.Namespace) -> None:
         store = Store(client, args.etcd_prefix)
 
         async def lead(writer: Writer) -> None:
-            async with anyio.create_task_group() as tasks:
-                if "nodelifecycle" in args.controllers:
-                    nodes = NodeLifecycleController(
+            informers = Informers(store, resync_period=args.resync_period)
+            controllers: list[Controller] = []
+            if "nodelifecycle" in args.controllers:
+                controllers.append(
+                    NodeLifecycleController(
                         store,
                         writer,
+                        informers,
                         monitor_period=args.node_monitor_period,
                         grace_period=args.node_monitor_grace_period,
-                        eviction_timeout=args.pod_eviction_timeout,
                     )
-                    tasks.start_soon(nodes.run)
-                if "replicaset" in args.controllers:
-                    replicasets = ReplicaSetController(
+                )
+            if "taint-eviction-controller" in args.controllers:
+                controllers.append(
+                    TaintEvictionController(
                         store,
                         writer,
-                        workers=args.concurrent_replicaset_syncs,
-                        resync_period=args.resync_period,
+                        informers,
+                        default_toleration_seconds=args.pod_eviction_timeout,
                     )
-                    tasks.start_soon(replicasets.run)
+                )
+            if "replicaset" in args.controllers:
+                controllers.append(
+                    ReplicaSetController(
+                        store, writer, informers, workers=args.concurrent_replicaset_syncs
+                    )
+                )
+            if "deployment" in args.controllers:
+                controllers.append(
+                    DeploymentController(
+                        store, writer, informers, workers=args.concurrent_deployment_syncs
+                    )
+                )
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(informers.run)
+                for controller in controllers:
+                    tasks.start_soon(controller.run)
 
         await run_leader_elected(client, args, lead)
 
@@ -107,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging(args.verbose)
     set_component("controller-manager")
     emit("config", controllers=args.controllers)
-    anyio.run(amain, args)
+    eventloop.run(amain, args)
 
 
 if __name__ == "__main__":

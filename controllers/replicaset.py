@@ -13,7 +13,13 @@ As Kubernetes' (pkg/controller/replicaset), level-driven over informers:
 - a new leader starts with empty expectations but only after its informers
   listed the store *after* it acquired the lock; the fencing token was
   written before that list, so every pod a previous leader created is
-  counted, and no later write from that leader can be applied.
+  counted, and no later write from that leader can be applied;
+- ``status``: replicas, fullyLabeledReplicas, readyReplicas (Ready
+  condition True), availableReplicas (ready for ``spec.minReadySeconds``,
+  timed by this controller's own clock from when it first saw the pod
+  ready) and observedGeneration. Pods it has just deleted are no longer
+  counted, even before the informer sees them go: a Deployment scales old
+  ReplicaSets down by these numbers, and must not count a pod twice.
 """
 
 from __future__ import annotations
@@ -26,10 +32,12 @@ from dataclasses import dataclass, field
 import anyio
 
 from controllers.events import emit
-from controllers.informer import Handlers, Informer, wait_synced
+from controllers.informer import Handlers, Informers, wait_synced
 from controllers.objects import (
     Obj,
+    condition,
     controller_ref,
+    generation_of,
     labels_of,
     meta,
     name_of,
@@ -94,20 +102,21 @@ class Expectations:
     def forget(self, key: str) -> None:
         self._pending.pop(key, None)
 
+    def pending_deletions(self, key: str) -> set[str]:
+        expected = self._pending.get(key)
+        return set(expected.deletes) if expected is not None else set()
+
+
+def pod_ready(pod: Obj) -> bool:
+    ready = condition(pod, "Ready")
+    return ready is not None and ready.get("status") == "True"
+
 
 def _deletion_rank(pod: Obj) -> tuple[int, int, int, int]:
     """Pods to delete first sort first: unscheduled, then pending, not ready, newest."""
-    status = pod.get("status") or {}
     scheduled = 1 if (pod.get("spec") or {}).get("nodeName") else 0
-    running = 1 if status.get("phase") == "Running" else 0
-    ready = (
-        1
-        if any(
-            c.get("type") == "Ready" and c.get("status") == "True"
-            for c in status.get("conditions") or []
-        )
-        else 0
-    )
+    running = 1 if (pod.get("status") or {}).get("phase") == "Running" else 0
+    ready = 1 if pod_ready(pod) else 0
     return (scheduled, running, ready, -int(pod["metadata"].get("resourceVersion", 0)))
 
 
@@ -116,17 +125,18 @@ class ReplicaSetController:
         self,
         store: Store,
         writer: Writer,
+        informers: Informers,
         *,
         workers: int = 5,
-        resync_period: float = 30.0,
     ) -> None:
         self.store = store
         self.writer = writer
         self.workers = workers
-        self.replicasets = Informer(store, "replicasets", resync_period=resync_period)
-        self.pods = Informer(store, "pods")
+        self.replicasets = informers.get("replicasets")
+        self.pods = informers.get("pods")
         self.queue: WorkQueue[str] = WorkQueue(ExponentialBackoff(0.005, 10.0))
         self.expectations = Expectations()
+        self.ready_since: dict[str, float] = {}  # pod key -> first seen ready (monotonic)
         self.replicasets.add_handlers(
             Handlers(
                 on_add=self._enqueue,
@@ -187,6 +197,7 @@ class ReplicaSetController:
                     self.queue.add(key)
 
     def _pod_deleted(self, pod: Obj) -> None:
+        self.ready_since.pop(object_key(pod), None)
         owner = self._owner_key(pod)
         if owner is not None:
             self.expectations.deletion_observed(owner, object_key(pod))
@@ -195,12 +206,9 @@ class ReplicaSetController:
     # ---- sync ----
 
     async def run(self) -> None:
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(self.replicasets.run)
-            tasks.start_soon(self.pods.run)
-            await wait_synced(self.replicasets, self.pods)
-            emit("controller_synced", controller="replicaset")
-            await run_workers("replicaset", self.queue, self.sync, self.workers)
+        await wait_synced(self.replicasets, self.pods)
+        emit("controller_synced", controller="replicaset")
+        await run_workers("replicaset", self.queue, self.sync, self.workers)
 
     async def _claim(self, rs: Obj) -> list[Obj]:
         """The active pods this ReplicaSet owns, after adopting orphans and releasing misfits."""
@@ -240,7 +248,8 @@ class ReplicaSetController:
         owned = await self._claim(rs)
         if needs_sync and not rs["metadata"].get("deletionTimestamp"):
             await self._manage(key, rs, owned)
-        await self._update_status(rs, owned)
+        deleted = self.expectations.pending_deletions(key)
+        await self._update_status(key, rs, [p for p in owned if object_key(p) not in deleted])
 
     async def _manage(self, key: str, rs: Obj, owned: list[Obj]) -> None:
         wanted = int(rs["spec"].get("replicas", 1))
@@ -316,13 +325,37 @@ class ReplicaSetController:
         except EtcdError:
             return True  # unknown: keep expecting it; the expectation expires eventually
 
-    async def _update_status(self, rs: Obj, owned: list[Obj]) -> None:
-        ready = sum(1 for p in owned if (p.get("status") or {}).get("phase") == "Running")
+    def _available(self, key: str, rs: Obj, pods: list[Obj]) -> int:
+        """Pods ready for minReadySeconds; asks for a resync when the next one will be."""
+        min_ready = float(rs["spec"].get("minReadySeconds") or 0)
+        now = anyio.current_time()
+        available, next_due = 0, None
+        for pod in pods:
+            if not pod_ready(pod):
+                self.ready_since.pop(object_key(pod), None)
+                continue
+            since = self.ready_since.setdefault(object_key(pod), now)
+            if now - since >= min_ready:
+                available += 1
+            else:
+                due = since + min_ready - now
+                next_due = due if next_due is None else min(next_due, due)
+        if next_due is not None:
+            self.queue.add_after(key, next_due)
+        return available
+
+    async def _update_status(self, key: str, rs: Obj, owned: list[Obj]) -> None:
+        template_labels = ((rs["spec"].get("template") or {}).get("metadata") or {}).get(
+            "labels"
+        ) or {}
         status = {
             "replicas": len(owned),
-            "readyReplicas": ready,
-            "availableReplicas": ready,
-            "observedGeneration": int(rs["metadata"].get("generation", 1)),
+            "fullyLabeledReplicas": sum(
+                1 for p in owned if template_labels.items() <= labels_of(p).items()
+            ),
+            "readyReplicas": sum(1 for p in owned if pod_ready(p)),
+            "availableReplicas": self._available(key, rs, owned),
+            "observedGeneration": generation_of(rs) or 1,
         }
         current = rs.get("status") or {}
         if all(current.get(k) == v for k, v in status.items()):

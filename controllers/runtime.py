@@ -28,6 +28,7 @@ from election import (
     Leadership,
     LeadershipLost,
 )
+from election.candidate import announce_candidate
 from election.config import default_identity
 from kvstore.client import Client, EtcdError, TLSConfig
 from kvstore.durations import parse_duration
@@ -174,10 +175,13 @@ async def run_leader_elected(client: Client, args: argparse.Namespace, lead: Lea
             on_new_leader=lambda holder: emit("new_leader", identity=holder),
         ),
     )
-    emit("standby", identity=config.identity)
-    while True:
-        await elector.run()
+    async with anyio.create_task_group() as tasks:
+        # Standbys are visible to observers (the dashboard) through this key.
+        tasks.start_soon(announce_candidate, client, config)
         emit("standby", identity=config.identity)
+        while True:
+            await elector.run()
+            emit("standby", identity=config.identity)
 
 
 async def serve(args: argparse.Namespace, body: Callable[[Client], Awaitable[None]]) -> None:

@@ -1,16 +1,23 @@
 """``scheduler``: binds pending pods to nodes, leader-elected on the kube-scheduler lock.
 
-A pod is pending while ``spec.nodeName`` is empty. Binding is an optimistic
-update of the pod (``spec.nodeName`` plus a PodScheduled condition) compared
-on the resourceVersion the decision was made from, written through the
-leadership (fenced): a pod is bound at most once, even across failovers.
-Bound-but-not-yet-observed pods are *assumed* on their node so that
-back-to-back decisions account for each other's requests.
+A pod is pending while ``spec.nodeName`` is empty (and its ``schedulerName``
+is ours, ``default-scheduler``). The algorithm is :mod:`controllers.scheduling`.
+Binding is an optimistic update of the pod (``spec.nodeName`` plus a
+PodScheduled condition) compared on the resourceVersion the decision was
+made from, written through the leadership (fenced): a pod is bound at most
+once, even across failovers. Bound-but-not-yet-observed pods are *assumed*
+on their node so that back-to-back decisions account for each other (their
+requests, and their affinity terms).
+
+A pod no node fits gets the condition PodScheduled=False, reason
+Unschedulable, with kube-scheduler's message ("0/3 nodes are available:
+..."); it is retried with backoff, and at once when a node changes or a pod
+is deleted or bound (which may free room or satisfy an affinity term).
 
 Flags: kube-scheduler's leader-election flags, plus --endpoints and
 --etcd-prefix. Events (JSON lines on stdout): ready, standby, new_leader,
-started_leading, controller_synced, pod_bound, pod_unschedulable,
-controllers_stopped, stopped_leading, exit.
+started_leading, controller_synced, pod_bound, pod_unschedulable (once per
+spell), controllers_stopped, stopped_leading, exit.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import anyio
 
 from controllers.events import emit, set_component
 from controllers.informer import Handlers, Informer, wait_synced
-from controllers.objects import Obj, object_key, pod_is_active, set_condition
+from controllers.objects import Obj, now_rfc3339, object_key, pod_is_active
 from controllers.runtime import (
     Retry,
     add_leader_election_flags,
@@ -35,9 +42,10 @@ from controllers.runtime import (
     setup_logging,
     validate_leader_election,
 )
-from controllers.scheduling import schedule
+from controllers.scheduling import schedule, snapshot
 from controllers.store import Store, Writer
 from controllers.workqueue import ExponentialBackoff, WorkQueue
+from kvstore import eventloop
 from kvstore.client import Client
 
 log = logging.getLogger(__name__)
@@ -47,8 +55,32 @@ class Unschedulable(Retry):
     """No node fits the pod now; it is retried with backoff and on node changes."""
 
 
+SCHEDULER_NAME = "default-scheduler"
+
+
 def _pending(pod: Obj) -> bool:
-    return pod_is_active(pod) and not (pod.get("spec") or {}).get("nodeName")
+    spec = pod.get("spec") or {}
+    ours = spec.get("schedulerName", SCHEDULER_NAME) == SCHEDULER_NAME
+    return ours and pod_is_active(pod) and not spec.get("nodeName")
+
+
+def set_pod_condition(
+    pod: Obj, kind: str, status: str, reason: str = "", message: str = ""
+) -> bool:
+    """Set a pod condition (pods' conditions carry lastProbeTime, not heartbeats);
+    True if anything but the timestamps changed."""
+    conditions = pod.setdefault("status", {}).setdefault("conditions", [])
+    wanted = {"type": kind, "status": status, "reason": reason, "message": message}
+    for cond in conditions:
+        if cond.get("type") == kind:
+            if all(cond.get(k, "") == v for k, v in wanted.items()):
+                return False
+            if cond.get("status") != status:
+                cond["lastTransitionTime"] = now_rfc3339()
+            cond.update(wanted, lastProbeTime=None)
+            return True
+    conditions.append({**wanted, "lastProbeTime": None, "lastTransitionTime": now_rfc3339()})
+    return True
 
 
 class Scheduler:
@@ -61,10 +93,11 @@ class Scheduler:
         self.nodes = Informer(store, "nodes")
         self.queue: WorkQueue[str] = WorkQueue(ExponentialBackoff(0.1, 5.0))
         self.assumed: dict[str, Obj] = {}  # pod key -> the pod as bound, until observed
+        self.unschedulable: set[str] = set()  # pods that fitted nowhere at their last try
         self.pods.add_handlers(
             Handlers(
-                on_add=self._pod_changed,
-                on_update=lambda old, new: self._pod_changed(new),
+                on_add=lambda pod: self._pod_changed(None, pod),
+                on_update=self._pod_changed,
                 on_delete=self._pod_deleted,
             )
         )
@@ -75,15 +108,25 @@ class Scheduler:
             )
         )
 
-    def _pod_changed(self, pod: Obj) -> None:
+    def _pod_changed(self, old: Obj | None, pod: Obj) -> None:
         key = object_key(pod)
         if _pending(pod):
             self.queue.add(key)
-        else:
-            self.assumed.pop(key, None)
+            return
+        self.unschedulable.discard(key)
+        newly_bound = old is None or not (old.get("spec") or {}).get("nodeName")
+        if self.assumed.pop(key, None) is None and newly_bound and pod_is_active(pod):
+            self._requeue_unschedulable()  # bound by someone else: affinity may now hold
 
     def _pod_deleted(self, pod: Obj) -> None:
-        self.assumed.pop(object_key(pod), None)
+        key = object_key(pod)
+        self.assumed.pop(key, None)
+        self.unschedulable.discard(key)
+        self._requeue_unschedulable()
+
+    def _requeue_unschedulable(self) -> None:
+        for key in self.unschedulable:
+            self.queue.add(key)
 
     def _requeue_pending(self) -> None:
         for pod in self.pods.list():
@@ -101,17 +144,19 @@ class Scheduler:
     async def sync(self, key: str) -> None:
         pod = self.pods.get(key)
         if pod is None or not _pending(pod) or key in self.assumed:
+            self.unschedulable.discard(key)
             return
-        bound = [p for p in self.pods.list() if pod_is_active(p) and p["spec"].get("nodeName")]
-        bound_keys = {object_key(p) for p in bound}
-        bound += [p for k, p in self.assumed.items() if k not in bound_keys]
-        decision = schedule(pod, self.nodes.list(), bound, self.rng)
+        placed = [p for p in self.pods.list() if p["spec"].get("nodeName")]
+        placed_keys = {object_key(p) for p in placed}
+        placed += [p for k, p in self.assumed.items() if k not in placed_keys]
+        decision = schedule(pod, snapshot(self.nodes.list(), placed), self.rng)
         if decision.node is None:
-            emit("pod_unschedulable", pod=key, reasons=decision.reasons)
-            raise Unschedulable(f"{key}: no node fits: {decision.reasons}")
+            await self._unschedulable(key, pod, decision.message)
+            raise Unschedulable(f"{key}: {decision.message}")
+        self.unschedulable.discard(key)
         binding = copy.deepcopy(pod)
         binding["spec"]["nodeName"] = decision.node
-        set_condition(binding, "PodScheduled", "True", "Scheduled")
+        set_pod_condition(binding, "PodScheduled", "True")
         written = await self.store.update(self.writer, "pods", binding)
         self.assumed[key] = written
         emit(
@@ -119,8 +164,18 @@ class Scheduler:
             pod=key,
             node=decision.node,
             revision=int(written["metadata"]["resourceVersion"]),
-            score=round(decision.scores[decision.node], 2),
+            score=decision.scores[decision.node],
         )
+        self._requeue_unschedulable()  # an affinity term may hold now
+
+    async def _unschedulable(self, key: str, pod: Obj, message: str) -> None:
+        """Record why on the pod (as kube-scheduler's PodScheduled condition), once per message."""
+        if key not in self.unschedulable:
+            emit("pod_unschedulable", pod=key, message=message)
+        self.unschedulable.add(key)
+        updated = copy.deepcopy(pod)
+        if set_pod_condition(updated, "PodScheduled", "False", "Unschedulable", message):
+            await self.store.update(self.writer, "pods", updated)
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -150,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     setup_logging(args.verbose)
     set_component("scheduler")
-    anyio.run(amain, args)
+    eventloop.run(amain, args)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,10 @@
 
 Every write is one Txn that compares the key's mod_revision with the
 object's ``metadata.resourceVersion`` (create: the key must not exist) and
-goes through a :class:`Writer`. For a leader-elected component the writer is
+goes through a :class:`Writer`. Like kube-apiserver, a create starts
+``metadata.generation`` at 1 and :meth:`Store.modify` increments it when the
+spec changes (controllers that write specs themselves use
+:func:`controllers.objects.with_spec_change`). For a leader-elected component the writer is
 its :class:`election.Leadership`, whose ``txn`` nests ours inside a compare
 on the fencing key, so a deposed leader's write is never applied.
 """
@@ -16,6 +19,7 @@ from typing import Protocol
 from controllers.objects import (
     CLUSTER_SCOPED,
     Obj,
+    bump_generation,
     meta,
     name_of,
     namespace_of,
@@ -113,6 +117,7 @@ class Store:
         metadata = meta(obj)
         metadata.setdefault("uid", new_uid())
         metadata.setdefault("creationTimestamp", now_rfc3339())
+        metadata.setdefault("generation", 1)
         key = self.key_of(resource, obj)
         response = await writer.txn(
             compare=[txn.create_revision(key) == 0], success=[txn.put(key, encode(obj))]
@@ -153,9 +158,11 @@ class Store:
             current = await self.get(resource, name, namespace)
             if current is None:
                 raise KeyError(f"{resource} {namespace}/{name} not found")
-            change(current)
+            changed = json.loads(json.dumps(current))
+            change(changed)
+            bump_generation(current, changed)
             try:
-                return await self.update(writer, resource, current)
+                return await self.update(writer, resource, changed)
             except ConflictError:
                 continue
         raise ConflictError(f"{resource} {namespace}/{name}: still conflicting after {attempts}")

@@ -128,6 +128,16 @@ class RequestTimeoutError(RequestError):
     message = rpctypes.ERR_TIMEOUT
 
 
+class LeaderTransferTimeoutError(RequestError):
+    message = rpctypes.ERR_TIMEOUT_LEADER_TRANSFER
+
+
+class BadLeaderTransfereeError(RequestError):
+    """MoveLeader to a member that is not a voting member of the cluster."""
+
+    message = rpctypes.ERR_BAD_LEADER_TRANSFEREE
+
+
 class LeaderChangedError(RequestError):
     message = rpctypes.ERR_LEADER_CHANGED
 

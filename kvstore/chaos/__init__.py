@@ -8,7 +8,9 @@ etcd cluster, or ``--target kvstore`` against our own server (see
 Modules: ``history`` (recorded operations), ``linearizability`` (per-key
 Wing-Gong/Lowe search), ``checkers`` (watch, lease, lock, durability),
 ``workloads``, ``faults`` (seeded schedules, injection, leader monitor),
-``runner`` (a campaign) and ``timeline`` (the PNG picture).
+``runner`` (a campaign), ``timeline`` (the PNG picture), ``report`` (the HTML
+report), ``powerfs`` (the power-loss FUSE filesystem) and ``disk`` (the
+harness's handle on it).
 """
 
 from kvstore.chaos.cluster import ClusterUnderTest, ProcessClusterUnderTest

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -47,6 +48,21 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="leave membership changes (replace_member, learner_cycle) out of the fault mix",
     )
+    p.add_argument(
+        "--power",
+        action="store_true",
+        help="members' data on power-loss disks (FUSE): power_loss, disk_full, slow_disk",
+    )
+    p.add_argument(
+        "--failpoints",
+        action="store_true",
+        help="crash members at random failpoints of the write path (our store only)",
+    )
+    p.add_argument(
+        "--faults",
+        default="",
+        help="comma-separated fault kinds to keep from the mix (default: all available)",
+    )
     p.add_argument("--keep", action="store_true", help="save history and logs even when OK")
     p.add_argument(
         "--target", choices=["etcd", "kvstore"], default="etcd", help="which store to test"
@@ -81,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         membership=not args.no_membership,
         target=args.target,
         lock_backend=args.lock_backend,
+        power=args.power,
+        failpoints=args.failpoints,
+        fault_kinds=tuple(k for k in args.faults.split(",") if k) or None,
+        member_env={k: v for k, v in os.environ.items() if k == "KVSTORE_FAILPOINTS"},
     )
 
     def on_term(signum: int, frame: object) -> None:

@@ -10,15 +10,27 @@ the cluster has one slot more than its configured size; a member added at
 runtime takes the free slot's endpoint and a removed member frees its slot.
 So the endpoints the workloads' clients were given always include every
 current member, however often the membership changes.
+
+With ``power=True`` every member's data directory is a power-loss disk
+(:class:`kvstore.chaos.disk.PowerLossDisk`): ``power_off`` kills a member and
+drops what its disk had not made durable, ``power_on`` boots it again, and
+``disk`` gives the disk for full, failing and slow disk faults. With
+``failpoints=True`` (our store only: etcd's release builds have none) every
+member serves its failpoint switches on a port of its own (``arm_failpoint``).
 """
 
 from __future__ import annotations
 
 import logging
+import subprocess
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from kvstore.chaos.disk import PowerLossDisk
 from kvstore.chaos.proxy import ProxyMesh
+from kvstore.failpoints import HTTP_ENV
 from kvstore.local.cluster import KVCluster
 from kvstore.local.etcd import EtcdCluster
 from kvstore.local.processes import HOST, MembershipError
@@ -118,8 +130,38 @@ class ClusterUnderTest(Protocol):
 
     def is_running(self, i: int) -> bool: ...
 
+    def wait_exit(self, i: int, timeout: float) -> bool:
+        """Wait up to ``timeout`` for member ``i``'s process to end; whether it did."""
+        ...
+
     def wait_healthy(self, timeout: float = 60.0) -> None:
         """Wait until every running member reports a healthy cluster."""
+        ...
+
+    @property
+    def power(self) -> bool:
+        """Whether members' disks can lose power (and be made full, failing or slow)."""
+        ...
+
+    @property
+    def failpoints(self) -> bool:
+        """Whether members take failpoint switches (``arm_failpoint``)."""
+        ...
+
+    def power_off(self, i: int) -> dict[str, object]:
+        """SIGKILL member ``i`` and cut its disk's power; returns what the disk lost."""
+        ...
+
+    def power_on(self, i: int) -> None:
+        """Boot member ``i``'s disk again and start the member (no wait)."""
+        ...
+
+    def disk(self, i: int) -> PowerLossDisk:
+        """Member ``i``'s power-loss disk (only with ``power``)."""
+        ...
+
+    def arm_failpoint(self, i: int, name: str, action: str) -> None:
+        """Arm failpoint ``name`` of member ``i`` (``off`` disarms)."""
         ...
 
 
@@ -145,8 +187,17 @@ class ProcessClusterUnderTest:
         network: bool = False,
         membership: bool = False,
         seed: int = 0,
+        power: bool = False,
+        failpoints: bool = False,
+        member_env: dict[str, str] | None = None,
     ) -> None:
+        """``member_env``: extra environment of every member process (tests use it to
+        arm failpoints from the start)."""
         self._paused: set[int] = set()
+        self._power = power
+        self._failpoints = failpoints and target == "kvstore"
+        self._member_env = dict(member_env or {})
+        self._disks: dict[int, PowerLossDisk] = {}  # by index in cluster.members
         self._size = size
         slots = size + 1 if membership else size
         args = list(extra_args or [])
@@ -163,6 +214,8 @@ class ProcessClusterUnderTest:
         self._client_ports = [m.client_port for m in self.cluster.members]
         self._client_ports += free_ports(slots - size)
         self._proxy_ports = proxy_ports or []
+        for index in range(size):
+            self._prepare(index)
         if proxy_ports is None:
             self.network = None
             return
@@ -170,6 +223,58 @@ class ProcessClusterUnderTest:
         # A free slot's proxy forwards to a port nobody listens on until a member joins.
         peers += [(HOST, p) for p in free_ports(slots - size)]
         self.network = ProxyMesh([(HOST, p) for p in proxy_ports], peers, seed=seed)
+
+    def _prepare(self, index: int) -> None:
+        """Give member ``index`` its environment and failpoint port (before it first starts)."""
+        member = self.cluster.members[index]
+        member.env.update(self._member_env)
+        if self._failpoints:
+            member.env[HTTP_ENV] = f"{HOST}:{free_ports(1)[0]}"
+
+    def _mount(self, index: int) -> None:
+        if not self._power:
+            return
+        disk = self._disks.get(index)
+        if disk is None:
+            member = self.cluster.members[index]
+            disk = self._disks[index] = PowerLossDisk(
+                member.data_dir, member.log_path.with_suffix(".powerfs.log")
+            )
+        disk.mount()
+
+    @property
+    def power(self) -> bool:
+        return self._power
+
+    @property
+    def failpoints(self) -> bool:
+        return self._failpoints
+
+    def disk(self, i: int) -> PowerLossDisk:
+        return self._disks[self._member(i)]
+
+    def power_off(self, i: int) -> dict[str, object]:
+        self.kill(i)
+        return self.disk(i).cut_power()
+
+    def power_on(self, i: int) -> None:
+        self._mount(self._member(i))
+        self.start_member(i)
+
+    def arm_failpoint(self, i: int, name: str, action: str) -> None:
+        address = self.cluster.members[self._member(i)].env.get(HTTP_ENV)
+        if address is None:
+            raise RuntimeError("this cluster takes no failpoints")
+        request = urllib.request.Request(
+            f"http://{address}/{name}",
+            data=action.encode(),
+            method="DELETE" if action == "off" else "PUT",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5):
+                pass
+        except urllib.error.HTTPError as error:
+            raise RuntimeError(f"failpoint {name}={action}: {error.read().decode()}") from None
 
     @property
     def size(self) -> int:
@@ -208,16 +313,26 @@ class ProcessClusterUnderTest:
     def start(self) -> None:
         if self.network is not None:
             self.network.start()
+        current = [i for i, m in enumerate(self.cluster.members) if not m.removed]
+        for index in current:
+            self._mount(index)
         self.cluster.start()
+        # What the members wrote while starting is made durable, as the kernel's
+        # writeback would within seconds: power cuts judge what happens after.
+        for index in current:
+            if index in self._disks:
+                self._disks[index].sync_all()
 
     def stop(self) -> None:
-        """Stop every member (the proxies too: call ``start`` to bring all back)."""
+        """Stop every member (the proxies and disks too: call ``start`` to bring all back)."""
         self._paused.clear()
         try:
             self.cluster.stop()
         finally:
             if self.network is not None:
                 self.network.stop()
+            for disk in self._disks.values():
+                disk.unmount()
 
     def add_member(self, learner: bool = False, timeout: float = 60.0) -> int:
         free = [slot for slot, index in enumerate(self._slot_member) if index is None]
@@ -241,8 +356,12 @@ class ProcessClusterUnderTest:
         if self.network is not None:
             self.network.target[slot] = (HOST, member.peer_port)
         self._slot_member[slot] = index
+        self._prepare(index)
+        self._mount(index)
         cluster.spawn(index)
         cluster.wait_healthy(timeout=timeout)  # the new member among all running ones
+        if index in self._disks:
+            self._disks[index].sync_all()
         return slot
 
     def promote_member(self, i: int, timeout: float = 60.0) -> None:
@@ -291,6 +410,16 @@ class ProcessClusterUnderTest:
 
     def is_running(self, i: int) -> bool:
         return self.cluster.members[self._member(i)].running
+
+    def wait_exit(self, i: int, timeout: float) -> bool:
+        process = self.cluster.members[self._member(i)].process
+        if process is None:
+            return True
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
 
     def is_paused(self, i: int) -> bool:
         return i in self._paused

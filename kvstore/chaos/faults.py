@@ -16,10 +16,20 @@ follower; ``learner_cycle`` adds a learner, promotes it once it has caught up,
 and then removes the leader or another follower. Each returns the cluster to
 its configured size within its round, so the other faults always meet
 ``size`` members and the cluster never has fewer.
+
+With power-loss disks (``power``), schedules also hold ``power_loss`` (the
+leader, a follower, a majority or every member loses power: what their disks
+had not made durable is gone; they boot again after the hold), ``disk_full``
+(one member's disk refuses writes with ENOSPC for the hold; a member that
+stopped is started again once space is back) and ``slow_disk`` (every fsync of
+one member takes 0.2-1.5 s for the hold). With failpoints (``failpoints``,
+our store), ``failpoint`` arms a random crash point of the write path on the
+leader or a follower with ``panic``, waits for the crash and restarts it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
@@ -28,8 +38,10 @@ from dataclasses import dataclass, field
 import anyio
 
 from kvstore.chaos.cluster import ClusterUnderTest
+from kvstore.chaos.disk import DiskError
 from kvstore.chaos.proxy import LinkRule
 from kvstore.client import Client, EtcdError
+from kvstore.failpoints import POINTS
 from kvstore.local.processes import MembershipError, StartError
 
 log = logging.getLogger(__name__)
@@ -44,10 +56,21 @@ FAULT_KINDS = (
 )
 NETWORK_FAULT_KINDS = ("partition", "oneway", "delay", "loss")
 MEMBERSHIP_FAULT_KINDS = ("replace_member", "learner_cycle")
+POWER_FAULT_KINDS = ("power_loss", "disk_full", "slow_disk")
+FAILPOINT_FAULT_KINDS = ("failpoint",)
 # Relative weights of each kind in a random schedule.
 WEIGHTS = {"kill": 4, "pause": 4, "restart": 2, "kill_majority": 1, "move_leader": 2, "none": 1}
 NETWORK_WEIGHTS = {"partition": 4, "oneway": 3, "delay": 2, "loss": 2}
 MEMBERSHIP_WEIGHTS = {"replace_member": 1, "learner_cycle": 1}
+POWER_WEIGHTS = {"power_loss": 4, "disk_full": 1, "slow_disk": 1}
+FAILPOINT_WEIGHTS = {"failpoint": 4}
+# Crash points for the failpoint fault: every declared point but the skip-only mutant.
+CRASH_POINTS = tuple(name for name in POINTS if name != "walFsync")
+DEFRAG_POINTS = ("defragBeforeCopy", "defragBeforeRename", "defragAfterRename")
+LEADER_POINTS = ("raftBeforeLeaderSend",)  # reached only by the leader
+# How long a failpoint round waits for its point to be reached (snapshot points need
+# a snapshot, which comes every --snapshot-count entries).
+FAILPOINT_WAIT = 8.0
 
 
 @dataclass(frozen=True)
@@ -68,15 +91,26 @@ def schedule(
     *,
     network: bool = False,
     membership: bool = False,
+    power: bool = False,
+    failpoints: bool = False,
+    only: tuple[str, ...] | None = None,
 ) -> list[FaultSpec]:
     """The replayable fault schedule for ``seed`` (with network faults if ``network``,
-    membership changes if ``membership``)."""
+    membership changes if ``membership``, disk faults if ``power``, failpoint crashes
+    if ``failpoints``); ``only`` keeps only those kinds of the mix."""
     rng = random.Random(seed)
     table = {
         **WEIGHTS,
         **(NETWORK_WEIGHTS if network else {}),
         **(MEMBERSHIP_WEIGHTS if membership else {}),
+        **(POWER_WEIGHTS if power else {}),
+        **(FAILPOINT_WEIGHTS if failpoints else {}),
     }
+    if only is not None:
+        unknown = set(only) - set(table)
+        if unknown:
+            raise ValueError(f"fault kinds not available in this campaign: {sorted(unknown)}")
+        table = {k: w for k, w in table.items() if k in only}
     kinds = list(table)
     weights = [table[k] for k in kinds]
     out = []
@@ -85,6 +119,8 @@ def schedule(
         target = rng.choice(["leader", "follower"])
         if kind == "kill_majority":
             target = "majority"
+        if kind == "power_loss":
+            target = rng.choice(["leader", "follower", "majority", "all"])
         delay = rng.uniform(0.2, 0.5) * round_seconds
         hold = rng.uniform(0.5, 1.0) * round_seconds
         if kind in ("partition", "oneway"):
@@ -183,6 +219,8 @@ class FaultInjector:
         members = [i for i in self.cluster.members if i not in exclude]
         n = len(members)
         leader = await self.monitor.leader(client)
+        if spec.target == "all":
+            return members
         if spec.target == "majority":
             start = self.rng.randrange(n)
             return [members[(start + k) % n] for k in range(n // 2 + 1)]
@@ -239,6 +277,12 @@ class FaultInjector:
             elif spec.kind == "move_leader":
                 rec.note = await self._move_leader(client)
                 await anyio.sleep(spec.hold)
+            elif spec.kind == "power_loss":
+                rec.note = await self._power_loss(members, spec.hold)
+            elif spec.kind in ("disk_full", "slow_disk"):
+                rec.note = await self._disk_fault(spec, members[0])
+            elif spec.kind == "failpoint":
+                rec.note = await self._failpoint(client, members[0], spec.hold)
             else:
                 await anyio.sleep(spec.hold)
         finally:
@@ -275,6 +319,56 @@ class FaultInjector:
         for y in others:
             net.set_rule(x, y, LinkRule(loss=loss))
         return f"loss {loss:.2f} from {x}"
+
+    async def _power_loss(self, members: list[int], hold: float) -> str:
+        """Cut the power of ``members`` at once, keep it off for ``hold``, boot them."""
+        c = self.cluster
+        lost = []
+        for i in members:
+            stats = await anyio.to_thread.run_sync(c.power_off, i)
+            lost.append(f"m{i} -{stats.get('dirty_bytes', 0)}B/{stats.get('pending_ops', 0)}ops")
+        await anyio.sleep(hold)
+        for i in members:
+            await anyio.to_thread.run_sync(c.power_on, i)
+        await anyio.to_thread.run_sync(c.wait_healthy, self.heal_timeout)
+        return "lost unsynced: " + ", ".join(lost)
+
+    async def _disk_fault(self, spec: FaultSpec, i: int) -> str:
+        """One member's disk is full or slow for the hold; a stopped member is restarted."""
+        c = self.cluster
+        disk = c.disk(i)
+        if spec.kind == "disk_full":
+            await anyio.to_thread.run_sync(lambda: disk.set_fault(full=True))
+            note = "ENOSPC"
+        else:
+            delay_ms = int(self.rng.uniform(200, 1500))
+            await anyio.to_thread.run_sync(lambda: disk.set_fault(fsync_delay_ms=delay_ms))
+            note = f"fsync {delay_ms}ms"
+        await anyio.sleep(spec.hold)
+        await anyio.to_thread.run_sync(disk.heal)
+        if not c.is_running(i):
+            note += "; member stopped, restarted once healed"
+            await anyio.to_thread.run_sync(c.start_member, i)
+        await anyio.to_thread.run_sync(c.wait_healthy, self.heal_timeout)
+        return note
+
+    async def _failpoint(self, client: Client, i: int, hold: float) -> str:
+        """Crash member ``i`` at a random failpoint and restart it (if it got there)."""
+        c = self.cluster
+        leader = await self.monitor.leader(client)
+        points = [p for p in CRASH_POINTS if leader == i or p not in LEADER_POINTS]
+        name = self.rng.choice(points)
+        await anyio.to_thread.run_sync(c.arm_failpoint, i, name, "panic")
+        if name in DEFRAG_POINTS:
+            with contextlib.suppress(EtcdError, OSError):
+                await client.defragment(c.endpoints[i], timeout=5.0)
+        crashed = await anyio.to_thread.run_sync(c.wait_exit, i, max(hold, FAILPOINT_WAIT))
+        if not crashed:
+            await anyio.to_thread.run_sync(c.arm_failpoint, i, name, "off")
+            return f"{name} not reached"
+        await anyio.to_thread.run_sync(c.start_member, i)
+        await anyio.to_thread.run_sync(c.wait_healthy, self.heal_timeout)
+        return f"crashed at {name}"
 
     async def _move_leader(self, client: Client) -> str:
         leader = await self.monitor.leader(client)
@@ -344,11 +438,23 @@ class FaultInjector:
             rec.end = time.monotonic()
 
     def heal_all(self) -> None:
-        """Heal the network, resume paused and start stopped members; wait until healthy."""
-        if self.cluster.network is not None:
-            self.cluster.network.heal()
-        for i in self.cluster.members:
-            self.cluster.resume(i)
-            if not self.cluster.is_running(i):
-                self.cluster.start_member(i)
-        self.cluster.wait_healthy(self.heal_timeout)
+        """Heal the network and the disks, resume paused members, boot and start stopped
+        ones, disarm failpoints; wait until healthy."""
+        c = self.cluster
+        if c.network is not None:
+            c.network.heal()
+        for i in c.members:
+            c.resume(i)
+            if c.power:
+                with contextlib.suppress(DiskError):
+                    c.disk(i).heal()
+            if not c.is_running(i):
+                if c.power:
+                    c.power_on(i)
+                else:
+                    c.start_member(i)
+            elif c.failpoints:
+                for name in CRASH_POINTS:
+                    with contextlib.suppress(RuntimeError, OSError):
+                        c.arm_failpoint(i, name, "off")
+        c.wait_healthy(self.heal_timeout)

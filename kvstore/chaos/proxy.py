@@ -8,16 +8,11 @@ always carries the traffic of one sender:
 
 * etcd's peer transport (HTTP/1.1) sends ``X-Server-From: <member id>`` on
   every peer request;
-* our peer transport (gRPC, so HTTP/2) sends the user agent
-  ``kvstore-peer/<member id>`` on every call of its one channel per peer
-  (the Raft stream and the unary calls alike). The proxy reads the client
-  connection preface, then the frames up to the first HEADERS block, and
-  decodes that block with HPACK (with a fresh dynamic table, which is right
-  for the first block of a connection).
+* our peer transport opens every connection with a hello frame naming the
+  sender (:func:`kvstore.server.peerwire.parse_hello`).
 
-Bytes pass untouched until the sender is known (for gRPC, the preface and
-SETTINGS: a gRPC client waits for the server's SETTINGS before its first
-HEADERS); a connection whose sender stays unknown is passed through.
+Bytes pass untouched until the sender is known; a connection whose sender
+stays unknown is passed through.
 
 Rules are per directed pair ``(src, dst)`` of member indices:
 
@@ -34,9 +29,9 @@ On a connection dialed by ``i`` to ``j``, bytes flowing towards ``j`` are
 ``i -> j`` and bytes flowing back are ``j -> i``. For etcd the stream
 responses carry ``j``'s messages to ``i``; for our store every Raft message
 of ``i`` travels on a connection ``i`` dialed, and what flows back is
-protocol traffic (HTTP/2 acknowledgements, flow control, call results), so
-blocking ``j -> i`` alone also stalls ``i``'s connections to ``j`` once
-their keepalive pings go unanswered, as on a real half-broken link.
+protocol traffic (answers to pings, call results), so blocking ``j -> i``
+alone also breaks ``i``'s connections to ``j`` once their pings go
+unanswered, as on a real half-broken link.
 
 The proxies run on their own event loop in a daemon thread, so a busy
 harness loop does not slow the cluster's own traffic.
@@ -53,25 +48,13 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import hpack
-
-from kvstore.server.transport import PEER_USER_AGENT
+from kvstore.server.peerwire import MAGIC, parse_hello
 
 log = logging.getLogger(__name__)
 
 # Bytes of a connection's start searched for its sender before giving up.
 HEADER_LIMIT = 64 * 1024
 _FROM = re.compile(rb"(?im)^x-server-from:\s*([0-9a-f]+)\s*$")
-_USER_AGENT = re.compile(re.escape(PEER_USER_AGENT.encode()) + rb"([0-9a-f]+)\b")
-
-HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-_FRAME_HEADER_BYTES = 9
-_HEADERS = 0x1
-_CONTINUATION = 0x9
-_END_HEADERS = 0x4
-_PADDED = 0x8
-_PRIORITY = 0x20
-_PRIORITY_BYTES = 5
 
 
 def etcd_sender(head: bytes) -> int | None:
@@ -82,56 +65,11 @@ def etcd_sender(head: bytes) -> int | None:
     return int(m.group(1), 16) if m else None
 
 
-def grpc_sender(data: bytes) -> int | None:
-    """The sending member's id from the start of one of our peer (HTTP/2) connections.
-
-    None until the first HEADERS block (with its CONTINUATION frames) is
-    complete, and when its user agent names no member.
-    """
-    if not data.startswith(HTTP2_PREFACE):
-        return None
-    pos = len(HTTP2_PREFACE)
-    block = b""
-    in_block = False
-    while pos + _FRAME_HEADER_BYTES <= len(data):
-        length = int.from_bytes(data[pos : pos + 3], "big")
-        kind, flags = data[pos + 3], data[pos + 4]
-        start = pos + _FRAME_HEADER_BYTES
-        pos = start + length
-        if pos > len(data):
-            return None  # the frame is not complete yet
-        payload = data[start:pos]
-        if kind == _HEADERS and not in_block:
-            first, end = 0, length
-            if flags & _PADDED:
-                first, end = 1, length - payload[0]
-            if flags & _PRIORITY:
-                first += _PRIORITY_BYTES
-            block, in_block = payload[first:end], True
-        elif kind == _CONTINUATION and in_block:
-            block += payload
-        else:
-            continue  # SETTINGS, WINDOW_UPDATE, PING, ... before the first request
-        if flags & _END_HEADERS:
-            return _sender_from_header_block(block)
-    return None
-
-
-def _sender_from_header_block(block: bytes) -> int | None:
-    try:
-        headers = hpack.Decoder().decode(block, raw=True)
-    except hpack.HPACKError:
-        return None
-    for name, value in headers:
-        if name == b"user-agent" and (m := _USER_AGENT.search(bytes(value))):
-            return int(m.group(1), 16)
-    return None
-
-
 def peer_sender(data: bytes) -> int | None:
-    """The sender of a peer connection of etcd (HTTP/1.1) or of our store (HTTP/2)."""
-    if data.startswith(HTTP2_PREFACE[: len(data)]):
-        return grpc_sender(data)
+    """The sender of a peer connection of etcd (HTTP/1.1) or of our store (its hello)."""
+    if data.startswith(MAGIC[: len(data)]):
+        parsed = parse_hello(data)
+        return parsed[1] if parsed is not None else None
     return etcd_sender(data)
 
 

@@ -56,6 +56,19 @@ MEMBER_EXTRA_ARGS = ["--experimental-watch-progress-notify-interval=500ms"]
 _LIVE: set[ClusterUnderTest] = set()
 
 
+# With failpoints our members take a snapshot every this many entries, so the snapshot
+# and WAL-release points are reached within a short campaign.
+FAILPOINT_SNAPSHOT_COUNT = 1000
+
+
+def member_args(config: CampaignConfig) -> list[str]:
+    """The extra flags of every member process in ``config``'s campaign."""
+    args = list(MEMBER_EXTRA_ARGS)
+    if config.failpoints and config.target == "kvstore":
+        args.append(f"--snapshot-count={FAILPOINT_SNAPSHOT_COUNT}")
+    return args
+
+
 def stop_live_clusters() -> None:
     """Stop every cluster a campaign started and has not stopped yet (blocking)."""
     for cluster in list(_LIVE):
@@ -104,6 +117,15 @@ class CampaignConfig:
     # How the lock contenders lock: "election" (the election package's LeaderElector,
     # fenced Leadership writes) or "txn" (etcd's lease + create-if-absent recipe).
     lock_backend: str = "election"
+    # Members' data directories on power-loss disks: power_loss, disk_full and slow_disk
+    # in the fault mix.
+    power: bool = False
+    # Crashes at random failpoints of the write path (our store only).
+    failpoints: bool = False
+    # Only these fault kinds (None: the whole mix the other options allow).
+    fault_kinds: tuple[str, ...] | None = None
+    # Extra environment of every member process (tests plant mutants with failpoints).
+    member_env: dict[str, str] = field(default_factory=dict)
 
     def repro(self) -> str:
         extra = f" --target {self.target}"
@@ -112,7 +134,12 @@ class CampaignConfig:
         extra += " --strict-leases" if self.strict_leases else ""
         extra += "" if self.membership else " --no-membership"
         extra += f" --lock-backend {self.lock_backend}"
+        extra += " --power" if self.power else ""
+        extra += " --failpoints" if self.failpoints else ""
+        extra += f" --faults {','.join(self.fault_kinds)}" if self.fault_kinds else ""
+        env = " ".join(f"{k}={v!r}" for k, v in sorted(self.member_env.items()))
         return (
+            f"{env + ' ' if env else ''}"
             f"python -m kvstore.chaos --seed {self.seed} --rounds {self.rounds} "
             f"--members {self.members} --round-seconds {self.round_seconds} "
             f"--kv-workers {self.kv_workers} --keys {self.keys} --watchers {self.watchers} "
@@ -225,10 +252,13 @@ async def run_campaign(
             path,
             size,
             target=config.target,
-            extra_args=MEMBER_EXTRA_ARGS,
+            extra_args=member_args(config),
             network=config.network,
             membership=config.membership,
             seed=config.seed,
+            power=config.power,
+            failpoints=config.failpoints,
+            member_env=config.member_env,
         )
     )
     cluster = factory(root, config.members)
@@ -269,6 +299,9 @@ async def run_campaign(
             config.round_seconds,
             network=cluster.network is not None,
             membership=cluster.membership_changes,
+            power=cluster.power,
+            failpoints=cluster.failpoints,
+            only=config.fault_kinds,
         )
         ended_early: list[str] = []
         async with anyio.create_task_group() as tg:
@@ -427,6 +460,12 @@ def _save(result: CampaignResult, cluster: ClusterUnderTest, history: History) -
         render_timeline(result, out / "timeline.png")
     except Exception as error:  # the picture is a convenience; never fail a run on it
         log.warning("timeline not rendered: %s", error)
+    try:
+        from kvstore.chaos.report import render_report
+
+        render_report(result, out / "report.html")
+    except Exception as error:  # likewise: the report must not hide the verdict
+        log.warning("report not rendered: %s", error)
     if not result.ok or result.config.keep_artifacts:
         history.dump(out / "history.jsonl")
         with (out / "leases.jsonl").open("w") as f:

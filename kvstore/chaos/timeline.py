@@ -48,6 +48,10 @@ FAULT_COLOURS = {
     "oneway": MAGENTA,
     "delay": CYAN,
     "loss": BROWN,
+    "power_loss": BLACK,
+    "disk_full": BROWN,
+    "slow_disk": CYAN,
+    "failpoint": MAGENTA,
 }
 LEGEND = [
     ("KILL", RED),

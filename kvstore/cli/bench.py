@@ -8,6 +8,9 @@ and runs every workload against both with the same Python load generator:
 * ``txn-put@N``: the same put inside a one-op transaction;
 * ``range@N`` / ``range-s@N``: linearizable / serializable reads of one key;
 * ``keepalive@N``: N lease keep-alive streams, each renewing as fast as it can;
+* ``gw-put@N`` / ``gw-range@N``: the put and the linearizable read as JSON over
+  HTTP/1.1 through the member's gateway (etcd's grpc-gateway), N keep-alive
+  connections;
 * ``watch@R``: 100 watchers on one prefix while one writer puts at R per second;
   the rate kept and the latency from each put's start to each watcher's event.
 
@@ -23,6 +26,7 @@ write through a client that knows every member is accepted again.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import math
 import os
@@ -141,6 +145,7 @@ class LoadGenerator:
     """Raw gRPC stubs over a few channels: as little client work per request as we can."""
 
     def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
         self.channels = [
             grpc.aio.insecure_channel(endpoint, options=[("grpc.use_local_subchannel_pool", 1)])
             for _ in range(CONNECTIONS)
@@ -183,9 +188,34 @@ class LoadGenerator:
 
         elif workload == "keepalive":
             return await self._keepalive(clients, seconds)
+        elif workload in ("gw-put", "gw-range"):
+            return await self._gateway(workload, clients, seconds)
         else:
             raise ValueError(f"unknown workload {workload!r}")
         return await _closed_loop(clients, seconds, one)
+
+    async def _gateway(
+        self, workload: str, clients: int, seconds: float
+    ) -> tuple[int, list[float]]:
+        """The put or the range as a gateway-only client sends it: JSON over HTTP/1.1."""
+        import aiohttp
+
+        url = f"http://{self.endpoint}/v3/kv/{'put' if workload == 'gw-put' else 'range'}"
+        value = base64.b64encode(b"v" * VALUE_BYTES).decode()
+        timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
+        connector = aiohttp.TCPConnector(limit=clients)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+            async def one(w: int, i: int) -> None:
+                body: dict[str, str] = {"key": base64.b64encode(_key(w * 7919 + i)).decode()}
+                if workload == "gw-put":
+                    body["value"] = value
+                async with session.post(url, data=json.dumps(body)) as resp:
+                    await resp.read()
+                    if resp.status != 200:
+                        raise RuntimeError(f"gateway answered {resp.status}")
+
+            return await _closed_loop(clients, seconds, one)
 
     async def _keepalive(self, clients: int, seconds: float) -> tuple[int, list[float]]:
         leases = []

@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 from kvstore.durations import parse_duration
+from kvstore.eventloop import run_coroutine
 from kvstore.ports import free_ports
 
 log = logging.getLogger("kvstore")
@@ -87,7 +88,6 @@ def _duration_flag(flag: str, value: str) -> float:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run one member in the foreground until SIGTERM/SIGINT."""
-    import asyncio
     import os
 
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # read when grpc is first imported
@@ -120,6 +120,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             max_request_bytes=args.max_request_bytes,
             quota_backend_bytes=args.quota_backend_bytes,
             listen_metrics_urls=metrics,
+            listen_client_http_urls=_urls(args.listen_client_http_urls or ""),
             watch_progress_notify_interval=_duration_flag(
                 "--experimental-watch-progress-notify-interval",
                 args.experimental_watch_progress_notify_interval,
@@ -151,7 +152,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from kvstore.storage import StorageError
 
     # Check the ports before touching the data directory, so a busy port fails cleanly.
-    for url in [*cfg.listen_client_urls, *cfg.listen_peer_urls, *cfg.listen_metrics_urls]:
+    for url in [
+        *cfg.listen_client_urls,
+        *cfg.listen_peer_urls,
+        *cfg.listen_metrics_urls,
+        *cfg.listen_client_http_urls,
+    ]:
         host, port = host_port(url)
         with socket.socket() as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -170,14 +176,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"kvstore serve: cannot use data dir {cfg.data_dir}: {error.strerror}", file=sys.stderr
         )
         return 1
+    from kvstore import failpoints
+
+    failpoints.serve_http_from_env()
     try:
-        asyncio.run(serve(cfg))
-    except (OSError, RuntimeError, StorageError) as error:
-        print(f"kvstore serve: {error}", file=sys.stderr)
+        run_coroutine(serve(cfg))
+    except (OSError, RuntimeError, StorageError, BaseExceptionGroup) as error:
+        # A failed disk (DiskFaultError) or damaged files surface from the raft task
+        # inside the server's task group: name the storage error, not the group.
+        fatal = _storage_error(error)
+        if fatal is None and isinstance(error, BaseExceptionGroup):
+            raise
+        print(f"kvstore serve: {'fatal: ' if fatal else ''}{fatal or error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _storage_error(error: BaseException) -> BaseException | None:
+    """The storage-layer error behind ``error`` (itself, or one inside exception groups)."""
+    from kvstore.storage import StorageError
+
+    if isinstance(error, StorageError):
+        return error
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            found = _storage_error(inner)
+            if found is not None:
+                return found
+    return None
 
 
 def cmd_cluster_up(args: argparse.Namespace) -> int:
@@ -285,6 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--data-dir", help="default: <name>.etcd")
     srv.add_argument("--listen-client-urls", default="http://127.0.0.1:2379")
     srv.add_argument("--advertise-client-urls", default=None)
+    srv.add_argument(
+        "--listen-client-http-urls",
+        default=None,
+        help="serve the JSON gateway and HTTP endpoints here only (then gRPC alone on the "
+        "client URLs; default: both on the client URLs)",
+    )
     srv.add_argument("--listen-peer-urls", default="http://127.0.0.1:2380")
     srv.add_argument("--initial-advertise-peer-urls", default="http://127.0.0.1:2380")
     srv.add_argument("--initial-cluster", default=None, help="name=peer-url,...")

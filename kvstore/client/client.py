@@ -513,6 +513,19 @@ class Client(AuthCalls):
             endpoint=endpoint,
         )
 
+    async def defragment(
+        self, endpoint: str, *, timeout: float | None = None
+    ) -> pb.DefragmentResponse:
+        """Defragment ``endpoint``'s backend (one member; it stalls while it runs)."""
+        return await self._unary(
+            "/etcdserverpb.Maintenance/Defragment",
+            pb.DefragmentRequest(),
+            pb.DefragmentResponse,
+            timeout=timeout,
+            idempotent=False,
+            endpoint=endpoint,
+        )
+
     async def move_leader(
         self, target_id: int, *, endpoint: str, timeout: float | None = None
     ) -> pb.MoveLeaderResponse:

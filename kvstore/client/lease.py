@@ -39,7 +39,12 @@ def _open_stream(pool: EndpointPool, endpoint: str, auth: CallAuth) -> grpc.aio.
 
 async def _renew(call: grpc.aio.StreamStreamCall, lease_id: int) -> int:
     """One request/response on an open stream; returns the new TTL (<= 0: lease gone)."""
-    await call.write(pb.LeaseKeepAliveRequest(ID=lease_id))
+    try:
+        await call.write(pb.LeaseKeepAliveRequest(ID=lease_id))
+    except (asyncio.InvalidStateError, grpc.aio.UsageError) as error:
+        # The server already ended the stream (a member that lost its leader ends it at
+        # once): the next stream goes elsewhere.
+        raise UnavailableError(f"lease keepalive stream ended: {error}") from None
     response = await call.read()
     if response is grpc.aio.EOF:
         raise UnavailableError("lease keepalive stream closed by the server")

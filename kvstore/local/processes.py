@@ -64,6 +64,8 @@ class MemberProcess:
     removed: bool = False
     # https client and peer URLs (the cluster's ``tls`` certificates).
     secure: bool = False
+    # Extra environment of the member's process (e.g. failpoints).
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def scheme(self) -> str:
@@ -164,6 +166,8 @@ class ProcessCluster(Generic[M]):
 
     def _popen_logged(self, member: M, args: list[str], env: dict[str, str] | None = None) -> None:
         """Start ``args`` with its output appended to the member's log file."""
+        if member.env:
+            env = {**(os.environ if env is None else env), **member.env}
         with open(member.log_path, "ab") as log_file:
             member.process = subprocess.Popen(
                 args, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env

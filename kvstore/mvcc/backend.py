@@ -3,10 +3,22 @@
 Writes of a batch go to one long-lived LMDB write transaction that ``commit``
 ends; reads inside the batch go through the same transaction so they see
 applied-but-uncommitted writes. One thread owns a Backend (the apply loop).
+
+Durability: the env is opened without ``writemap``, so LMDB writes pages with
+``pwrite`` (the map is read-only), syncs them with ``fdatasync`` and then
+writes the meta page through a second descriptor opened with ``O_DSYNC``. A
+commit is durable once it returns, and nothing reaches the file through the
+map, so a power cut keeps exactly the committed transactions. LMDB never syncs
+a directory, so ``_open`` syncs the database directory (and its parent) after
+creating the files: otherwise a power cut could lose the files themselves.
+A failed commit (ENOSPC, EIO) raises :class:`DiskFaultError`: the batch is gone
+and the backend refuses further commits (the WAL replays it after a restart).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -17,6 +29,10 @@ from pathlib import Path
 from typing import cast
 
 import lmdb
+
+from kvstore.failpoints import failpoint
+from kvstore.storage.dirs import fsync_dir, make_dirs_durable
+from kvstore.storage.errors import DiskFaultError, disk_fault
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +66,26 @@ class Backend:
         # outlive them, so closing or replacing it waits until they are released.
         self._views = 0
         self._views_released = threading.Condition()
+        self._failed: DiskFaultError | None = None
         self._open()
 
     def _open(self) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
+        created = not (self.path / "data.mdb").exists()
+        make_dirs_durable(self.path)
         # sync=True: the WAL replays after consistent_index, but a torn backend would
         # leave the index ahead of the data, so every commit is durable.
+        # writemap=False (LMDB's default, spelled out): pages reach the file by pwrite
+        # and fdatasync only, never through a writable map.
         self.env = lmdb.open(
-            str(self.path), map_size=self.map_size, max_dbs=16, sync=True, metasync=True
+            str(self.path),
+            map_size=self.map_size,
+            max_dbs=16,
+            sync=True,
+            metasync=True,
+            writemap=False,
         )
+        if created:
+            fsync_dir(self.path)
         self.key_db = self.env.open_db(KEY_DB)
         self.meta_db = self.env.open_db(META_DB)
         self.lease_db = self.env.open_db(LEASE_DB)
@@ -76,15 +103,28 @@ class Backend:
         """The batch's write transaction (begun on first use)."""
         txn = self._txn
         if txn is None:
+            if self._failed is not None:
+                raise self._failed
             txn = self._txn = self.env.begin(write=True)
         return txn
 
     def commit(self) -> None:
-        """Make the batch durable."""
+        """Make the batch durable; a disk failure raises :class:`DiskFaultError` (fatal)."""
+        if self._failed is not None:
+            raise self._failed
         if self._txn is not None:
-            self._txn.commit()
-            self._txn = None
+            txn, self._txn = self._txn, None
             self._size = None
+            try:
+                failpoint("backendBeforeCommit")
+                txn.commit()
+                failpoint("backendAfterCommit")
+            except (lmdb.Error, OSError) as error:
+                fault = disk_fault("committing the backend", str(self.path), _os_error(error))
+                self._failed = fault
+                with contextlib.suppress(lmdb.Error):
+                    txn.abort()
+                raise self._failed from error
 
     def abort(self) -> None:
         """Drop the batch (tests use it to simulate a crash before commit)."""
@@ -264,11 +304,18 @@ class Backend:
         work = self.path / "defrag"
         if work.exists():
             shutil.rmtree(work)
-        self.replace_with(self.copy_to(work), move=True)
+        failpoint("defragBeforeCopy")
+        self.replace_with(self.copy_to(work), move=True, point="defragBeforeRename")
+        failpoint("defragAfterRename")
         shutil.rmtree(work)
 
-    def replace_with(self, src_file: Path, *, move: bool = False) -> None:
-        """Close, replace the data file by ``src_file`` (a ``copy_to`` result), reopen."""
+    def replace_with(
+        self, src_file: Path, *, move: bool = False, point: str = "backendBeforeRestore"
+    ) -> None:
+        """Close, replace the data file by ``src_file`` (a ``copy_to`` result), reopen.
+
+        ``point``: the failpoint just before the rename that replaces the data file.
+        """
         self.close()
         tmp = self.path / "data.mdb.restore"
         if move:
@@ -277,17 +324,20 @@ class Backend:
             shutil.copyfile(src_file, tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        failpoint(point)
         os.replace(tmp, self.path / "data.mdb")
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
         lock = self.path / "lock.mdb"
         if lock.exists():
             lock.unlink()
         self._open()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _os_error(error: lmdb.Error | OSError) -> OSError:
+    """The OS error behind an LMDB error (LMDB reports ENOSPC as DiskError)."""
+    if isinstance(error, OSError):
+        return error
+    if isinstance(error, lmdb.DiskError):
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    code = getattr(error, "code", 0) or errno.EIO
+    return OSError(code, str(error))

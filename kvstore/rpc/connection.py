@@ -251,6 +251,8 @@ class GrpcConnection(Http2Connection):
 
     def _future_done(self, call: Call, fut: asyncio.Future[Any]) -> None:
         if call.closed:
+            if not fut.cancelled():
+                fut.exception()  # retrieved: the caller went away, nobody else wants it
             return
         if fut.cancelled():
             self.finish(call, StatusCode.CANCELLED, "call cancelled")

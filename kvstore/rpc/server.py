@@ -7,7 +7,8 @@ state machine. A gRPC server needs a small part of HTTP/2, and speaking that
 part on the event loop costs about 40-60 µs a call. The layers:
 :mod:`~kvstore.rpc.http2` (frames, streams, flow control),
 :mod:`~kvstore.rpc.connection` (gRPC calls on them) and this module (listeners,
-methods, shutdown).
+methods, shutdown); :mod:`~kvstore.rpc.switch` lets a listener share its port
+with HTTP/1.1.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from kvstore.rpc import frames as fr
 from kvstore.rpc.call import ErrorMapper, Method, default_error_mapper
 from kvstore.rpc.connection import GrpcConnection
 from kvstore.rpc.http2 import Http2Limits
+from kvstore.rpc.switch import ALPN_PROTOCOLS, ProtocolFactory, ProtocolSwitch
 
 DEFAULT_MAX_CONCURRENT_STREAMS = 10_000
 """Streams one connection may have open (etcd's --max-concurrent-streams is unbounded;
@@ -52,6 +54,7 @@ class Server:
             connection_window=min(fr.MAX_WINDOW, CONNECTION_WINDOW_FACTOR * stream_window),
         )
         self.connections: set[GrpcConnection] = set()
+        self._undecided: set[ProtocolSwitch] = set()
         self._services = {path.lstrip("/").partition("/")[0] for path in methods}
         self._listeners: list[asyncio.Server] = []
 
@@ -61,15 +64,38 @@ class Server:
             return f"unknown method {name} for service {service}"
         return f"unknown service {service}"
 
-    async def listen(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> None:
-        """Bind and serve ``host:port`` (TLS with ALPN ``h2`` when ``ssl_context`` is given)."""
-        if ssl_context is not None:
-            ssl_context.set_alpn_protocols(["h2"])
+    async def listen(
+        self,
+        host: str,
+        port: int,
+        ssl_context: ssl.SSLContext | None = None,
+        http1: ProtocolFactory | None = None,
+    ) -> None:
+        """Bind and serve ``host:port`` (TLS with ALPN ``h2`` when ``ssl_context`` is given).
+
+        With ``http1``, connections that do not speak HTTP/2 go to the protocol it
+        makes (see :mod:`kvstore.rpc.switch`).
+        """
         loop = asyncio.get_running_loop()
+        factory: ProtocolFactory
+        if http1 is None:
+            alpn = ["h2"]
+            factory = self._connection
+        else:
+            alpn = ALPN_PROTOCOLS
+
+            def factory() -> asyncio.Protocol:
+                return ProtocolSwitch(self._connection, http1, self._undecided)
+
+        if ssl_context is not None:
+            ssl_context.set_alpn_protocols(alpn)
         listener = await loop.create_server(
-            lambda: GrpcConnection(self), host, port, ssl=ssl_context, reuse_address=True
+            factory, host, port, ssl=ssl_context, reuse_address=True
         )
         self._listeners.append(listener)
+
+    def _connection(self) -> GrpcConnection:
+        return GrpcConnection(self)
 
     def ports(self) -> list[int]:
         return [int(s.getsockname()[1]) for lst in self._listeners for s in lst.sockets]
@@ -78,6 +104,8 @@ class Server:
         """Stop listening; give calls in flight ``grace`` seconds, then close everything."""
         for listener in self._listeners:
             listener.close()
+        for undecided in list(self._undecided):
+            undecided.close()
         conns = list(self.connections)
         for conn in conns:
             conn.go_away()

@@ -4,10 +4,12 @@ Modules, from the composition root down:
 
 * :mod:`~kvstore.server.server` -- wires one member: node, membership, peer
   transport, the client services on :mod:`kvstore.rpc` (our own small gRPC
-  server), health and metrics over HTTP; the lifecycle in one task group.
+  server) and, on the same port, HTTP; the lifecycle in one task group.
+* :mod:`~kvstore.server.http` -- the member's HTTP side on aiohttp: etcd's
+  JSON gateway (:mod:`kvstore.gateway`), /health, /version, /metrics.
 * :mod:`~kvstore.server.services` -- etcd's KV, Watch, Lease, Cluster,
   Maintenance, v3lock and v3election services as plain functions of a
-  request, served by gRPC and (later) by the JSON gateway alike.
+  request, served by gRPC and by the JSON gateway alike.
 * :mod:`~kvstore.server.status` -- the one map from errors to gRPC status.
 * :mod:`~kvstore.server.membership` -- runtime membership (etcd's checks,
   conf changes through Raft, the member registry in the backend).

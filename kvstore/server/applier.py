@@ -27,6 +27,7 @@ from kvstore.auth.requests import check_request
 from kvstore.auth.store import AUTH_REQUESTS, NOBODY, AuthInfo, AuthStore
 from kvstore.errors import NoSpaceError, RequestError
 from kvstore.mvcc.store import MVCCStore, costs_space, quota_cost
+from kvstore.server.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,7 @@ class Applier:
         propose_nowait: Callable[[Message], None],
         on_member_attributes: Callable[[int, peer_pb2.MemberAttributes], None],
         alarm_interval: float,
+        metrics: Metrics,
         auth: AuthStore,
     ) -> None:
         self.store = store
@@ -129,6 +131,7 @@ class Applier:
         self._propose_nowait = propose_nowait
         self._on_member_attributes = on_member_attributes
         self._alarm_interval = alarm_interval
+        self._metrics = metrics
         self._nospace_proposed_at = -float("inf")
 
     def apply(self, index: int, data: bytes) -> tuple[int, object]:
@@ -156,11 +159,14 @@ class Applier:
                 result = store.execute(request)
             else:
                 result = store.apply(index, request)
-            if over_quota and result is not None:
-                return env.id, self._on_over_quota()
-            return env.id, result
         except RequestError as exc:
             return env.id, exc
+        if result is None:
+            return env.id, None  # applied before a restart
+        if over_quota:
+            return env.id, self._on_over_quota()
+        self._metrics.count_applied(field, result)
+        return env.id, result
 
     def _apply_auth(self, index: int, env: peer_pb2.Request, request: Message) -> object:
         store = self.store

@@ -197,6 +197,9 @@ class ServerConfig:
     quota_backend_bytes: int = 0
     max_txn_ops: int = DEFAULT_MAX_TXN_OPS
     listen_metrics_urls: list[str] = field(default_factory=list)
+    # etcd's --listen-client-http-urls: the JSON gateway and HTTP endpoints there, and then
+    # gRPC alone on --listen-client-urls (by default both share the client URLs).
+    listen_client_http_urls: list[str] = field(default_factory=list)
     # etcd's --experimental-watch-progress-notify-interval (default 10 minutes).
     watch_progress_notify_interval: float = 600.0
     # etcd's --experimental-initial-corrupt-check and --experimental-corrupt-check-time (0: off).
@@ -229,6 +232,7 @@ class ServerConfig:
             *self.listen_peer_urls,
             *self.initial_advertise_peer_urls,
             *self.listen_metrics_urls,
+            *self.listen_client_http_urls,
         ]:
             host_port(url)
         try:
@@ -237,10 +241,18 @@ class ServerConfig:
             raise ConfigError(str(error)) from None
         if not MIN_COST <= self.bcrypt_cost <= MAX_COST:
             raise ConfigError(f"--bcrypt-cost must be between {MIN_COST} and {MAX_COST}")
+        grpc_addresses = {host_port(url) for url in self.listen_client_urls}
+        for url in self.listen_client_http_urls:
+            if host_port(url) in grpc_addresses:
+                raise ConfigError(
+                    "cannot bind both --listen-client-urls and --listen-client-http-urls "
+                    f"on the same url {url}"
+                )
         self.client_tls.validate()
         self.peer_tls.validate()
         self.client_tls.check_urls(
-            [*self.listen_client_urls, *self.advertise_client_urls], "client"
+            [*self.listen_client_urls, *self.advertise_client_urls, *self.listen_client_http_urls],
+            "client",
         )
         self.peer_tls.check_urls(
             [*self.listen_peer_urls, *self.initial_advertise_peer_urls], "peer"

@@ -1,7 +1,11 @@
-"""Minimal HTTP/1.1 endpoints of a member: /health, /readyz, /livez, /version, /metrics.
+"""A member's HTTP side, on aiohttp: etcd's JSON gateway, /health, /version, /metrics.
 
-etcd multiplexes these onto its client port; we serve them on a separate
-listener (``--listen-metrics-urls``, like etcd's flag of the same name).
+As etcd does, the client port serves all of it next to gRPC (the
+:mod:`kvstore.rpc.switch` hands HTTP/1.1 connections to :meth:`MemberHTTP.protocol`),
+unless ``--listen-client-http-urls`` moves it there; each
+``--listen-metrics-urls`` listener serves the same endpoints without the
+gateway. Every response carries etcd's default CORS headers (``--cors=*``);
+``OPTIONS`` answers 200 with them.
 """
 
 from __future__ import annotations
@@ -10,58 +14,167 @@ import asyncio
 import json
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from kvstore import rpc
+from kvstore._pb.etcdserverpb import rpc_pb2
+from kvstore.gateway import Gateway
+from kvstore.server.config import CLUSTER_VERSION, SERVER_VERSION
+from kvstore.server.services import Core
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[], tuple[int, str, str]]
-_REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
+CORS_HEADERS = {
+    "Access-Control-Allow-Methods": "POST, GET, OPTIONS, PUT, DELETE",
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Headers": "accept, content-type, authorization",
+}
+SHUTDOWN_GRACE = 0.5
+"""Seconds requests in flight get when the member stops (streams then end)."""
+_RANGE = "/etcdserverpb.KV/Range"
+_ALARM_REASONS = {rpc_pb2.NOSPACE: "ALARM NOSPACE", rpc_pb2.CORRUPT: "ALARM CORRUPT"}
+
+Endpoint = Callable[[web.BaseRequest], Awaitable[web.Response]]
 
 
-async def serve_http(
-    host: str, port: int, routes: dict[str, Handler], context: ssl.SSLContext | None = None
-) -> asyncio.Server:
-    """Start serving ``routes`` (path -> handler returning (status, content type, body)).
+class MemberHTTP:
+    """The HTTP endpoints of one member and the listeners serving them."""
 
-    With ``context``, the listener speaks HTTPS.
-    """
+    def __init__(self, core: Core, clients: rpc.Server) -> None:
+        self.core = core
+        self.clients = clients
+        self.gateway = Gateway(clients, headers=CORS_HEADERS)
+        self.endpoints: dict[str, Endpoint] = {
+            "/health": self._health,
+            "/readyz": self._readyz,
+            "/livez": self._livez,
+            "/version": self._version,
+            "/metrics": self._metrics,
+        }
+        self._client_server: web.Server | None = None
+        self._servers: list[web.Server] = []
+        self._listeners: list[asyncio.Server] = []
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def protocol(self) -> asyncio.Protocol:
+        """A protocol for one HTTP/1.1 connection to the client port (gateway included)."""
+        if self._client_server is None:
+            self._client_server = self._server(self._serve_client)
+            self._servers.append(self._client_server)
+        return self._client_server()
+
+    async def listen(
+        self, host: str, port: int, context: ssl.SSLContext | None, *, gateway: bool
+    ) -> None:
+        """Serve HTTP alone on ``host:port``: a metrics URL, or (``gateway``) a client HTTP URL."""
+        server = self._server(self._serve_client if gateway else self._serve_endpoints)
+        self._servers.append(server)
+        loop = asyncio.get_running_loop()
+        self._listeners.append(
+            await loop.create_server(server, host, port, ssl=context, reuse_address=True)
+        )
+
+    async def close(self) -> None:
+        for listener in self._listeners:
+            listener.close()
+        for server in self._servers:
+            await server.shutdown(SHUTDOWN_GRACE)
+        for listener in self._listeners:
+            await listener.wait_closed()
+
+    @staticmethod
+    def _server(handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]) -> web.Server:
+        # handler_cancellation: a watch whose client went away must stop, not wait for events.
+        return web.Server(handler, handler_cancellation=True, access_log=None)
+
+    # ----- dispatch
+
+    async def _serve_client(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.method == "OPTIONS":
+            return web.Response(headers=CORS_HEADERS)
+        response = await self.gateway.serve(request)
+        if response is not None:
+            return response
+        return await self._serve_endpoints(request)
+
+    async def _serve_endpoints(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.method == "OPTIONS":
+            return web.Response(headers=CORS_HEADERS)
+        endpoint = self.endpoints.get(request.path)
+        if endpoint is None:
+            return _text(404, "404 page not found\n")
+        return await endpoint(request)
+
+    # ----- endpoints
+
+    async def _health(self, request: web.BaseRequest) -> web.Response:
+        """etcd's /health: no alarm (but those in ``?exclude=``), a leader, a linearizable read."""
+        if request.method != "GET":
+            return _method_not_allowed()
+        healthy, reason = await self._check_health(set(request.query.getall("exclude", [])))
+        health = {"health": "true" if healthy else "false", "reason": reason}
+        body = json.dumps(health, separators=(",", ":"))
+        if healthy:
+            return web.Response(text=body, headers={**CORS_HEADERS, "Content-Type": _TEXT})
+        return _text(503, body + "\n")
+
+    async def _check_health(self, excluded_alarms: set[str]) -> tuple[bool, str]:
+        core = self.core
+        node = core.node
+        for alarm in node.store.alarm_members():
+            if rpc_pb2.AlarmType.Name(alarm.alarm) not in excluded_alarms:
+                return False, _ALARM_REASONS.get(alarm.alarm, "ALARM UNKNOWN")
+        if not node.leader_id or not core.membership.published.is_set():
+            return False, "RAFT NO LEADER"
+        request = rpc_pb2.RangeRequest(key=b"health", keys_only=True, limit=1)
+        ctx = rpc.CallContext(_RANGE, {}, "health check", None)
         try:
-            while True:
-                line = await reader.readline()
-                if not line:
-                    return
-                parts = line.decode("latin-1").split()
-                while True:
-                    h = await reader.readline()
-                    if h in (b"\r\n", b"\n", b""):
-                        break
-                if len(parts) < 2:
-                    return
-                method, target = parts[0], parts[1]
-                path = target.split("?", 1)[0]
-                handler = routes.get(path)
-                if method not in ("GET", "HEAD"):
-                    status, ctype, body = 405, "text/plain", "method not allowed\n"
-                elif handler is None:
-                    status, ctype, body = 404, "text/plain", "404 page not found\n"
-                else:
-                    status, ctype, body = handler()
-                data = body.encode()
-                head = (
-                    f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\n"
-                    f"Content-Type: {ctype}\r\nContent-Length: {len(data)}\r\n\r\n"
-                )
-                writer.write(head.encode() + (b"" if method == "HEAD" else data))
-                await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
-            pass
-        finally:
-            writer.close()
+            async with asyncio.timeout(core.cfg.request_timeout):
+                await self.clients.methods[_RANGE].handler(request, ctx)
+        except TimeoutError:
+            return False, "RANGE ERROR:context deadline exceeded"
+        except Exception as error:
+            _, message = self.clients.error_mapper(error)
+            return False, f"RANGE ERROR:{message}"
+        return True, ""
 
-    return await asyncio.start_server(handle, host, port, reuse_address=True, ssl=context)
+    async def _readyz(self, request: web.BaseRequest) -> web.Response:
+        if request.method != "GET":
+            return _method_not_allowed()
+        if self.core.node.leader_id and self.core.membership.published.is_set():
+            return _text(200, "ok\n")
+        return _text(503, "not ready: no leader\n")
+
+    async def _livez(self, request: web.BaseRequest) -> web.Response:
+        if request.method != "GET":
+            return _method_not_allowed()
+        return _text(200, "ok\n")
+
+    async def _version(self, request: web.BaseRequest) -> web.Response:
+        if request.method != "GET":
+            return _method_not_allowed()
+        body = f'{{"etcdserver":"{SERVER_VERSION}","etcdcluster":"{CLUSTER_VERSION}"}}'
+        return web.Response(body=body.encode(), headers={**CORS_HEADERS, "Content-Type": _JSON})
+
+    async def _metrics(self, request: web.BaseRequest) -> web.Response:
+        text = self.core.node.metrics.render()
+        return web.Response(
+            text=text, headers={**CORS_HEADERS, "Content-Type": "text/plain; version=0.0.4"}
+        )
 
 
-def json_body(obj: object) -> str:
-    return json.dumps(obj, separators=(",", ":"))
+_TEXT = "text/plain; charset=utf-8"
+_JSON = "application/json"
+
+
+def _text(status: int, text: str) -> web.Response:
+    """Like Go's http.Error."""
+    headers = {**CORS_HEADERS, "Content-Type": _TEXT, "X-Content-Type-Options": "nosniff"}
+    return web.Response(status=status, text=text, headers=headers)
+
+
+def _method_not_allowed() -> web.Response:
+    response = _text(405, "Method Not Allowed\n")
+    response.headers["Allow"] = "GET"
+    return response

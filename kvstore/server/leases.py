@@ -11,20 +11,22 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-import grpc
+from google.protobuf.message import Message as PbMessage
 
 from kvstore._pb.etcdserverpb import rpc_pb2
-from kvstore._pb.peerpb import peer_pb2_grpc
 from kvstore.errors import (
     LeaseNotFoundError,
     NoLeaderError,
     NotPrimaryError,
+    RemoteError,
     RequestTimeoutError,
 )
 from kvstore.lease.lessor import LeaseExpiringError
 from kvstore.raft.types import Role
 from kvstore.server.node import Node
-from kvstore.server.transport import Transport
+from kvstore.server.peerwire import PeerMethod
+from kvstore.server.status import StatusCode
+from kvstore.server.transport import PeerUnreachableError, Transport
 
 R = TypeVar("R", rpc_pb2.LeaseKeepAliveResponse, rpc_pb2.LeaseTimeToLiveResponse)
 
@@ -92,7 +94,9 @@ class LeaseForwarder:
     async def _forward(
         self,
         call_local: Callable[[], Awaitable[R]],
-        call_remote: Callable[[peer_pb2_grpc.PeerStub], Awaitable[R]],
+        method: PeerMethod,
+        request: PbMessage,
+        response_type: type[R],
     ) -> R:
         node = self.node
         for _ in range(FORWARD_ATTEMPTS):
@@ -103,34 +107,33 @@ class LeaseForwarder:
                 except NotPrimaryError:
                     await asyncio.sleep(node.cfg.heartbeat_ms / 1000)  # leadership moving
                     continue
-            peer = self.transport.peers.get(leader)
-            if peer is None:
-                raise NoLeaderError()
             try:
-                resp = await call_remote(peer.stub())
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                return await self.transport.call(
+                    leader, method, request, response_type, self._forward_timeout
+                )
+            except RemoteError as exc:
+                if exc.code == StatusCode.FAILED_PRECONDITION:
                     await asyncio.sleep(node.cfg.heartbeat_ms / 1000)
-                    continue  # leader moved on
-                if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                    raise RequestTimeoutError() from None
+                    continue  # the leader moved on
                 raise
-            return resp
+            except PeerUnreachableError:
+                raise RequestTimeoutError() from None
         raise NoLeaderError()
 
     async def renew(self, req: rpc_pb2.LeaseKeepAliveRequest) -> rpc_pb2.LeaseKeepAliveResponse:
-        timeout = self._forward_timeout
-        resp: rpc_pb2.LeaseKeepAliveResponse = await self._forward(
-            lambda: self.local_renew(req), lambda stub: stub.LeaseRenew(req, timeout=timeout)
+        return await self._forward(
+            lambda: self.local_renew(req),
+            PeerMethod.LEASE_RENEW,
+            req,
+            rpc_pb2.LeaseKeepAliveResponse,
         )
-        return resp
 
     async def time_to_live(
         self, req: rpc_pb2.LeaseTimeToLiveRequest
     ) -> rpc_pb2.LeaseTimeToLiveResponse:
-        timeout = self._forward_timeout
-        resp: rpc_pb2.LeaseTimeToLiveResponse = await self._forward(
+        return await self._forward(
             lambda: self.local_time_to_live(req),
-            lambda stub: stub.LeaseTimeToLive(req, timeout=timeout),
+            PeerMethod.LEASE_TIME_TO_LIVE,
+            req,
+            rpc_pb2.LeaseTimeToLiveResponse,
         )
-        return resp

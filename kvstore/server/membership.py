@@ -25,12 +25,12 @@ import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
-import grpc
+from google.protobuf.message import Message as PbMessage
 
 from kvstore._pb.etcdserverpb import rpc_pb2
-from kvstore._pb.peerpb import peer_pb2, peer_pb2_grpc
+from kvstore._pb.peerpb import peer_pb2
 from kvstore.errors import (
     LeaderChangedError,
     LearnerNotReadyError,
@@ -51,16 +51,15 @@ from kvstore.errors import (
 from kvstore.raft.types import ConfChange, ConfChangeSingle, ConfChangeType, Role
 from kvstore.rpctypes import ERR_NOT_LEADER
 from kvstore.server.config import ConfigError, ServerConfig, host_port
-from kvstore.server.tls import open_channel
+from kvstore.server.node import Node
+from kvstore.server.peerwire import PeerMethod
 from kvstore.server.transport import (
-    GRPC_OPTIONS,
     MEMBER_REMOVED_MESSAGE,
-    peer_channel_options,
+    PeerListener,
+    PeerUnreachableError,
+    Transport,
+    call_url,
 )
-
-if TYPE_CHECKING:
-    from kvstore.server.node import Node
-    from kvstore.server.transport import PeerReceiver, Transport
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +72,11 @@ HEALTH_INTERVAL = 5.0
 LEARNER_READY_PERCENT = 0.9
 """A learner may be promoted once its log matches this share of the leader's."""
 FORWARD_ATTEMPTS = 3
-
-
-def _remote_error(exc: grpc.aio.AioRpcError) -> RemoteError:
-    """The leader's answer, passed on to our client unchanged."""
-    return RemoteError(exc.code().value[0], exc.details() or "")
+DISCOVERY_TIMEOUT_SECONDS = 2.0
+"""How long a joining member waits for each existing member to list the cluster."""
+UNKNOWN_CLUSTER = UNKNOWN_MEMBER = 0
+"""What a joining member calls its cluster and itself before it learns them."""
+R = TypeVar("R", bound=PbMessage)
 
 
 def new_member_id(peer_urls: list[str], now: int) -> int:
@@ -261,13 +260,13 @@ class ClusterMembership:
         """Set once our name and client URLs are applied here (then we serve clients)."""
         self._waiting: dict[int, asyncio.Future[list[Member]]] = {}
         self.transport: Transport | None = None
-        self.receiver: PeerReceiver | None = None
+        self.receiver: PeerListener | None = None
         self.removed = False
         node.on_conf_change = self._applied
         node.on_restore = self._restored
         node.on_member_attributes = self._attributes_applied
 
-    def connect(self, transport: Transport, receiver: PeerReceiver) -> None:
+    def connect(self, transport: Transport, receiver: PeerListener) -> None:
         self.transport = transport
         self.receiver = receiver
         transport.on_removed = self._removed
@@ -373,12 +372,16 @@ class ClusterMembership:
     # ----- changes (leader)
 
     async def _on_leader(
-        self, local: Callable[[], Awaitable[Any]], remote: Callable[[Any], Awaitable[Any]]
-    ) -> Any:
-        """Run ``local`` here if we lead, else ``remote(stub)`` on the leader.
+        self,
+        local: Callable[[], Awaitable[R]],
+        method: PeerMethod,
+        request: PbMessage,
+        response_type: type[R],
+    ) -> R:
+        """Run ``local`` here if we lead, else ``method`` on the leader.
 
-        The forwarded call has a channel of its own: the change may remove the
-        leader, and with it the Raft stream to it, before the answer arrives.
+        The forwarded call has a connection of its own: the change may remove the
+        leader, and with it our connections to it, before the answer arrives.
         """
         for _ in range(FORWARD_ATTEMPTS):
             leader = await self.node.await_leader()
@@ -390,19 +393,23 @@ class ClusterMembership:
             member = self.registry.members.get(leader)
             if member is None or not member.peer_urls:
                 raise NoLeaderError()
-            url = member.peer_urls[0]
-            options = peer_channel_options(self.self_id)
-            async with open_channel(url, self.cfg.peer_tls, options) as ch:
-                stub = peer_pb2_grpc.PeerStub(ch)  # type: ignore[no-untyped-call]
-                try:
-                    return await remote(stub)
-                except grpc.aio.AioRpcError as exc:
-                    details = exc.details() or ""
-                    if details == ERR_NOT_LEADER:  # the leader moved on: ask again
-                        continue
-                    if not details.startswith("etcdserver:"):
-                        raise RequestTimeoutError() from None  # the leader is unreachable
-                    raise _remote_error(exc) from None
+            try:
+                return await call_url(
+                    member.peer_urls[0],
+                    self.cfg.peer_tls,
+                    self.cfg.cluster_id,
+                    self.self_id,
+                    method,
+                    request,
+                    response_type,
+                    self.cfg.request_timeout,
+                )
+            except RemoteError as exc:
+                if exc.message == ERR_NOT_LEADER:  # the leader moved on: ask again
+                    continue
+                raise  # the leader's answer, passed on to our client unchanged
+            except PeerUnreachableError:
+                raise RequestTimeoutError() from None
         raise NoLeaderError()
 
     def _check_leader(self) -> None:
@@ -520,6 +527,7 @@ class ClusterMembership:
         self, request: rpc_pb2.MemberUpdateRequest
     ) -> rpc_pb2.MemberUpdateResponse:
         self._check_leader()
+        self.registry.check_remove(request.ID)
         urls = _check_urls(list(request.peerURLs))
         self.registry.check_update(request.ID, urls)
         members = await self._configure("update", request.ID, {"peer_urls": list(urls)})
@@ -540,33 +548,38 @@ class ClusterMembership:
 
     async def add(self, request: rpc_pb2.MemberAddRequest) -> rpc_pb2.MemberAddResponse:
         _check_urls(list(request.peerURLs))
-        resp: rpc_pb2.MemberAddResponse = await self._on_leader(
+        return await self._on_leader(
             lambda: self.add_local(request),
-            lambda stub: stub.MemberAdd(request, timeout=self.cfg.request_timeout),
+            PeerMethod.MEMBER_ADD,
+            request,
+            rpc_pb2.MemberAddResponse,
         )
-        return resp
 
     async def remove(self, request: rpc_pb2.MemberRemoveRequest) -> rpc_pb2.MemberRemoveResponse:
-        resp: rpc_pb2.MemberRemoveResponse = await self._on_leader(
+        return await self._on_leader(
             lambda: self.remove_local(request),
-            lambda stub: stub.MemberRemove(request, timeout=self.cfg.request_timeout),
+            PeerMethod.MEMBER_REMOVE,
+            request,
+            rpc_pb2.MemberRemoveResponse,
         )
-        return resp
 
     async def update(self, request: rpc_pb2.MemberUpdateRequest) -> rpc_pb2.MemberUpdateResponse:
+        self.registry.check_remove(request.ID)  # as etcd: an unknown member before its URLs
         _check_urls(list(request.peerURLs))
-        resp: rpc_pb2.MemberUpdateResponse = await self._on_leader(
+        return await self._on_leader(
             lambda: self.update_local(request),
-            lambda stub: stub.MemberUpdate(request, timeout=self.cfg.request_timeout),
+            PeerMethod.MEMBER_UPDATE,
+            request,
+            rpc_pb2.MemberUpdateResponse,
         )
-        return resp
 
     async def promote(self, request: rpc_pb2.MemberPromoteRequest) -> rpc_pb2.MemberPromoteResponse:
-        resp: rpc_pb2.MemberPromoteResponse = await self._on_leader(
+        return await self._on_leader(
             lambda: self.promote_local(request),
-            lambda stub: stub.MemberPromote(request, timeout=self.cfg.request_timeout),
+            PeerMethod.MEMBER_PROMOTE,
+            request,
+            rpc_pb2.MemberPromoteResponse,
         )
-        return resp
 
 
 async def discover_existing(cfg: ServerConfig) -> tuple[int, list[Member]]:
@@ -579,12 +592,19 @@ async def discover_existing(cfg: ServerConfig) -> tuple[int, list[Member]]:
     mine = sorted(cfg.initial_advertise_peer_urls)
     urls = [u for m in cfg.members if sorted(m.peer_urls) != mine for u in m.peer_urls]
     for url in urls:
-        async with open_channel(url, cfg.peer_tls, GRPC_OPTIONS) as channel:
-            stub = peer_pb2_grpc.PeerStub(channel)  # type: ignore[no-untyped-call]
-            try:
-                resp = await stub.MemberList(rpc_pb2.MemberListRequest(), timeout=2.0)
-            except grpc.aio.AioRpcError:
-                continue
+        try:
+            resp = await call_url(
+                url,
+                cfg.peer_tls,
+                UNKNOWN_CLUSTER,
+                UNKNOWN_MEMBER,
+                PeerMethod.MEMBER_LIST,
+                rpc_pb2.MemberListRequest(),
+                rpc_pb2.MemberListResponse,
+                DISCOVERY_TIMEOUT_SECONDS,
+            )
+        except (PeerUnreachableError, RemoteError):
+            continue
         members = [Member.from_pb(m) for m in resp.members]
         existing = sorted(sorted(m.peer_urls) for m in members)
         local = sorted(sorted(m.peer_urls) for m in cfg.members)

@@ -43,12 +43,36 @@ class Metrics:
     proposals_failed: int = 0
     slow_apply: int = 0
     db_size: int = 0
+    # etcd's mvcc counters: puts and deletes as applied (on every member, txn ops included),
+    # ranges as served by this member.
+    mvcc_range: int = 0
+    mvcc_put: int = 0
+    mvcc_delete: int = 0
+    mvcc_txn: int = 0
     wal_fsync: Histogram = field(default_factory=Histogram)
     backend_commit: Histogram = field(default_factory=Histogram)
     apply_duration: Histogram = field(default_factory=Histogram)
     peer_sent_failures: dict[str, int] = field(default_factory=dict)
     snapshot_send_success: dict[str, int] = field(default_factory=dict)
     snapshot_send_failures: dict[str, int] = field(default_factory=dict)
+
+    def count_applied(self, kind: str, result: object) -> None:
+        """Count an applied request (its ``peerpb.Request`` field name) as etcd's mvcc does."""
+        if kind == "put":
+            self.mvcc_put += 1
+        elif kind == "delete_range":
+            self.mvcc_delete += 1
+        elif kind == "txn":
+            self.mvcc_txn += 1
+            # The branch that ran: its ops are what the backend saw.
+            for op in getattr(result, "responses", ()):
+                which = op.WhichOneof("response")
+                if which == "response_put":
+                    self.mvcc_put += 1
+                elif which == "response_delete_range":
+                    self.mvcc_delete += 1
+                elif which == "response_range":
+                    self.mvcc_range += 1
 
     def render(self) -> str:
         g: list[tuple[str, str, str, float]] = [
@@ -94,6 +118,30 @@ class Metrics:
                 "gauge",
                 "Total size of the underlying database physically allocated in bytes.",
                 self.db_size,
+            ),
+            (
+                "etcd_mvcc_range_total",
+                "counter",
+                "Total number of ranges seen by this member.",
+                self.mvcc_range,
+            ),
+            (
+                "etcd_mvcc_put_total",
+                "counter",
+                "Total number of puts seen by this member.",
+                self.mvcc_put,
+            ),
+            (
+                "etcd_mvcc_delete_total",
+                "counter",
+                "Total number of deletes seen by this member.",
+                self.mvcc_delete,
+            ),
+            (
+                "etcd_mvcc_txn_total",
+                "counter",
+                "Total number of txns seen by this member.",
+                self.mvcc_txn,
             ),
         ]
         out: list[str] = []

@@ -33,6 +33,7 @@ from kvstore.errors import (
     StoppedError,
     TooManyRequestsError,
 )
+from kvstore.failpoints import failpoint
 from kvstore.raft import EntryType, HardState, Message, Ready
 from kvstore.raft.confchange import decode_conf_change
 from kvstore.raft.types import ConfChange, Entry, Role, Snapshot
@@ -123,6 +124,7 @@ class Node:
             self.propose_nowait,
             self._member_attributes_applied,
             alarm_interval=self._election_s,
+            metrics=self.metrics,
             auth=storage.auth,
         )
         self.applier.member_id = self.id
@@ -140,7 +142,9 @@ class Node:
         self._stopped = False
         self._wake = asyncio.Event()
         self._ticks = 0
-        self._inbox: list[Message] = []
+        """Ticks owed to the core since the last feed."""
+        self._inbox: list[tuple[int, list[Message]]] = []
+        """Messages from peers, each batch with the ticks owed when it arrived."""
         self.unreachable: set[int] = set()
         self._snap_reports: list[tuple[int, bool]] = []
         self._waiters = WaiterRegistry(max_count=max_pending_proposals)
@@ -151,7 +155,8 @@ class Node:
         self._next_request_id = int.from_bytes(os.urandom(6), "big") << 16
         self._batch_tail: Waiter | None = None  # last proposal of the batch in flight
         self._batch_sent_at = 0.0
-        self._hold_timer: asyncio.TimerHandle | None = None
+        self._hold_timer: asyncio.Handle | None = None
+        self._hold_deadline = 0.0
 
     @property
     def pending_proposals(self) -> int:
@@ -166,7 +171,7 @@ class Node:
 
     def receive(self, msgs: list[Message]) -> None:
         """Messages from a peer (already checked to come from a member)."""
-        self._inbox.extend(msgs)
+        self._inbox.append((self._ticks, msgs))
         self._wake.set()
 
     def report_snapshot(self, peer: int, ok: bool) -> None:
@@ -230,9 +235,10 @@ class Node:
                 result.set_exception(exc)
 
         def index_known(fut: asyncio.Future[int]) -> None:
+            exc = fut.exception()  # (retrieved even when the reader went away)
             if result.done():
                 return
-            if (exc := fut.exception()) is not None:
+            if exc is not None:
                 result.set_exception(exc)
             elif fut.result() <= self.applied_index:
                 applied(None)
@@ -341,8 +347,9 @@ class Node:
             while nxt <= now:
                 nxt += interval
                 n += 1
-            self._ticks += max(n, 1)
-            self._wake.set()
+            if n:  # (a timer may fire a little early: uvloop rounds its delays down)
+                self._ticks += n
+                self._wake.set()
 
     async def run_watch_sync(self) -> None:
         """Catch unsynced watchers up; send progress notifications."""
@@ -369,15 +376,24 @@ class Node:
     def _feed(self) -> None:
         """Step everything that arrived since the last Ready into the core."""
         raft = self.raft
-        if self._ticks:
-            for _ in range(min(self._ticks, MAX_TICKS_PER_WAKE)):
-                raft.tick()
-            self._ticks = 0
-            self._expire()
+        # Ticks and messages reach the core in the order they came: after the loop was
+        # held up, the ticks it owes must not judge the peers (check-quorum, election
+        # timeouts) without the messages that arrived between them.
+        ticked = 0
         if self._inbox:
             inbox, self._inbox = self._inbox, []
-            for m in inbox:
-                raft.step(m)
+            for owed, msgs in inbox:
+                while ticked < min(owed, MAX_TICKS_PER_WAKE):
+                    raft.tick()
+                    ticked += 1
+                for m in msgs:
+                    raft.step(m)
+        if self._ticks:
+            while ticked < min(self._ticks, MAX_TICKS_PER_WAKE):
+                raft.tick()
+                ticked += 1
+            self._ticks = 0
+            self._expire()
         if self._snap_reports:
             reports, self._snap_reports = self._snap_reports, []
             for peer, ok in reports:
@@ -432,10 +448,12 @@ class Node:
         """Wake the loop at ``deadline`` at the latest (a batch in flight may end sooner)."""
         timer = self._hold_timer
         if timer is not None:
-            if timer.when() <= deadline:
+            if self._hold_deadline <= deadline:
                 return
             timer.cancel()
-        # The loop's clock is time.monotonic, like the deadlines here.
+        # The loop's clock is time.monotonic, like the deadlines here. (uvloop answers a
+        # deadline already past with a plain Handle, which has no when(): keep our own.)
+        self._hold_deadline = deadline
         self._hold_timer = asyncio.get_running_loop().call_at(deadline, self._hold_over)
 
     def _hold_over(self) -> None:
@@ -463,6 +481,7 @@ class Node:
             or (hs is not None and (hs.term, hs.vote) != self._durable_term_vote)
         )
         if rd.messages and must_sync:
+            failpoint("raftBeforeLeaderSend")
             self._send(rd.messages)  # replication overlaps our own WAL write
         if must_sync:
             if self._fsync_avg < INLINE_FSYNC_SECONDS and rd.snapshot is None:
@@ -503,18 +522,22 @@ class Node:
         Runs on the loop or on a worker: timed here, so waiting for a worker does not count.
         """
         t0 = time.monotonic()
+        failpoint("raftBeforeSave")
         if snap is not None:
             self.snapshotter.save_received(snap)
             self.wal.save_snapshot(snap.metadata)
         self.wal.save(hs, entries)
+        failpoint("raftAfterSave")
         return time.monotonic() - t0
 
     def _install(self, snap: Snapshot) -> None:
+        failpoint("raftBeforeApplySnap")
         self.snapshotter.install(snap)
         self._uncommitted_applies = 0
         self.applied_index = snap.metadata.index
         if self.on_restore is not None:
             self.on_restore()
+        failpoint("raftAfterApplySnap")
 
     def _on_soft_state(self, leader: int, role: Role) -> None:
         if leader != self.leader_id:
@@ -540,6 +563,7 @@ class Node:
             lessor.demote()
 
     def _apply(self, entries: list[Entry]) -> None:
+        failpoint("raftBeforeApply")
         t0 = time.monotonic()
         applier = self.applier
         waiters = self._waiters
@@ -568,6 +592,7 @@ class Node:
         self.metrics.proposals_applied += applied
         self.metrics.apply_duration.observe(time.monotonic() - t0)
         self._apply_waits.applied(last)
+        failpoint("raftAfterApply")
 
     def _member_attributes_applied(self, index: int, attrs: peer_pb2.MemberAttributes) -> None:
         if self.on_member_attributes is not None:

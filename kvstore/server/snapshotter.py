@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from kvstore.failpoints import failpoint
 from kvstore.mvcc.store import MVCCStore, StoreView
 from kvstore.raft import RaftNode
 from kvstore.raft.types import Snapshot, SnapshotMetadata
@@ -89,6 +90,7 @@ class Snapshotter:
         index = snap.metadata.index
         if index <= self.raft.log.snapshot.metadata.index:
             return  # overtaken by a snapshot received from the leader
+        failpoint("raftBeforeSaveSnapshot")
         self.raft.create_snapshot(index, snap.data, snap.metadata.conf_state)
         self.wal.save_snapshot(snap.metadata)
         keep = min(SNAPSHOT_CATCH_UP_ENTRIES, self.snapshot_count)
@@ -98,6 +100,7 @@ class Snapshotter:
         with self.files_lock:
             self.snapshots.purge()
         log.info("snapshot at index %d (%d bytes) in %.3fs", index, len(snap.data), took)
+        failpoint("raftAfterSaveSnapshot")
 
     def save_received(self, snap: Snapshot) -> None:
         """Persist a snapshot from the leader (before its WAL record; any thread)."""

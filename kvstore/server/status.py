@@ -53,6 +53,8 @@ _CODE: dict[type[errors.RequestError], StatusCode] = {
     errors.NoLeaderError: StatusCode.UNAVAILABLE,
     errors.RequestTimeoutError: StatusCode.UNAVAILABLE,
     errors.LeaderChangedError: StatusCode.UNAVAILABLE,
+    errors.LeaderTransferTimeoutError: StatusCode.UNAVAILABLE,
+    errors.BadLeaderTransfereeError: StatusCode.FAILED_PRECONDITION,
     errors.StoppedError: StatusCode.UNAVAILABLE,
     errors.RequestTooLargeError: StatusCode.INVALID_ARGUMENT,
     errors.TooManyRequestsError: StatusCode.RESOURCE_EXHAUSTED,

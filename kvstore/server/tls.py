@@ -1,4 +1,4 @@
-"""gRPC credentials for a member's TLS listeners and for dialing https peers."""
+"""TLS for a member's listeners, for dialing its peers, and for gRPC clients of members."""
 
 from __future__ import annotations
 
@@ -11,17 +11,6 @@ import grpc.aio
 from kvstore.server.config import TLSFiles, host_port, is_https
 
 
-def server_credentials(tls: TLSFiles) -> grpc.ServerCredentials:
-    """Credentials for an https listener; client certificates are verified if required."""
-    key, cert = tls.pem("key-file"), tls.pem("cert-file")
-    assert key is not None and cert is not None, "validate the configuration first"
-    return grpc.ssl_server_credentials(
-        [(key, cert)],
-        root_certificates=tls.pem("trusted-ca-file"),
-        require_client_auth=tls.client_cert_auth,
-    )
-
-
 def http_ssl_context(tls: TLSFiles) -> ssl.SSLContext:
     """For an https metrics listener: the client side's certificate, CA and client-cert check."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -30,6 +19,15 @@ def http_ssl_context(tls: TLSFiles) -> ssl.SSLContext:
         context.load_verify_locations(tls.trusted_ca_file)
     if tls.client_cert_auth:
         context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def peer_client_ssl_context(tls: TLSFiles) -> ssl.SSLContext:
+    """For dialing an https peer: our certificate is the client certificate; the peer's
+    is checked against the trusted CA (or the system's, when none is given)."""
+    context = ssl.create_default_context(cafile=tls.trusted_ca_file or None)
+    if tls.cert_file:
+        context.load_cert_chain(tls.cert_file, tls.key_file)
     return context
 
 

@@ -1,174 +1,419 @@
-"""Peer transport: one outbound gRPC client stream per peer, bounded queues.
+"""Peer transport: framed streams between members (:mod:`~kvstore.server.peerwire`).
 
-Raft tolerates loss, so a full queue drops the message and reports the peer
-unreachable (the leader then probes it instead of pipelining). A broken
-stream is reopened with exponential backoff. Inbound batches are accepted only
-from our cluster and never from a removed member. Peers are added and removed
-at runtime as the membership changes. A MsgSnap leaves the message stream and
-goes on a stream of its own in chunks, so a snapshot's size is not bounded by
-the largest gRPC message and heartbeats keep flowing while it travels.
+Like etcd's, every member holds a connection to every other one from the
+start, whatever their roles: a member that becomes leader has been connected
+to the others all along (the membership health check asks since when). Raft
+messages queue per peer (bounded: Raft tolerates loss, so a full queue drops
+the message and reports the peer unreachable) and leave batched, many per
+write. A broken connection is redialed with exponential backoff; a peer that
+stops answering pings counts as gone. A MsgSnap travels in chunks on a
+connection of its own, so heartbeats keep flowing meanwhile. Calls only the
+leader answers (lease keep-alives, membership changes) travel on a third kind
+of connection, multiplexed by call id.
+
+Inbound, :class:`PeerListener` accepts only our cluster and never a member
+removed from it; like etcd, a sender this member does not know yet is
+accepted (it joined after the state applied here, and its entries are how
+this member learns of it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
+import itertools
 import logging
+import ssl
+import struct
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
-import grpc
+from google.protobuf.message import DecodeError
+from google.protobuf.message import Message as PbMessage
 
-from kvstore._pb.peerpb import peer_pb2, peer_pb2_grpc
+from kvstore._pb.peerpb import peer_pb2
+from kvstore.errors import RemoteError, RequestError
 from kvstore.raft.types import Message, MessageType, Snapshot
 from kvstore.server.codec import message_from_pb, message_to_pb
-from kvstore.server.config import TLSFiles, host_port
+from kvstore.server.config import TLSFiles, host_port, is_https
 from kvstore.server.metrics import Metrics
-from kvstore.server.tls import open_channel
+from kvstore.server.peerwire import (
+    FrameKind,
+    PeerMethod,
+    StreamKind,
+    WireError,
+    call_frame,
+    frame,
+    hello,
+    read_frame,
+    read_hello,
+    reply_frame,
+    split_call,
+)
+from kvstore.server.status import StatusCode, to_status
+from kvstore.server.tls import http_ssl_context, peer_client_ssl_context
 
 log = logging.getLogger(__name__)
 
-QUEUE_SIZE = 4096
+R = TypeVar("R", bound=PbMessage)
+
+QUEUE_MESSAGES = 4096
 """Messages queued per peer before new ones are dropped."""
-MAX_BATCH = 512
-"""Messages per stream write."""
-MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+MAX_BATCH_MESSAGES = 512
+"""Messages per frame."""
+WRITE_BUFFER_HIGH_BYTES = 4 * 1024 * 1024
+"""Bytes a connection may have unsent before its writer waits for the socket."""
 SNAPSHOT_CHUNK_BYTES = 1024 * 1024
-SNAPSHOT_MIN_RATE = 1024 * 1024
+SNAPSHOT_MIN_RATE_BYTES = 1024 * 1024
 """Bytes per second below which a snapshot transfer is abandoned (and retried by Raft)."""
-SNAPSHOT_TIMEOUT_MIN = 30.0
-BACKOFF_MIN = 0.05
-BACKOFF_MAX = 1.0
-GRPC_OPTIONS = [
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.keepalive_time_ms", 2000),
-    ("grpc.keepalive_timeout_ms", 2000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.initial_reconnect_backoff_ms", 50),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-]
+SNAPSHOT_TIMEOUT_MIN_SECONDS = 30.0
+CONNECT_TIMEOUT_SECONDS = 5.0
+"""TCP connect (and TLS handshake) to a peer."""
+HELLO_TIMEOUT_SECONDS = 10.0
+"""How long a listener waits for a new connection's hello."""
+PING_INTERVAL_SECONDS = 1.0
+DEAD_AFTER_PINGS = 5
+"""A peer that answers none of this many pings in a row is taken for gone."""
+BACKOFF_MIN_SECONDS = 0.05
+BACKOFF_MAX_SECONDS = 1.0
 MEMBER_REMOVED_MESSAGE = "the member has been permanently removed from the cluster"
-"""etcd's words, sent to (and logged by) a member whose messages are refused after its removal."""
-PEER_USER_AGENT = "kvstore-peer/"
-"""Followed by the sender's member id (hex): every peer call names its sender, so a
-proxy on the link (the chaos harness's fault proxy) can tell who is talking."""
+"""etcd's words, sent to (and logged by) a member whose connections are refused after its
+removal."""
+_SNAP_HEAD = struct.Struct(">Q")  # total size, then the MsgSnap (data empty) as peerpb.Message
+
+Deliver = Callable[[list[Message]], None]
+CallHandler = Callable[[Any], Awaitable[PbMessage]]
 
 
-def peer_channel_options(self_id: int) -> list[tuple[str, object]]:
-    """Options of every channel a member opens to a peer (it names itself in the user agent)."""
-    return [*GRPC_OPTIONS, ("grpc.primary_user_agent", f"{PEER_USER_AGENT}{self_id:x}")]
+class PeerUnreachableError(Exception):
+    """The peer could not be reached (or did not answer in time)."""
+
+
+class RefusedError(PeerUnreachableError):
+    """The peer refused our connection; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclasses.dataclass(frozen=True)
+class CallSpec:
+    """A peer call's request type and the function that answers it."""
+
+    request_type: type[PbMessage]
+    handler: CallHandler
+
+
+def _send(writer: asyncio.StreamWriter, data: bytes) -> None:
+    """Write, or raise ConnectionResetError on a closed connection (on uvloop, writing
+    to a closed transport raises RuntimeError; on asyncio's loop it is silently lost)."""
+    if writer.is_closing():
+        raise ConnectionResetError("connection closed")
+    writer.write(data)
+
+
+async def _dial(
+    url: str, tls: TLSFiles, cluster_id: int, self_id: int, kind: StreamKind
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Open a connection to the member at ``url`` and say who we are.
+
+    Nothing waits for the peer's ACCEPT: what the connection carries follows the
+    hello at once, and the reader of the connection's answers meets the ACCEPT
+    (or a REFUSE) first.
+    """
+    host, port = host_port(url)
+    context = peer_client_ssl_context(tls) if is_https(url) else None
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(
+                host, port, ssl=context, server_hostname=host if context else None
+            ),
+            CONNECT_TIMEOUT_SECONDS,
+        )
+    except (OSError, TimeoutError, ssl.SSLError) as exc:
+        raise PeerUnreachableError(f"dial {url}: {exc}") from None
+    _send(writer, hello(cluster_id, self_id, kind))
+    return reader, writer
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+def _refused(payload: bytes) -> RefusedError:
+    return RefusedError(payload.decode("utf-8", "replace"))
+
+
+class _Calls:
+    """Calls on one connection, multiplexed by call id."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[tuple[int, bytes]]] = {}
+        self.closed = False
+
+    async def read_replies(self) -> None:
+        error: PeerUnreachableError = PeerUnreachableError("calls connection closed")
+        try:
+            while True:
+                kind, payload = await read_frame(self.reader)
+                if kind == FrameKind.REFUSE:
+                    error = _refused(payload)
+                    return
+                if kind != FrameKind.REPLY:
+                    continue  # the ACCEPT
+                call_id, status, body = split_call(payload)
+                fut = self._waiting.pop(call_id, None)
+                if fut is not None and not fut.done():
+                    fut.set_result((status, body))
+        except (WireError, OSError, ssl.SSLError):
+            pass
+        finally:
+            self.close(error)
+
+    async def call(self, method: PeerMethod, request: bytes, timeout: float) -> tuple[int, bytes]:
+        if self.closed:
+            raise PeerUnreachableError("calls connection closed")
+        call_id = next(self._ids)
+        fut: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
+        self._waiting[call_id] = fut
+        try:
+            _send(self.writer, call_frame(call_id, method, request))
+            return await asyncio.wait_for(fut, timeout)
+        except OSError as exc:
+            self.close()
+            raise PeerUnreachableError(f"calls connection: {exc}") from None
+        except TimeoutError:
+            raise PeerUnreachableError(f"no answer to {method.name} in {timeout} s") from None
+        finally:
+            self._waiting.pop(call_id, None)
+
+    def close(self, error: PeerUnreachableError | None = None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.writer.close()
+        for fut in self._waiting.values():
+            if not fut.done():
+                fut.set_exception(error or PeerUnreachableError("calls connection closed"))
+        self._waiting.clear()
+
+
+def _decode_reply(status: int, body: bytes, response_type: type[R]) -> R:
+    if status != StatusCode.OK:
+        raise RemoteError(status, body.decode("utf-8", "replace"))
+    try:
+        return response_type.FromString(body)
+    except DecodeError as exc:
+        raise PeerUnreachableError(f"bad reply: {exc}") from None
+
+
+async def call_url(
+    url: str,
+    tls: TLSFiles,
+    cluster_id: int,
+    self_id: int,
+    method: PeerMethod,
+    request: PbMessage,
+    response_type: type[R],
+    timeout: float,
+) -> R:
+    """One call on a connection of its own (a membership change may remove the member
+    we talk to, and our connections to it, before its answer arrives)."""
+    reader, writer = await _dial(url, tls, cluster_id, self_id, StreamKind.CALLS)
+    calls = _Calls(reader, writer)
+    replies = asyncio.ensure_future(calls.read_replies())
+    try:
+        status, body = await calls.call(method, request.SerializeToString(), timeout)
+    finally:
+        calls.close()
+        replies.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await replies
+    return _decode_reply(status, body, response_type)
 
 
 class Peer:
-    """Outbound stream to one peer."""
+    """Everything this member sends to one peer."""
 
-    def __init__(
-        self,
-        peer_id: int,
-        url: str,
-        transport: Transport,
-    ) -> None:
+    def __init__(self, peer_id: int, url: str, transport: Transport) -> None:
         self.id = peer_id
-        host, port = host_port(url)
         self.url = url
-        self.target = f"{host}:{port}"
         self.transport = transport
-        self.queue: asyncio.Queue[Message] = asyncio.Queue(QUEUE_SIZE)
-        self.channel: grpc.aio.Channel | None = None
+        self.queue: collections.deque[Message] = collections.deque()
+        self._queued = asyncio.Event()
         self.active_since: float | None = None
-        """Monotonic time since which writes to this peer succeed (None: not connected)."""
+        """Monotonic time since which our connection to the peer has been up (None: down)."""
         self.task: asyncio.Task[None] | None = None
         self.snapshot_task: asyncio.Task[None] | None = None
+        self._calls: _Calls | None = None
+        self._calls_lock = asyncio.Lock()
 
-    def stub(self) -> peer_pb2_grpc.PeerStub:
-        if self.channel is None:
-            options = peer_channel_options(self.transport.self_id)
-            self.channel = open_channel(self.url, self.transport.tls, options)
-        return peer_pb2_grpc.PeerStub(self.channel)  # type: ignore[no-untyped-call]
+    def connected_since(self) -> float | None:
+        """Since when this peer has been reachable without a break (None: it is not now)."""
+        return self.active_since
+
+    def enqueue(self, m: Message) -> bool:
+        if len(self.queue) >= QUEUE_MESSAGES:
+            return False
+        self.queue.append(m)
+        self._queued.set()
+        return True
 
     async def run(self) -> None:
-        """Keep a stream open to the peer whether or not there is anything to send.
-
-        As etcd's members do, every member holds a stream to every other one from the
-        start: a member that becomes leader has then been connected to the others all
-        along (the membership health check reads ``connected_since``), not only since
-        its first message to them.
-        """
-        backoff = BACKOFF_MIN
+        """Keep the messages connection up and write what is queued, many per frame."""
         t = self.transport
+        backoff = BACKOFF_MIN_SECONDS
         while True:
-            call = self.stub().Send()
             try:
-                # The opening batch names the sender; the peer checks it at once.
-                await call.write(peer_pb2.MessageBatch(cluster_id=t.cluster_id, frm=t.self_id))
-                self.active_since = time.monotonic()
-                backoff = BACKOFF_MIN
-                while True:
-                    pending = [await self.queue.get()]
-                    while len(pending) < MAX_BATCH and not self.queue.empty():
-                        pending.append(self.queue.get_nowait())
-                    batch = peer_pb2.MessageBatch(cluster_id=t.cluster_id, frm=t.self_id)
-                    add = batch.messages.add
-                    for m in pending:
-                        if m.type == MessageType.SNAP:
-                            self.start_snapshot(m)
-                        else:
-                            message_to_pb(m, add())
-                    if batch.messages:
-                        await call.write(batch)
-            except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError) as exc:
-                log.debug("stream to peer %x broke: %s", self.id, exc)
-                self.active_since = None
-                if await _refused_as_removed(call, exc):
-                    t.on_removed()
-                t.metrics.peer_sent_failures[f"{self.id:x}"] = (
-                    t.metrics.peer_sent_failures.get(f"{self.id:x}", 0) + 1
+                reader, writer = await _dial(
+                    self.url, t.tls, t.cluster_id, t.self_id, StreamKind.MESSAGES
                 )
-                t.on_unreachable(self.id)
-                call.cancel()
-                # Drop what is queued: Raft retransmits what matters.
-                while not self.queue.empty():
-                    m = self.queue.get_nowait()
-                    if m.type == MessageType.SNAP:
-                        t.on_snapshot_sent(self.id, False)
+            except PeerUnreachableError as exc:
+                self._broken(exc)
                 await asyncio.sleep(backoff)
-                backoff = min(BACKOFF_MAX, backoff * 2)
-            except BaseException:
-                call.cancel()
-                raise
+                backoff = min(BACKOFF_MAX_SECONDS, 2 * backoff)
+                continue
+            try:
+                await self._stream(reader, writer)
+            except (OSError, WireError, ssl.SSLError, PeerUnreachableError) as exc:
+                self._broken(exc)
+                if self.active_since is None:  # refused or dead before it accepted us
+                    await asyncio.sleep(backoff)
+                    backoff = min(BACKOFF_MAX_SECONDS, 2 * backoff)
+                else:
+                    backoff = BACKOFF_MIN_SECONDS
+            finally:
+                writer.close()
+                self.active_since = None
+
+    async def _stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        pongs = asyncio.ensure_future(self._watch_pongs(reader))
+        pongs.add_done_callback(_retrieved)  # whatever ends the connection ends it for both
+        try:
+            next_ping = 0.0
+            while not pongs.done():
+                now = time.monotonic()
+                if now >= next_ping:
+                    _send(writer, frame(FrameKind.PING))
+                    next_ping = now + PING_INTERVAL_SECONDS
+                if self.queue:
+                    self._write_batch(writer)
+                    if writer.transport.get_write_buffer_size() > WRITE_BUFFER_HIGH_BYTES:
+                        await writer.drain()
+                    continue
+                self._queued.clear()
+                waiter = asyncio.ensure_future(self._queued.wait())
+                await asyncio.wait(
+                    [waiter, pongs],
+                    timeout=max(0.0, next_ping - time.monotonic()),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                waiter.cancel()
+            pongs.result()  # raises what ended the connection
+        finally:
+            pongs.cancel()
+
+    async def _watch_pongs(self, reader: asyncio.StreamReader) -> None:
+        """Read the peer's answers: its ACCEPT (we are connected from then on), then the
+        answers to our pings; end when it falls silent or refuses us."""
+        silence = DEAD_AFTER_PINGS * PING_INTERVAL_SECONDS
+        while True:
+            try:
+                kind, payload = await asyncio.wait_for(read_frame(reader), silence)
+            except TimeoutError:
+                raise PeerUnreachableError(f"peer {self.id:x} stopped answering") from None
+            if kind == FrameKind.ACCEPT:
+                self.active_since = time.monotonic()
+            elif kind == FrameKind.REFUSE:
+                refused = _refused(payload)
+                if refused.reason == MEMBER_REMOVED_MESSAGE:
+                    self.transport.on_removed()
+                raise refused
+
+    def _write_batch(self, writer: asyncio.StreamWriter) -> None:
+        batch = peer_pb2.MessageBatch()
+        add = batch.messages.add
+        queue = self.queue
+        n = 0
+        while queue and n < MAX_BATCH_MESSAGES:
+            m = queue.popleft()
+            if m.type == MessageType.SNAP:
+                self.start_snapshot(m)
+            else:
+                message_to_pb(m, add())
+                n += 1
+        if n:
+            _send(writer, frame(FrameKind.MESSAGES, batch.SerializeToString()))
+
+    def _broken(self, exc: BaseException) -> None:
+        t = self.transport
+        if self.active_since is not None:
+            log.debug("connection to peer %x broke: %s", self.id, exc)
+        self.active_since = None
+        key = f"{self.id:x}"
+        t.metrics.peer_sent_failures[key] = t.metrics.peer_sent_failures.get(key, 0) + 1
+        t.on_unreachable(self.id)
+        # Drop what is queued: Raft retransmits what matters.
+        while self.queue:
+            m = self.queue.popleft()
+            if m.type == MessageType.SNAP:
+                t.on_snapshot_sent(self.id, False)
 
     def start_snapshot(self, m: Message) -> None:
-        """Send a MsgSnap on its own stream; Raft hears the outcome through report_snapshot."""
+        """Send a MsgSnap on a connection of its own; Raft hears the outcome."""
         if self.snapshot_task is not None:
             self.snapshot_task.cancel()  # superseded: Raft sends one snapshot at a time
-        self.snapshot_task = asyncio.create_task(self._send_snapshot(m))
+        self.snapshot_task = self.transport.spawn(self._send_snapshot(m))
 
     async def _send_snapshot(self, m: Message) -> None:
         t = self.transport
         assert m.snapshot is not None
         data = m.snapshot.data
         head = message_to_pb(dataclasses.replace(m, snapshot=Snapshot(m.snapshot.metadata, b"")))
-
-        def chunks() -> Iterator[peer_pb2.SnapshotChunk]:
-            yield peer_pb2.SnapshotChunk(
-                cluster_id=t.cluster_id, frm=t.self_id, message=head, total_size=len(data)
-            )
-            view = memoryview(data)
-            for offset in range(0, len(data), SNAPSHOT_CHUNK_BYTES):
-                yield peer_pb2.SnapshotChunk(
-                    data=bytes(view[offset : offset + SNAPSHOT_CHUNK_BYTES])
-                )
-
         ok = False
         started = time.monotonic()
+        timeout = SNAPSHOT_TIMEOUT_MIN_SECONDS + len(data) / SNAPSHOT_MIN_RATE_BYTES
         try:
-            await self.stub().SendSnapshot(
-                chunks(), timeout=SNAPSHOT_TIMEOUT_MIN + len(data) / SNAPSHOT_MIN_RATE
+            reader, writer = await _dial(
+                self.url, t.tls, t.cluster_id, t.self_id, StreamKind.SNAPSHOT
             )
-            ok = True
+            try:
+                async with asyncio.timeout(timeout):
+                    _send(
+                        writer,
+                        frame(
+                            FrameKind.SNAP_HEAD,
+                            _SNAP_HEAD.pack(len(data)) + head.SerializeToString(),
+                        ),
+                    )
+                    view = memoryview(data)
+                    for offset in range(0, len(data), SNAPSHOT_CHUNK_BYTES):
+                        _send(
+                            writer,
+                            frame(
+                                FrameKind.SNAP_DATA,
+                                bytes(view[offset : offset + SNAPSHOT_CHUNK_BYTES]),
+                            ),
+                        )
+                        await writer.drain()
+                    kind, payload = await read_frame(reader)
+                    if kind == FrameKind.ACCEPT:
+                        kind, payload = await read_frame(reader)
+                if kind == FrameKind.REFUSE:
+                    raise _refused(payload)
+                if kind != FrameKind.SNAP_DONE or payload:
+                    raise PeerUnreachableError(payload.decode("utf-8", "replace") or kind.name)
+                ok = True
+            finally:
+                writer.close()
             log.info(
                 "sent a %d-byte snapshot at index %d to %x in %.2f s",
                 len(data),
@@ -176,42 +421,39 @@ class Peer:
                 self.id,
                 time.monotonic() - started,
             )
-        except grpc.aio.AioRpcError as exc:
-            log.warning("sending a snapshot to %x failed: %s", self.id, exc.details())
+        except (PeerUnreachableError, OSError, WireError, TimeoutError, ssl.SSLError) as exc:
+            log.warning("sending a snapshot to %x failed: %s", self.id, exc)
         finally:
             counts = t.metrics.snapshot_send_success if ok else t.metrics.snapshot_send_failures
             counts[f"{self.id:x}"] = counts.get(f"{self.id:x}", 0) + 1
             t.on_snapshot_sent(self.id, ok)
 
-    def connected_since(self) -> float | None:
-        """Since when this peer has been reachable without a break (None: it is not now).
+    async def call(
+        self, method: PeerMethod, request: PbMessage, response_type: type[R], timeout: float
+    ) -> R:
+        """A call only this peer (the leader) can answer, on the shared calls connection."""
+        t = self.transport
+        async with self._calls_lock:
+            calls = self._calls
+            if calls is None or calls.closed:
+                reader, writer = await _dial(
+                    self.url, t.tls, t.cluster_id, t.self_id, StreamKind.CALLS
+                )
+                calls = self._calls = _Calls(reader, writer)
+                t.spawn(calls.read_replies())
+        status, body = await calls.call(method, request.SerializeToString(), timeout)
+        return _decode_reply(status, body, response_type)
 
-        The channel notices a peer that went away before our next write fails.
-        """
-        channel = self.channel
-        if channel is None or channel.get_state() != grpc.ChannelConnectivity.READY:
-            self.active_since = None
-        return self.active_since
-
-    async def close(self) -> None:
-        if self.snapshot_task is not None:
-            self.snapshot_task.cancel()
-        if self.channel is not None:
-            await self.channel.close(grace=None)
-
-
-async def _refused_as_removed(call: grpc.aio.StreamUnaryCall, exc: Exception) -> bool:
-    """Did the peer end the stream because we were removed from the cluster?"""
-    if isinstance(exc, grpc.aio.AioRpcError):
-        return bool(exc.details() == MEMBER_REMOVED_MESSAGE)
-    # A write after the peer ended the call fails without its status: read it.
-    if not call.done():
-        return False
-    return bool(await call.details() == MEMBER_REMOVED_MESSAGE)
+    def close(self) -> None:
+        for task in (self.task, self.snapshot_task):
+            if task is not None:
+                task.cancel()
+        if self._calls is not None:
+            self._calls.close()
 
 
 class Transport:
-    """All outbound peers, plus the inbound ``Peer.Send`` handler."""
+    """All outbound peers. ``run()`` owns every task the transport starts."""
 
     def __init__(
         self,
@@ -225,8 +467,8 @@ class Transport:
     ) -> None:
         """``tls``: the peer certificate, key and CA used to dial https peers."""
         self.self_id = self_id
-        self.tls = tls or TLSFiles(prefix="peer-")
         self.cluster_id = cluster_id
+        self.tls = tls or TLSFiles(prefix="peer-")
         self.metrics = metrics
         self.on_unreachable = on_unreachable
         self.on_snapshot_sent = on_snapshot
@@ -242,12 +484,15 @@ class Transport:
             p = peers.get(m.to)
             if p is None:
                 continue
-            try:
-                p.queue.put_nowait(m)
-            except asyncio.QueueFull:
+            if not p.enqueue(m):
                 self.on_unreachable(m.to)
                 if m.type == MessageType.SNAP:
                     self.on_snapshot_sent(m.to, False)
+
+    def spawn(self, work: Awaitable[None]) -> asyncio.Task[None]:
+        """Run ``work`` in the transport's task group (it ends with the transport)."""
+        assert self._tasks is not None, "the transport is not running"
+        return self._tasks.create_task(work)  # type: ignore[arg-type]
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -257,7 +502,7 @@ class Transport:
             await asyncio.Future()  # peers come and go until the transport is cancelled
 
     def add_peer(self, peer_id: int, url: str) -> None:
-        """Start streaming to a member added at runtime (or to a member's new URL)."""
+        """Connect to a member added at runtime (or to a member's new URL)."""
         if peer_id == self.self_id:
             return
         old = self.peers.get(peer_id)
@@ -270,79 +515,173 @@ class Transport:
             peer.task = self._tasks.create_task(peer.run())
 
     def remove_peer(self, peer_id: int) -> None:
-        """Stop streaming to a removed member."""
+        """Stop talking to a removed member."""
         peer = self.peers.pop(peer_id, None)
+        if peer is not None:
+            peer.close()
+
+    async def call(
+        self,
+        peer_id: int,
+        method: PeerMethod,
+        request: PbMessage,
+        response_type: type[R],
+        timeout: float,
+    ) -> R:
+        peer = self.peers.get(peer_id)
         if peer is None:
-            return
-        if peer.task is not None:
-            peer.task.cancel()
-        if peer.channel is not None and self._tasks is not None:
-            self._tasks.create_task(peer.close())
+            raise PeerUnreachableError(f"no connection to {peer_id:x}")
+        return await peer.call(method, request, response_type, timeout)
 
     async def close(self) -> None:
         for p in self.peers.values():
-            await p.close()
+            p.close()
 
 
-class PeerReceiver:
-    """Decodes inbound batches; rejects other clusters and members removed from ours.
+class PeerListener:
+    """Accepts members' connections: their messages, snapshots and calls."""
 
-    Like etcd, a sender this member does not know yet is accepted: it joined after
-    the state applied here, and its entries are how this member learns of it.
-    """
-
-    def __init__(self, cluster_id: int, deliver: Callable[[list[Message]], None]):
+    def __init__(self, cluster_id: int, deliver: Deliver) -> None:
         self.cluster_id = cluster_id
         self.removed: set[int] = set()
         self.deliver = deliver
+        self.calls: dict[PeerMethod, CallSpec] = {}
+        """What this member answers; set by the server."""
+        self._servers: list[asyncio.Server] = []
+        self._handlers: set[asyncio.Task[None]] = set()
 
-    async def handle(
-        self, batches: AsyncIterator[peer_pb2.MessageBatch], context: grpc.aio.ServicerContext
-    ) -> peer_pb2.SendResponse:
-        with contextlib.suppress(asyncio.CancelledError):  # the server is stopping
-            await self._receive(batches, context)
-        return peer_pb2.SendResponse()
+    async def listen(self, url: str, tls: TLSFiles) -> None:
+        host, port = host_port(url)
+        context = http_ssl_context(tls) if is_https(url) else None
+        server = await asyncio.start_server(
+            self._accept, host, port, ssl=context, reuse_address=True
+        )
+        self._servers.append(server)
 
-    async def _receive(
-        self, batches: AsyncIterator[peer_pb2.MessageBatch], context: grpc.aio.ServicerContext
-    ) -> None:
-        async for batch in batches:
-            await self._check_sender(batch.cluster_id, batch.frm, context)
-            self.deliver([message_from_pb(p) for p in batch.messages])
+    async def close(self) -> None:
+        for server in self._servers:
+            server.close()
+        for task in list(self._handlers):
+            task.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                await server.wait_closed()
 
-    async def handle_snapshot(
-        self, chunks: AsyncIterator[peer_pb2.SnapshotChunk], context: grpc.aio.ServicerContext
-    ) -> peer_pb2.SendResponse:
-        """Reassemble one chunked MsgSnap and deliver it whole."""
-        head: peer_pb2.SnapshotChunk | None = None
-        data = bytearray()
-        async for chunk in chunks:
-            if head is None:
-                await self._check_sender(chunk.cluster_id, chunk.frm, context)
-                head = chunk
-            data += chunk.data
-            if len(data) > head.total_size:
-                break
-        if head is None or len(data) != head.total_size:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"snapshot stream ended with {len(data)} of "
-                f"{head.total_size if head else '?'} bytes",
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        try:
+            cluster_id, sender, kind = await asyncio.wait_for(
+                read_hello(reader), HELLO_TIMEOUT_SECONDS
             )
-            raise AssertionError("unreachable")
-        m = message_from_pb(head.message)
+            refusal = self._refusal(cluster_id, sender, kind)
+            if refusal:
+                _send(writer, frame(FrameKind.REFUSE, refusal.encode()))
+                await writer.drain()
+                return
+            _send(writer, frame(FrameKind.ACCEPT))
+            if kind == StreamKind.MESSAGES:
+                await self._messages(sender, reader, writer)
+            elif kind == StreamKind.SNAPSHOT:
+                await self._snapshot(reader, writer)
+            else:
+                await self._calls(reader, writer, cluster_id == 0)
+        except (WireError, OSError, TimeoutError, ssl.SSLError, DecodeError) as exc:
+            log.debug("peer connection ended: %s", exc)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self._handlers.discard(task)
+            writer.close()
+
+    def _refusal(self, cluster_id: int, sender: int, kind: StreamKind) -> str:
+        if cluster_id == 0 and kind == StreamKind.CALLS:
+            return ""  # a member joining the cluster asks who is in it
+        if cluster_id != self.cluster_id:
+            return f"cluster ID mismatch: got {cluster_id:x}, want {self.cluster_id:x}"
+        if sender in self.removed:
+            return MEMBER_REMOVED_MESSAGE
+        return ""
+
+    async def _messages(
+        self, sender: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        deliver = self.deliver
+        while True:
+            kind, payload = await read_frame(reader)
+            if sender in self.removed:  # removed since it connected: tell it, and hang up
+                _send(writer, frame(FrameKind.REFUSE, MEMBER_REMOVED_MESSAGE.encode()))
+                await writer.drain()
+                return
+            if kind == FrameKind.MESSAGES:
+                batch = peer_pb2.MessageBatch.FromString(payload)
+                deliver([message_from_pb(p) for p in batch.messages])
+            elif kind == FrameKind.PING:
+                _send(writer, frame(FrameKind.PONG))
+
+    async def _snapshot(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Reassemble one chunked MsgSnap and deliver it whole."""
+        kind, payload = await read_frame(reader)
+        if kind != FrameKind.SNAP_HEAD or len(payload) < _SNAP_HEAD.size:
+            raise WireError("a snapshot connection starts with its head")
+        (total,) = _SNAP_HEAD.unpack_from(payload)
+        head = peer_pb2.Message.FromString(payload[_SNAP_HEAD.size :])
+        data = bytearray()
+        while len(data) < total:
+            kind, chunk = await read_frame(reader)
+            if kind != FrameKind.SNAP_DATA or len(data) + len(chunk) > total:
+                _send(writer, frame(FrameKind.SNAP_DONE, b"snapshot data past its declared size"))
+                return
+            data += chunk
+        m = message_from_pb(head)
         assert m.snapshot is not None
         m.snapshot = Snapshot(m.snapshot.metadata, bytes(data))
         self.deliver([m])
-        return peer_pb2.SendResponse()
+        _send(writer, frame(FrameKind.SNAP_DONE))
+        await writer.drain()
 
-    async def _check_sender(
-        self, cluster_id: int, frm: int, context: grpc.aio.ServicerContext
+    async def _calls(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, outsider: bool
     ) -> None:
-        if cluster_id != self.cluster_id:
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"cluster ID mismatch: got {cluster_id:x}, want {self.cluster_id:x}",
-            )
-        if frm in self.removed:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, MEMBER_REMOVED_MESSAGE)
+        answering: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                kind, payload = await read_frame(reader)
+                if kind != FrameKind.CALL:
+                    continue
+                call_id, method, body = split_call(payload)
+                task = asyncio.ensure_future(self._answer(writer, call_id, method, body, outsider))
+                answering.add(task)
+                task.add_done_callback(answering.discard)
+        finally:
+            for task in answering:
+                task.cancel()
+
+    async def _answer(
+        self, writer: asyncio.StreamWriter, call_id: int, method: int, body: bytes, outsider: bool
+    ) -> None:
+        with contextlib.suppress(OSError):  # the caller went away: nobody to answer
+            await self._answer_call(writer, call_id, method, body, outsider)
+
+    async def _answer_call(
+        self, writer: asyncio.StreamWriter, call_id: int, method: int, body: bytes, outsider: bool
+    ) -> None:
+        try:
+            spec = self.calls.get(PeerMethod(method))
+        except ValueError:
+            spec = None
+        if spec is None or (outsider and method != PeerMethod.MEMBER_LIST):
+            _send(writer, reply_frame(call_id, StatusCode.UNIMPLEMENTED, b"unknown peer call"))
+            return
+        try:
+            response = await spec.handler(spec.request_type.FromString(body))
+        except RequestError as exc:
+            code, message = to_status(exc)
+            _send(writer, reply_frame(call_id, code, message.encode()))
+            return
+        except DecodeError as exc:
+            _send(writer, reply_frame(call_id, StatusCode.INTERNAL, str(exc).encode()))
+            return
+        _send(writer, reply_frame(call_id, StatusCode.OK, response.SerializeToString()))

@@ -9,6 +9,8 @@
 """
 
 from kvstore.storage.errors import (
+    DiskFaultError,
+    DiskFullError,
     SnapshotCorruptError,
     SnapshotError,
     StorageError,
@@ -20,6 +22,8 @@ from kvstore.storage.wal import WAL, Recovered, SnapshotMarker, read_wal, valid_
 
 __all__ = [
     "WAL",
+    "DiskFaultError",
+    "DiskFullError",
     "Recovered",
     "SnapshotCorruptError",
     "SnapshotError",

@@ -7,6 +7,8 @@ Everything raised on purpose by :mod:`kvstore.storage` derives from
 
 from __future__ import annotations
 
+import errno
+
 
 class StorageError(Exception):
     """Base class of every storage-layer error."""
@@ -84,3 +86,40 @@ class SnapshotCorruptError(SnapshotError):
 
 class NoSnapshotError(SnapshotError):
     """No valid snapshot file is available."""
+
+
+class DiskFaultError(StorageError):
+    """The disk failed under a write or an fsync: fatal, the member must stop.
+
+    Never retried: after a failed fsync Linux may have dropped the dirty pages
+    and marked them clean, so a second fsync "succeeds" without the data. What
+    was acknowledged before the failure is on disk (it was synced); restarting
+    recovers from there. ``errno`` is the OS error's.
+    """
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = code
+
+
+class DiskFullError(DiskFaultError):
+    """A write found no space left (ENOSPC, EDQUOT); nothing was acknowledged past it."""
+
+
+_FULL_ERRNOS = frozenset((errno.ENOSPC, errno.EDQUOT))
+
+
+def disk_fault(what: str, path: str, error: OSError) -> DiskFaultError:
+    """The fatal error for OS error ``error`` while doing ``what`` on ``path``."""
+    if error.errno in _FULL_ERRNOS:
+        return DiskFullError(
+            f"no space left on device: {what} {path} failed ({error.strerror}); this member "
+            "stops taking writes: free space and restart it (everything acknowledged is on disk)",
+            error.errno,
+        )
+    return DiskFaultError(
+        f"disk failure: {what} {path} failed ({error.strerror or error}); stopping: after a "
+        "failed write or fsync the kernel may have dropped the unwritten pages, so nothing "
+        "since the last successful fsync can be trusted; restart the member to recover from disk",
+        error.errno,
+    )

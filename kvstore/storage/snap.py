@@ -45,8 +45,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Final, Protocol
 
+from kvstore.failpoints import failpoint
 from kvstore.raft.types import ConfState, Snapshot, SnapshotMetadata
-from kvstore.storage.errors import SnapshotCorruptError, SnapshotError
+from kvstore.storage.dirs import fsync_dir, make_dirs_durable
+from kvstore.storage.errors import SnapshotCorruptError, SnapshotError, disk_fault
 
 __all__ = [
     "DEFAULT_KEEP",
@@ -123,14 +125,6 @@ class SnapshotFile:
     path: str
 
 
-def _fsync_dir(dirpath: str) -> None:
-    fd = os.open(dirpath, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _file_chunks(path: str | os.PathLike[str], chunk_size: int) -> Iterator[bytes]:
     with open(path, "rb") as f:
         while chunk := f.read(chunk_size):
@@ -146,7 +140,7 @@ class SnapshotStore:
             raise ValueError("keep must be >= 1")
         self._dir = os.fspath(dirpath)
         self._keep = keep
-        os.makedirs(self._dir, exist_ok=True)
+        make_dirs_durable(self._dir)
         for name in os.listdir(self._dir):
             if name.endswith(_SUFFIX + _TMP_SUFFIX):
                 log.warning("snap: removing leftover temporary file %s", name)
@@ -193,6 +187,7 @@ class SnapshotStore:
         path = os.path.join(self._dir, snapshot_name(metadata.term, metadata.index))
         tmp = path + _TMP_SUFFIX
         meta = encode_metadata(metadata)
+        failpoint("snapBeforeSave")
         try:
             with open(tmp, "wb") as f:
                 head = _HEADER.pack(MAGIC, FORMAT_VERSION, len(meta)) + meta
@@ -208,12 +203,20 @@ class SnapshotStore:
                 f.write(length + _CRC.pack(crc))
                 f.flush()
                 os.fsync(f.fileno())
+            failpoint("snapBeforeRename")
             os.rename(tmp, path)
-            _fsync_dir(self._dir)
+            fsync_dir(self._dir)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            if exc.errno is None:  # the source of the chunks failed, not the disk
+                raise
+            raise disk_fault("saving the snapshot", path, exc) from exc
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
+        failpoint("snapAfterSave")
         log.info(
             "snap: saved %s index=%d term=%d bytes=%d",
             path,
@@ -231,7 +234,7 @@ class SnapshotStore:
         for s in doomed:
             os.unlink(s.path)
         if doomed:
-            _fsync_dir(self._dir)
+            fsync_dir(self._dir)
             log.info(
                 "snap: purged %d old snapshot(s) up to index %d", len(doomed), doomed[-1].index
             )
@@ -301,7 +304,7 @@ class SnapshotStore:
             "snap: skipping corrupt snapshot %s (%s); renaming to %s", path, exc, _BROKEN_SUFFIX
         )
         os.rename(path, path + _BROKEN_SUFFIX)
-        _fsync_dir(self._dir)
+        fsync_dir(self._dir)
 
     @staticmethod
     def _layout(path: str, head: bytes, size: int) -> tuple[int, int]:

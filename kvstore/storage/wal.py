@@ -78,7 +78,9 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Final
 
+from kvstore.failpoints import failpoint
 from kvstore.raft.types import EMPTY_HARD_STATE, Entry, EntryType, HardState, SnapshotMetadata
+from kvstore.storage.dirs import fsync_dir, make_dirs_durable
 from kvstore.storage.errors import (
     WALClosedError,
     WALCorruptError,
@@ -88,6 +90,7 @@ from kvstore.storage.errors import (
     WALMissingEntriesError,
     WALNotFoundError,
     WALSnapshotNotFoundError,
+    disk_fault,
 )
 
 __all__ = [
@@ -417,14 +420,6 @@ def _list_segment_files(dirpath: str) -> list[_SegmentFile]:
     return out
 
 
-def _fsync_dir(dirpath: str) -> None:
-    fd = os.open(dirpath, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _preallocate(fd: int, size: int) -> None:
     if size <= 0:
         return
@@ -460,7 +455,7 @@ def _create_segment(
         offset = _write_all(fd, frame, 0)
         os.fsync(fd)
         os.rename(tmp, path)
-        _fsync_dir(dirpath)
+        fsync_dir(dirpath)
     except BaseException:
         os.close(fd)
         with contextlib.suppress(OSError):
@@ -695,11 +690,7 @@ class WAL:
         d = os.fspath(dirpath)
         if segment_size <= 0:
             raise ValueError("segment_size must be positive")
-        parent = os.path.dirname(os.path.abspath(d))
-        existed = os.path.isdir(d)
-        os.makedirs(d, exist_ok=True)
-        if not existed:
-            _fsync_dir(parent)
+        make_dirs_durable(d)
         lock_fd = cls._lock(d)
         try:
             if _list_segment_files(d):
@@ -840,11 +831,19 @@ class WAL:
 
     def _write(self, data: bytes) -> None:
         try:
+            failpoint("walBeforeWrite")
             self._offset = _write_all(self._fd, data, self._offset)
+            self._dirty = True
+            failpoint("walAfterWrite")
+        except OSError as exc:
+            self._failed = exc
+            raise disk_fault("writing the WAL segment", self._segment_path(), exc) from exc
         except BaseException as exc:
             self._failed = exc
             raise
-        self._dirty = True
+
+    def _segment_path(self) -> str:
+        return os.path.join(self._dir, f"{self._seq:016x}-*.wal")
 
     def save(
         self,
@@ -936,10 +935,15 @@ class WAL:
             return
         t0 = time.monotonic()
         try:
-            _fdatasync(self._fd)
-        except BaseException as exc:
+            if not failpoint("walFsync"):
+                _fdatasync(self._fd)
+            failpoint("walAfterFsync")
+        except OSError as exc:
             self._failed = exc
             log.error("wal: fdatasync failed dir=%s seq=%d: %s", self._dir, self._seq, exc)
+            raise disk_fault("fdatasync of the WAL", self._segment_path(), exc) from exc
+        except BaseException as exc:
+            self._failed = exc
             raise
         self._dirty = False
         took = time.monotonic() - t0
@@ -960,6 +964,7 @@ class WAL:
         before the new segment file appears.
         """
         self._check()
+        failpoint("walBeforeCut")
         try:
             self._dirty = True  # the trim below must reach the disk either way
             _fdatasync(self._fd)
@@ -974,6 +979,9 @@ class WAL:
                 self._metadata,
             )
             fd, path, offset, crc = _create_segment(self._dir, header, self._segment_size)
+        except OSError as exc:
+            self._failed = exc
+            raise disk_fault("cutting a new WAL segment in", self._dir, exc) from exc
         except BaseException as exc:
             self._failed = exc
             raise
@@ -983,6 +991,7 @@ class WAL:
         self._offset = offset
         self._last_crc = crc
         log.info("wal: cut to new segment %s last_index=%d", path, self._last_index)
+        failpoint("walAfterCut")
 
     def release_to(self, index: int) -> int:
         """Delete segments holding only entries at or below snapshot ``index``.
@@ -999,16 +1008,22 @@ class WAL:
             if s.first_index <= index and s.seq <= self._seq:
                 keep = i
         doomed = segs[:keep]
-        for s in doomed:  # oldest first: a crash leaves a contiguous suffix
-            os.unlink(s.path)
+        try:
+            for s in doomed:  # oldest first: a crash leaves a contiguous suffix
+                os.unlink(s.path)
+            if doomed:
+                fsync_dir(self._dir)
+        except OSError as exc:
+            self._failed = exc
+            raise disk_fault("releasing WAL segments in", self._dir, exc) from exc
         if doomed:
-            _fsync_dir(self._dir)
             log.info(
                 "wal: released %d segment(s) up to seq %d for snapshot index %d",
                 len(doomed),
                 doomed[-1].seq,
                 index,
             )
+            failpoint("walAfterReleaseSegments")
         return len(doomed)
 
     def close(self) -> None:

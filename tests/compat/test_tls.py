@@ -306,3 +306,55 @@ def test_https_url_without_certificate_is_refused_like_etcd(tmp_path: Path) -> N
         timeout=60,
     )
     assert (ours.returncode, ours.stderr) == (2, f"kvstore serve: {message}\n")
+
+
+async def test_json_gateway_over_https_on_the_client_port(
+    servers: dict[str, Server], certs: Certificates
+) -> None:
+    """Both serve etcd's gateway next to gRPC on the TLS client port, client certificate checked."""
+    import aiohttp
+
+    body = json.dumps({"key": "L3Rscy9nYXRld2F5", "value": "b3ZlciBodHRwcw=="}).encode()
+    answers = {}
+    for name, s in servers.items():
+        url = f"{s.members[0].client_url}/v3/kv/put"
+        assert url.startswith("https://")
+        connector = aiohttp.TCPConnector(ssl=certs.ssl_context())
+        async with aiohttp.ClientSession(connector=connector) as session:
+            async with session.post(url, data=body) as resp:
+                answers[name] = (resp.status, sorted((await resp.json())["header"]))
+            without_cert = ssl.create_default_context(cafile=str(certs.ca))
+            with pytest.raises(aiohttp.ClientError):
+                async with session.post(url, data=body, ssl=without_cert) as resp:
+                    await resp.read()
+    assert (
+        answers["kvstore"]
+        == answers["etcd"]
+        == (
+            200,
+            ["cluster_id", "member_id", "raft_term", "revision"],
+        )
+    )
+
+
+def test_alpn_gives_http_clients_http1_and_grpc_clients_h2(
+    servers: dict[str, Server], certs: Certificates
+) -> None:
+    """A client offering both (curl, browsers) gets HTTP/1.1, the one our gateway speaks."""
+    import socket
+
+    member = servers["kvstore"].members[0]
+    chosen = {}
+    for offered in (["h2", "http/1.1"], ["h2"], ["http/1.1"]):
+        context = certs.ssl_context()
+        context.set_alpn_protocols(offered)
+        with (
+            socket.create_connection(("127.0.0.1", member.client_port), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+        ):
+            chosen[tuple(offered)] = tls.selected_alpn_protocol()
+    assert chosen == {
+        ("h2", "http/1.1"): "http/1.1",
+        ("h2",): "h2",
+        ("http/1.1",): "http/1.1",
+    }

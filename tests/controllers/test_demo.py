@@ -221,8 +221,8 @@ def test_demo_fails_over_and_stops_cleanly(tmp_path: Path) -> None:
         # Every process the demo started (and says it started) stops with it.
         living = descendants(demo.process.pid)
         reported = {int(pid) for pid in re.findall(r"pid (\d+)\)", "\n".join(demo.lines))}
-        # 2 store members left, 3 node agents, 3 controller-managers, 2 schedulers.
-        assert len(living) == 10, (living, demo.output())
+        # 2 store members left, 3 node agents, 3 controller-managers, 2 schedulers, the dashboard.
+        assert len(living) == 11, (living, demo.output())
         assert living <= reported, (living - reported, demo.output())
         started = {pid: start_time(pid) for pid in living}
         demo.process.send_signal(signal.SIGTERM)
@@ -245,8 +245,8 @@ def test_demo_on_a_real_etcd_settles_and_quits(tmp_path: Path) -> None:
         assert sorted(store_roles(view)) == ["etcd0", "etcd1", "etcd2"], view
         living = descendants(demo.process.pid)
         reported = {int(pid) for pid in re.findall(r"pid (\d+)\)", "\n".join(demo.lines))}
-        # 3 etcd members, 3 node agents, 3 controller-managers, 2 schedulers.
-        assert len(living) == 11, (living, demo.output())
+        # 3 etcd members, 3 node agents, 3 controller-managers, 2 schedulers, the dashboard.
+        assert len(living) == 12, (living, demo.output())
         assert living <= reported, (living - reported, demo.output())
         started = {pid: start_time(pid) for pid in living}
         demo.send("q")

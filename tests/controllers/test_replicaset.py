@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import anyio
 
-from controllers.informer import Informer
+from controllers.informer import Informer, Informers
 from controllers.objects import Obj, controller_ref, new_object, uid_of
 from controllers.replicaset import Expectations, ReplicaSetController
 from controllers.store import DirectWriter, Store
@@ -50,7 +50,8 @@ async def test_adopts_orphans_creates_and_deletes(etcd: EtcdCluster) -> None:
             await store.create(writer, "pods", new_object("pods", name, labels=labels))
         await store.create(writer, "pods", new_object("pods", "other", labels={"app": "db"}))
         rs = await store.create(writer, "replicasets", replicaset("web", 3))
-        controller = ReplicaSetController(store, writer, workers=2, resync_period=1.0)
+        informers = Informers(store, resync_period=1.0)
+        controller = ReplicaSetController(store, writer, informers, workers=2)
 
         async def settle(informer: Informer, predicate: Callable[[list[Obj]], bool]) -> None:
             with anyio.fail_after(20):
@@ -58,6 +59,7 @@ async def test_adopts_orphans_creates_and_deletes(etcd: EtcdCluster) -> None:
                     await informer.wait_changed()
 
         async with anyio.create_task_group() as tasks:
+            tasks.start_soon(informers.run)
             tasks.start_soon(controller.run)
             await settle(controller.pods, lambda ps: len(owned_by(ps, rs)) == 3)
             pods = controller.pods.list()

@@ -57,6 +57,15 @@ def serve(tmp_path: Path, *flags: str) -> subprocess.CompletedProcess[str]:
         (("--initial-cluster", "other=http://127.0.0.1:1"), "no member named 'm'"),
         (("--quota-backend-bytes", "lots"), "invalid int value"),
         (("--experimental-watch-progress-notify-interval", "soon"), "soon"),
+        (
+            (
+                "--listen-client-urls",
+                "http://127.0.0.1:42379",
+                "--listen-client-http-urls",
+                "http://127.0.0.1:42379",
+            ),
+            "cannot bind both --listen-client-urls and --listen-client-http-urls on the same url",
+        ),
     ],
 )
 def test_bad_flags_give_one_line(tmp_path: Path, flags: tuple[str, ...], message: str) -> None:

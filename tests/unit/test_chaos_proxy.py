@@ -3,6 +3,7 @@ telling the sender of etcd's (HTTP/1.1) and our (gRPC, HTTP/2) peer connections.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import socketserver
@@ -11,23 +12,20 @@ import time
 from collections.abc import AsyncIterator, Iterator
 
 import anyio
-import grpc
-import hpack
 import pytest
 
 from kvstore._pb.etcdserverpb import rpc_pb2
-from kvstore._pb.peerpb import peer_pb2_grpc
 from kvstore.chaos.proxy import (
-    HTTP2_PREFACE,
     LinkRule,
     ProxyMesh,
     etcd_sender,
-    grpc_sender,
     peer_sender,
 )
 from kvstore.ports import free_ports
+from kvstore.server.config import TLSFiles
 from kvstore.server.metrics import Metrics
-from kvstore.server.transport import PEER_USER_AGENT, Transport
+from kvstore.server.peerwire import PeerMethod, StreamKind, hello
+from kvstore.server.transport import CallSpec, PeerListener, PeerUnreachableError, Transport
 
 HEAD = b"POST /raft HTTP/1.1\r\nHost: x\r\nX-Server-From: a1\r\n\r\n"
 
@@ -130,42 +128,11 @@ def _frame(kind: int, flags: int, payload: bytes, stream: int = 0) -> bytes:
     return head + payload
 
 
-def _http2_start(user_agent: bytes) -> bytes:
-    """A client connection start: preface, SETTINGS, WINDOW_UPDATE, then one request's
-    header block split over a padded, prioritised HEADERS and a CONTINUATION frame."""
-    block = hpack.Encoder().encode(
-        [
-            (b":method", b"POST"),
-            (b":scheme", b"http"),
-            (b":path", b"/peerpb.Peer/Send"),
-            (b":authority", b"127.0.0.1:2380"),
-            (b"content-type", b"application/grpc"),
-            (b"user-agent", user_agent),
-            (b"te", b"trailers"),
-        ]
-    )
-    cut = len(block) // 2
-    padding = 3
-    headers = bytes([padding]) + b"\x80\x00\x00\x00\x10" + block[:cut] + b"\x00" * padding
-    return (
-        HTTP2_PREFACE
-        + _frame(0x4, 0x0, b"\x00\x04\x00\x40\x00\x00")  # SETTINGS
-        + _frame(0x8, 0x0, b"\x00\x01\x00\x00")  # WINDOW_UPDATE
-        + _frame(0x1, 0x8 | 0x20, headers, stream=1)  # HEADERS, PADDED | PRIORITY
-        + _frame(0x9, 0x4, block[cut:], stream=1)  # CONTINUATION, END_HEADERS
-        + _frame(0x0, 0x0, b"\x00\x00\x00\x00\x00", stream=1)  # DATA
-    )
-
-
-def test_sender_is_read_from_the_first_http2_header_block() -> None:
-    start = _http2_start(f"{PEER_USER_AGENT}8e9e05c52164694d grpc-python/1".encode())
-    assert grpc_sender(start) == 0x8E9E05C52164694D
+def test_sender_is_read_from_our_hello() -> None:
+    start = hello(0x1234, 0x8E9E05C52164694D, StreamKind.MESSAGES) + b"\x00\x00\x00\x01\x0a"
     assert peer_sender(start) == 0x8E9E05C52164694D
-    end_of_block = len(start) - 14  # the DATA frame is not needed
-    for cut in range(end_of_block):
-        assert grpc_sender(start[:cut]) is None, cut  # not known before the block is complete
-        assert peer_sender(start[:cut]) is None, cut
-    assert grpc_sender(_http2_start(b"grpc-python/1 grpc-c/2")) is None
+    for cut in range(len(start) - 5):
+        assert peer_sender(start[:cut]) is None, cut  # not known before the hello is whole
 
 
 def test_sender_of_an_etcd_request_waits_for_the_whole_head() -> None:
@@ -174,27 +141,31 @@ def test_sender_of_an_etcd_request_waits_for_the_whole_head() -> None:
     assert etcd_sender(head[:-4]) is None  # a truncated id must not be taken for the sender
 
 
-class _Peer(peer_pb2_grpc.PeerServicer):
-    async def LeaseTimeToLive(self, request, context):
-        return rpc_pb2.LeaseTimeToLiveResponse(ID=request.ID, TTL=7)
-
-
 @pytest.fixture
-async def peer_server() -> AsyncIterator[int]:
-    server = grpc.aio.server()
-    peer_pb2_grpc.add_PeerServicer_to_server(_Peer(), server)  # type: ignore[no-untyped-call]
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    yield port
-    await server.stop(grace=None)
+async def listener() -> AsyncIterator[tuple[int, PeerListener]]:
+    (port,) = free_ports(1)
+    peer = PeerListener(1, lambda msgs: None)
+
+    async def time_to_live(req: rpc_pb2.LeaseTimeToLiveRequest) -> rpc_pb2.LeaseTimeToLiveResponse:
+        return rpc_pb2.LeaseTimeToLiveResponse(ID=req.ID, TTL=7)
+
+    peer.calls[PeerMethod.LEASE_TIME_TO_LIVE] = CallSpec(
+        rpc_pb2.LeaseTimeToLiveRequest, time_to_live
+    )
+    await peer.listen(f"http://127.0.0.1:{port}", TLSFiles(prefix="peer-"))
+    yield port, peer
+    await peer.close()
 
 
-async def test_our_peer_transport_is_told_apart_and_cut(peer_server: int) -> None:
+async def test_our_peer_transport_is_told_apart_and_cut(
+    listener: tuple[int, PeerListener],
+) -> None:
     """Member 0 (id 0xabc) dials member 1 through member 1's proxy, with our real transport."""
+    port, _ = listener
     (proxy_port,) = free_ports(1)
     mesh = ProxyMesh(
         [("127.0.0.1", free_ports(1)[0]), ("127.0.0.1", proxy_port)],
-        [("127.0.0.1", 1), ("127.0.0.1", peer_server)],
+        [("127.0.0.1", 1), ("127.0.0.1", port)],
     )
     mesh.set_member_ids({0xABC: 0})
     mesh.start()
@@ -206,26 +177,38 @@ async def test_our_peer_transport_is_told_apart_and_cut(peer_server: int) -> Non
         lambda peer: None,
         lambda peer, ok: None,
     )
-    stub = transport.peers[0xDEF].stub()
+    running = asyncio.create_task(transport.run())
     request = rpc_pb2.LeaseTimeToLiveRequest(ID=5)
+
+    async def ttl(timeout: float) -> int:
+        resp = await transport.call(
+            0xDEF,
+            PeerMethod.LEASE_TIME_TO_LIVE,
+            request,
+            rpc_pb2.LeaseTimeToLiveResponse,
+            timeout,
+        )
+        return int(resp.TTL)
+
     try:
-        assert (await stub.LeaseTimeToLive(request, timeout=10)).TTL == 7
+        assert await ttl(10) == 7
         mesh.set_member_ids({0xABC: 0, 0x123: 2})
         mesh.set_rule(2, 1, LinkRule(blocked=True))  # another sender's link: calls still pass
-        assert (await stub.LeaseTimeToLive(request, timeout=10)).TTL == 7
+        assert await ttl(10) == 7
         mesh.heal()
         mesh.set_rule(0, 1, LinkRule(blocked=True))
-        with pytest.raises(grpc.aio.AioRpcError) as cut:
-            await stub.LeaseTimeToLive(request, timeout=1)
-        assert cut.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        with pytest.raises(PeerUnreachableError):
+            await ttl(1)
         mesh.heal()
         with anyio.fail_after(30):
-            while True:  # the frozen connection was reset; the channel redials
+            while True:  # the frozen connection was reset; the next call redials
                 try:
-                    assert (await stub.LeaseTimeToLive(request, timeout=5)).TTL == 7
+                    assert await ttl(5) == 7
                     break
-                except grpc.aio.AioRpcError:
+                except PeerUnreachableError:
                     await anyio.sleep(0.1)
     finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
         await transport.close()
         mesh.stop()

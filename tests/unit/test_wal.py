@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 from kvstore.raft.types import EMPTY_HARD_STATE, Entry, EntryType, HardState, SnapshotMetadata
 from kvstore.storage import wal as wal_mod
 from kvstore.storage.errors import (
+    DiskFaultError,
+    DiskFullError,
     WALClosedError,
     WALCorruptError,
     WALExistsError,
@@ -367,8 +369,10 @@ def test_fsync_failure_poisons_the_wal(tmp_path: Path, monkeypatch: pytest.Monke
         raise OSError(errno.EIO, "injected I/O error")
 
     monkeypatch.setattr(wal_mod, "_fdatasync", failing)
-    with pytest.raises(OSError, match="injected"):
+    with pytest.raises(DiskFaultError, match=r"fdatasync of the WAL .* failed") as ei:
         w.save(None, ents(4, 4))
+    assert ei.value.errno == errno.EIO
+    assert not isinstance(ei.value, DiskFullError)
     monkeypatch.undo()
     with pytest.raises(WALFailedError):
         w.save(None, ents(5, 5))
@@ -377,6 +381,32 @@ def test_fsync_failure_poisons_the_wal(tmp_path: Path, monkeypatch: pytest.Monke
     w.close()  # releases the lock without syncing
     _, rec = _open_close(tmp_path)
     assert [e.index for e in rec.entries][:3] == [1, 2, 3]
+
+
+def test_full_disk_on_write_stops_the_wal_and_keeps_what_was_synced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC in the middle of a batch: a DiskFullError, no retry, the synced prefix intact."""
+    w = WAL.create(tmp_path, segment_size=SEG)
+    w.save(HardState(1, 1, 0), ents(1, 3))
+    real_pwrite = os.pwrite
+    calls: list[int] = []
+
+    def half_then_full(fd: int, data: bytes, offset: int) -> int:
+        calls.append(offset)
+        if len(calls) == 1:
+            return real_pwrite(fd, memoryview(data)[:16], offset)  # torn, then the disk is full
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "pwrite", half_then_full)
+    with pytest.raises(DiskFullError, match="no space left on device: writing the WAL"):
+        w.save(None, ents(4, 6, size=200))
+    monkeypatch.undo()
+    with pytest.raises(WALFailedError):
+        w.save(None, ents(4, 4))
+    w.close()
+    _, rec = _open_close(tmp_path)  # the torn tail is cut; entries 1..3 are all there
+    assert [e.index for e in rec.entries] == [1, 2, 3]
 
 
 def test_leftover_temp_segment_from_crashed_cut_is_removed(tmp_path: Path) -> None:

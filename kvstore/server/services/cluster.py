@@ -17,10 +17,15 @@ class ClusterService:
     def __init__(self, core: Core) -> None:
         self.core = core
 
+    def _fill_header(self, header: rpc_pb2.ResponseHeader) -> None:
+        """Like etcd's cluster service: no revision in the header."""
+        self.core.fill_header(header)
+        header.ClearField("revision")
+
     async def _headed(self, response: Awaitable[T]) -> T:
         """A membership change's response with this member's header."""
         resp: Any = await response
-        self.core.fill_header(resp.header)
+        self._fill_header(resp.header)
         return resp  # type: ignore[no-any-return]
 
     async def member_list(
@@ -31,7 +36,7 @@ class ClusterService:
             await core.node.read_index()  # the membership as of now, not as applied here
         resp = rpc_pb2.MemberListResponse()
         resp.members.extend(m.to_pb() for m in core.membership.described())
-        core.fill_header(resp.header)
+        self._fill_header(resp.header)
         return resp
 
     async def member_add(

@@ -3,8 +3,8 @@
 Like etcd, the member serves them as a client of itself: each call runs the
 client's Mutex or Election recipe over the caller's lease (which the caller
 keeps alive), through an in-process client connected to this member. Errors
-of the recipes travel as etcd's do: the Go error text with status UNKNOWN;
-errors of the store keep their status.
+of the recipes and of the store travel as etcd's do: the Go error text with
+status UNKNOWN (see ``_as_etcd``).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable
 from typing import TypeVar
 
+from kvstore import rpctypes
 from kvstore._pb.etcdserverpb import rpc_pb2
 from kvstore._pb.v3electionpb import v3election_pb2 as epb
 from kvstore._pb.v3lockpb import v3lock_pb2 as lpb
@@ -46,13 +47,23 @@ DEFAULT_SESSION_TTL = 60
 MISSING_LEADER_KEY = '"leader" field must be provided'
 
 
+_ETCD_ERRORS = frozenset(v for k, v in vars(rpctypes).items() if k.startswith("ERR_"))
+
+
 async def _as_etcd(call: Awaitable[T]) -> T:
-    """Run a recipe; its failures travel as etcd's do (Go error text; the store's status)."""
+    """Run a recipe; its failures travel as etcd's do.
+
+    etcd's in-process client turns the store's own errors into plain Go errors,
+    which its gRPC server sends with status UNKNOWN (``etcdserver: requested
+    lease not found`` included); other failures keep their status.
+    """
     try:
         return await call
     except ConcurrencyError as exc:
         raise RecipeError(str(exc)) from None
     except ClientError as exc:
+        if exc.message in _ETCD_ERRORS:
+            raise RecipeError(exc.message) from None
         raise RemoteError(exc.code.value[0], exc.message) from None
 
 

@@ -30,7 +30,9 @@ class KVService:
         return core.node.linearized(lambda: self._range_now(req))
 
     def _range_now(self, req: rpc_pb2.RangeRequest) -> rpc_pb2.RangeResponse:
-        resp = self.core.node.store.range(req)
+        node = self.core.node
+        resp = node.store.range(req)
+        node.metrics.mvcc_range += 1
         self.core.fill_header(resp.header)
         return resp
 
@@ -60,7 +62,10 @@ class KVService:
         return core.node.linearized(lambda: self._execute_now(req))
 
     def _execute_now(self, req: rpc_pb2.TxnRequest) -> rpc_pb2.TxnResponse:
-        resp = self.core.node.store.execute(req)
+        node = self.core.node
+        resp = node.store.execute(req)
+        node.metrics.mvcc_txn += 1
+        node.metrics.mvcc_range += len(resp.responses)  # a read-only txn: only ranges
         self.core.fill_header(resp.header)
         return resp
 

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from kvstore._pb.etcdserverpb import rpc_pb2
-from kvstore.errors import NotPrimaryError, RequestTimeoutError
+from kvstore.errors import BadLeaderTransfereeError, LeaderTransferTimeoutError, NotPrimaryError
 from kvstore.raft.types import Role
 from kvstore.rpc import CallContext, Cardinality, Method
 from kvstore.server.backup import backend_hash_of, stream_backup, write_etcd_backup
@@ -78,9 +78,8 @@ class MaintenanceService:
             # Shielded: the copy runs on if the client goes, and the cleanup waits for it.
             db_file = await asyncio.shield(copying)
             for remaining, blob in stream_backup(db_file):
-                resp = rpc_pb2.SnapshotResponse(remaining_bytes=remaining, blob=blob)
-                core.fill_header(resp.header)
-                yield resp
+                # No header: etcd 3.5 sends none on snapshot chunks.
+                yield rpc_pb2.SnapshotResponse(remaining_bytes=remaining, blob=blob)
         finally:
             copying.add_done_callback(lambda _: shutil.rmtree(work, ignore_errors=True))
 
@@ -88,9 +87,7 @@ class MaintenanceService:
         self, request: rpc_pb2.DefragmentRequest, ctx: CallContext
     ) -> rpc_pb2.DefragmentResponse:
         self.core.node.defragment()
-        resp = rpc_pb2.DefragmentResponse()
-        self.core.fill_header(resp.header)
-        return resp
+        return rpc_pb2.DefragmentResponse()  # no header: etcd 3.5 sends none
 
     async def hash(self, request: rpc_pb2.HashRequest, ctx: CallContext) -> rpc_pb2.HashResponse:
         """CRC-32C of the backend as etcd lays it out, from a pinned view, off the loop."""
@@ -121,17 +118,18 @@ class MaintenanceService:
         if node.role != Role.LEADER:
             raise NotPrimaryError()
         target = request.targetID
+        transferee = next((m for m in core.membership.described() if m.id == target), None)
+        if transferee is None or transferee.is_learner:
+            raise BadLeaderTransfereeError()
         node.raft.transfer_leadership(target)
         deadline = time.monotonic() + core.cfg.request_timeout
         while node.leader_id != target:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise RequestTimeoutError()
+                raise LeaderTransferTimeoutError()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(node.leader_changed.wait(), left)
-        resp = rpc_pb2.MoveLeaderResponse()
-        core.fill_header(resp.header)
-        return resp
+        return rpc_pb2.MoveLeaderResponse()  # no header: etcd 3.5 sends none
 
     def methods(self) -> list[tuple[str, Method]]:
         snapshot = Method(rpc_pb2.SnapshotRequest, self.snapshot, Cardinality.SERVER_STREAM)
