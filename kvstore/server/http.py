@@ -20,6 +20,7 @@ from aiohttp import web
 
 from kvstore import rpc
 from kvstore._pb.etcdserverpb import rpc_pb2
+from kvstore.errors import PermissionDeniedError, UserEmptyError
 from kvstore.gateway import Gateway
 from kvstore.server.config import CLUSTER_VERSION, SERVER_VERSION
 from kvstore.server.services import Core
@@ -134,6 +135,8 @@ class MemberHTTP:
                 await self.clients.methods[_RANGE].handler(request, ctx)
         except TimeoutError:
             return False, "RANGE ERROR:context deadline exceeded"
+        except (UserEmptyError, PermissionDeniedError):
+            pass  # auth is enabled: the read was refused, so the member answers (as etcd)
         except Exception as error:
             _, message = self.clients.error_mapper(error)
             return False, f"RANGE ERROR:{message}"

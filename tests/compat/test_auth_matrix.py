@@ -8,10 +8,13 @@ third-party client (aetcd) logs in to both and works the same.
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -150,3 +153,45 @@ def test_a_third_party_client_logs_in(prepared: dict[str, Server]) -> None:
         outs[name] = json.loads(proc.stdout)
     assert outs["etcd"] == outs["kvstore"], outs
     assert outs["etcd"]["get"] == "party" and outs["etcd"]["wrong password"] != "accepted"
+
+
+def _gateway(server: Server, path: str, body: dict[str, str], token: str = "") -> object:
+    """POST to etcd's JSON gateway on the client port: (HTTP status, decoded answer)."""
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = token
+    request = urllib.request.Request(
+        f"http://{server.endpoints[0]}/v3/{path}", json.dumps(body).encode(), headers
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=15) as response:
+            answer = json.loads(response.read())
+            status = response.status
+    except urllib.error.HTTPError as error:
+        answer = json.loads(error.read())
+        status = error.code
+    answer.pop("header", None)  # IDs and revisions of each server's own
+    return status, answer
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def test_json_gateway_logins(prepared: dict[str, Server]) -> None:
+    outs: dict[str, list[object]] = {}
+    for name, server in prepared.items():
+        login = {"name": "readwrite-prefix", "password": "pw"}
+        status, answer = _gateway(server, "auth/authenticate", login)
+        assert status == 200, answer
+        assert isinstance(answer, dict)
+        token = answer.pop("token")
+        outs[name] = [
+            (status, answer),
+            _gateway(server, "auth/authenticate", {"name": "readwrite-prefix", "password": "x"}),
+            _gateway(server, "kv/range", {"key": _b64("/m/p/x")}, token),
+            _gateway(server, "kv/range", {"key": _b64("/m/z")}, token),
+            _gateway(server, "kv/range", {"key": _b64("/m/p/x")}),
+            _gateway(server, "kv/range", {"key": _b64("/m/p/x")}, "not-a-token.1"),
+        ]
+    assert outs["etcd"] == outs["kvstore"], outs
