@@ -7,8 +7,9 @@
   the leader changes seen, and request rates from the members' ``/metrics``;
 - **Control plane**: the lease locks under ``/registry/leases/``, their
   holders and standbys (``/registry/leasecandidates/``);
-- **Workloads**: nodes, ReplicaSets and pods, with optimistic actions (scale,
-  delete, create, cordon);
+- **Workloads**: nodes, Deployments (with the ReplicaSets they own),
+  ReplicaSets and pods, with optimistic actions (scale a Deployment or a
+  ReplicaSet, delete a pod, create a ReplicaSet, cordon a node);
 - **Keys**: a key browser with values, revisions and history, and a live tail.
 
 Changes reach the browser over Server-Sent Events, driven by watches; only

@@ -9,10 +9,11 @@ and ``message``; nothing is written when a request is refused):
                                            changes as they happen
 ``GET  /api/store``                        members, leader, leader timeline, request rates
 ``GET  /api/locks``                        lease locks, node heartbeats
-``GET  /api/objects/{resource}``           nodes, replicasets or pods
+``GET  /api/objects/{resource}``           nodes, deployments, replicasets or pods
 ``POST /api/replicasets``                  create (name, namespace, replicas, image, cpu,
                                            memory)
-``POST /api/{resource}/{ns}/{name}/scale`` ``{"replicas": N, "resourceVersion": "R"}``
+``POST /api/{resource}/{ns}/{name}/scale`` deployments or replicasets:
+                                           ``{"replicas": N, "resourceVersion": "R"}``
 ``DELETE /api/pods/{ns}/{name}``           ``{"resourceVersion": "R"}``
 ``POST /api/nodes/{name}/cordon``          ``{"resourceVersion": "R"}`` (and ``/uncordon``)
 ``GET  /api/keys?prefix=&limit=``          keys under a prefix (no values)

@@ -3,32 +3,40 @@
 Objects come from one informer per resource (:mod:`controllers.informer`:
 list, then watch), and every change is pushed to the browsers as an
 ``object`` update. The resources shown are listed in :data:`RESOURCES`; a
-new kind (Deployments) needs an entry there, in :data:`SCALABLE` if it has
-``spec.replicas``, and a table on the page.
+new kind needs an entry there, in :data:`SCALABLE` if it has
+``spec.replicas``, and a table on the page. How a Deployment relates to its
+ReplicaSets and pods (owner references) is worked out by the page from the
+objects it has.
 
 Actions are what a user does with ``kubectl``: unfenced (the dashboard is
 not a leader-elected controller) but optimistic. Each carries the
 ``resourceVersion`` the page showed, and the write compares it with the
 key's mod_revision in the store, so a change made in between is reported as
-a conflict instead of being overwritten.
+a conflict instead of being overwritten. A change of ``spec`` increments
+``metadata.generation`` (as :meth:`controllers.store.Store.modify` does, and
+kube-apiserver for workloads): controllers report the generation they acted
+on as ``status.observedGeneration``, and the Deployment controller relies on
+it to know a rollout or a scale is complete.
 """
 
 from __future__ import annotations
 
+import copy
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
 
 from controllers.informer import Handlers, Informer
-from controllers.objects import KINDS, Obj, meta, new_object
+from controllers.objects import KINDS, Obj, bump_generation, meta, new_object
 from controllers.store import ConflictError, DirectWriter, Store
 from dashboard.errors import AlreadyExists, BadRequest, Conflict, Invalid, NotFound
 from dashboard.hub import Hub, Update
 
-RESOURCES = ("nodes", "replicasets", "pods")
-SCALABLE = frozenset({"replicasets"})
+RESOURCES = ("nodes", "deployments", "replicasets", "pods")
+SCALABLE = ("deployments", "replicasets")
 MAX_REPLICAS = 100
 # Kubernetes' DNS-1123 label: the names of what the form creates (also a label value).
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -121,38 +129,53 @@ class Workloads:
             raise NotFound(f"{ref.resource} {where} not found")
         return found
 
-    async def _update(self, obj: Obj, resource: str, expected: int) -> Obj:
-        """Write ``obj`` only if the store still has ``expected`` as its resourceVersion."""
+    async def _update(self, ref: ObjectRef, expected: int, change: Callable[[Obj], None]) -> Obj:
+        """Apply ``change`` to the object and write it, only if the store still has
+        ``expected`` as its resourceVersion."""
+        obj = await self._current(ref)
         current = meta(obj)["resourceVersion"]
-        meta(obj)["resourceVersion"] = str(expected)
+        changed = copy.deepcopy(obj)
+        change(changed)
+        bump_generation(obj, changed)
+        meta(changed)["resourceVersion"] = str(expected)
         try:
-            return await self.store.update(self.writer, resource, obj)
+            return await self.store.update(self.writer, ref.resource, changed)
         except ConflictError:
+            where = f"{ref.namespace}/{ref.name}" if ref.namespace else ref.name
             raise Conflict(
-                f"{resource} {obj['metadata'].get('namespace', '')}/{obj['metadata']['name']}"
-                f" changed since resourceVersion {expected} (now {current}); look again and retry",
+                f"{ref.resource} {where} changed since resourceVersion {expected}"
+                f" (now {current}); look again and retry",
                 currentResourceVersion=current,
             ) from None
 
     async def scale(self, ref: ObjectRef, body: dict[str, Any]) -> Obj:
+        """Set ``spec.replicas`` of a Deployment or ReplicaSet (``kubectl scale``).
+
+        A ReplicaSet a Deployment controls can be scaled too, as with
+        kube-apiserver, but its Deployment's controller sets it back.
+        """
         if ref.resource not in SCALABLE:
             raise NotFound(f"{ref.resource} cannot be scaled; scalable: {', '.join(SCALABLE)}")
         replicas = _replicas(body.get("replicas"))
         expected = _expected_version(body)
-        obj = await self._current(ref)
-        obj.setdefault("spec", {})["replicas"] = replicas
-        return await self._update(obj, ref.resource, expected)
+
+        def set_replicas(obj: Obj) -> None:
+            obj.setdefault("spec", {})["replicas"] = replicas
+
+        return await self._update(ref, expected, set_replicas)
 
     async def set_unschedulable(self, name: str, body: dict[str, Any], value: bool) -> Obj:
         """Cordon (``value`` True) or uncordon a node, as ``kubectl cordon``."""
         expected = _expected_version(body)
-        obj = await self._current(ObjectRef("nodes", name))
-        spec = obj.setdefault("spec", {})
-        if value:
-            spec["unschedulable"] = True
-        else:
-            spec.pop("unschedulable", None)
-        return await self._update(obj, "nodes", expected)
+
+        def mark(obj: Obj) -> None:
+            spec = obj.setdefault("spec", {})
+            if value:
+                spec["unschedulable"] = True
+            else:
+                spec.pop("unschedulable", None)
+
+        return await self._update(ObjectRef("nodes", name), expected, mark)
 
     async def delete(self, ref: ObjectRef, body: dict[str, Any]) -> int:
         """Delete a pod if unchanged since ``resourceVersion``; returns the store revision."""

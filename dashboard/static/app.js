@@ -1,7 +1,7 @@
 // The dashboard page: four views over one stream of Server-Sent Events (/api/events).
 // No framework and no build step; every text from the store goes through textContent.
 
-const RESOURCES = ["nodes", "replicasets", "pods"];
+const RESOURCES = ["nodes", "deployments", "replicasets", "pods"];
 const TIMELINE_WINDOW = 600; // seconds of leader history drawn
 const TAIL_ROWS = 200;
 const PALETTE = ["#2f6fde", "#d69e2e", "#805ad5", "#dd6b20", "#319795", "#d53f8c", "#718096"];
@@ -328,8 +328,8 @@ function renderLocks() {
 
 // ---- Workloads ----
 // Each table is described by TABLES; rows are keyed and updated in place, so an input being
-// typed into (a scale count) survives the live updates. A new kind (Deployments) is one
-// more entry here, one in RESOURCES and a <table> on the page.
+// typed into (a scale count) survives the live updates. A new kind is one more entry here,
+// one in RESOURCES and a <table> on the page.
 
 function readyOf(node) {
   const ready = ((node.status || {}).conditions || []).find((c) => c.type === "Ready");
@@ -346,10 +346,60 @@ function phaseOf(pod) {
   return (pod.status || {}).phase || "Pending";
 }
 
+function controllerRef(obj) {
+  return ((obj.metadata || {}).ownerReferences || []).find((r) => r.controller) || null;
+}
+
 function ownerOf(obj) {
-  const ref = ((obj.metadata || {}).ownerReferences || []).find((r) => r.controller);
+  const ref = controllerRef(obj);
   return ref ? ref.name : "";
 }
+
+const REVISION = "deployment.kubernetes.io/revision";
+
+function revisionOf(obj) {
+  return ((obj.metadata || {}).annotations || {})[REVISION] || "";
+}
+
+// The Deployment controlling a ReplicaSet (same namespace, name and uid), or null.
+function deploymentOf(rs) {
+  const ref = controllerRef(rs);
+  if (!ref || ref.kind !== "Deployment") return null;
+  const deployment = state.objects.deployments.get(`${rs.metadata.namespace}/${ref.name}`);
+  return deployment && deployment.metadata.uid === ref.uid ? deployment : null;
+}
+
+// A pod's Deployment, through the ReplicaSet that controls it ("" if none).
+function deploymentNameOf(pod) {
+  const ref = controllerRef(pod);
+  if (!ref || ref.kind !== "ReplicaSet") return "";
+  const rs = state.objects.replicasets.get(`${pod.metadata.namespace}/${ref.name}`);
+  const deployment = rs && rs.metadata.uid === ref.uid ? deploymentOf(rs) : null;
+  return deployment ? deployment.metadata.name : "";
+}
+
+// The ReplicaSets a Deployment controls, newest revision first.
+function replicaSetsOf(deployment) {
+  const owned = [...state.objects.replicasets.values()].filter((rs) => deploymentOf(rs) === deployment);
+  return owned.sort((a, b) => Number(revisionOf(b)) - Number(revisionOf(a))
+    || a.metadata.name.localeCompare(b.metadata.name));
+}
+
+// What `kubectl rollout status` would say, in one word.
+function rolloutOf(deployment) {
+  const spec = deployment.spec || {};
+  const status = deployment.status || {};
+  const desired = spec.replicas ?? 1;
+  const progressing = (status.conditions || []).find((c) => c.type === "Progressing");
+  if (spec.paused) return "paused";
+  if (progressing && progressing.reason === "ProgressDeadlineExceeded") return "stalled";
+  if ((status.observedGeneration ?? 0) < (deployment.metadata.generation ?? 0)) return "pending";
+  const done = (status.updatedReplicas ?? 0) === desired && (status.replicas ?? 0) === desired
+    && (status.availableReplicas ?? 0) === desired;
+  return done ? "complete" : "progressing";
+}
+
+const ROLLOUT_BADGE = { complete: "ok", progressing: "warn", pending: "warn", paused: "warn", stalled: "bad" };
 
 function actionButton(label, kind, onclick) {
   return el("button", { class: kind, type: "button", onclick }, label);
@@ -370,6 +420,35 @@ async function act(button, work, success) {
 function currentVersion(resource, key) {
   const obj = state.objects[resource].get(key);
   return obj ? obj.metadata.resourceVersion : "";
+}
+
+const KIND = { deployments: "Deployment", replicasets: "ReplicaSet" };
+
+// A replica count and a Scale button; the write carries the version the page shows.
+function scaleControl(resource, key, obj) {
+  const input = el("input", {
+    type: "number", min: 0, max: 100, value: (obj.spec || {}).replicas ?? 0, "aria-label": "replicas",
+  });
+  const button = actionButton("Scale", "", () => {
+    const [namespace, name] = key.split("/");
+    const replicas = Number.parseInt(input.value, 10);
+    act(button,
+      () => api("POST", `/api/${resource}/${encodeURIComponent(namespace)}/${encodeURIComponent(name)}/scale`,
+        { replicas, resourceVersion: currentVersion(resource, key) }),
+      (result) => `Scaled ${KIND[resource]} ${key} to ${result.spec.replicas}`);
+  });
+  button.dataset.action = "scale";
+  return [input, " ", button];
+}
+
+function refreshScale(cell, obj) {
+  const input = cell.querySelector("input");
+  if (input && document.activeElement !== input) input.value = (obj.spec || {}).replicas ?? 0;
+}
+
+function imagesOf(obj) {
+  const containers = ((((obj.spec || {}).template || {}).spec || {}).containers) || [];
+  return containers.map((c) => c.image).join(", ");
 }
 
 const TABLES = {
@@ -405,40 +484,67 @@ const TABLES = {
       button.textContent = (node.spec || {}).unschedulable ? "Uncordon" : "Cordon";
     },
   },
+  deployments: {
+    headers: ["Namespace", "Name", "Desired", "Updated", "Ready", "Available", "Revision", "Rollout",
+      "ReplicaSets", "Image", "Age", "Scale"],
+    attrs: (d) => {
+      const status = d.status || {};
+      return {
+        "data-desired": (d.spec || {}).replicas ?? 1, "data-updated": status.updatedReplicas ?? 0,
+        "data-ready": status.readyReplicas ?? 0, "data-available": status.availableReplicas ?? 0,
+        "data-revision": revisionOf(d), "data-rollout": rolloutOf(d),
+      };
+    },
+    cells: (d) => {
+      const status = d.status || {};
+      const revision = revisionOf(d);
+      const rollout = rolloutOf(d);
+      const owned = replicaSetsOf(d).map((rs, index) => {
+        const current = revisionOf(rs) === revision;
+        const pods = `${(rs.status || {}).readyReplicas ?? 0}/${(rs.spec || {}).replicas ?? 0}`;
+        return el("span", { class: "owned", "data-replicaset": rs.metadata.name },
+          index ? ", " : "", rs.metadata.name, " ", badge(current ? "new" : "old", current ? "ok" : "old"),
+          ` ${pods}`);
+      });
+      return [d.metadata.namespace, d.metadata.name, (d.spec || {}).replicas ?? 1,
+        status.updatedReplicas ?? 0, status.readyReplicas ?? 0, status.availableReplicas ?? 0,
+        revision || "–", badge(rollout, ROLLOUT_BADGE[rollout]), owned.length ? owned : "none",
+        imagesOf(d), age(d.metadata.creationTimestamp)];
+    },
+    action: (key, d) => scaleControl("deployments", key, d),
+    refresh: refreshScale,
+  },
   replicasets: {
-    headers: ["Namespace", "Name", "Desired", "Current", "Ready", "Image", "Age", "Scale"],
-    attrs: (rs) => ({ "data-desired": (rs.spec || {}).replicas ?? 0 }),
+    headers: ["Namespace", "Name", "Desired", "Current", "Ready", "Controlled by", "Image", "Age", "Scale"],
+    attrs: (rs) => {
+      const owner = deploymentOf(rs);
+      return {
+        "data-desired": (rs.spec || {}).replicas ?? 0, "data-ready": (rs.status || {}).readyReplicas ?? 0,
+        "data-deployment": owner ? owner.metadata.name : "",
+      };
+    },
     cells: (rs) => {
       const spec = rs.spec || {};
       const status = rs.status || {};
-      const containers = ((spec.template || {}).spec || {}).containers || [];
+      const owner = deploymentOf(rs);
       return [rs.metadata.namespace, rs.metadata.name, spec.replicas ?? 0, status.replicas ?? 0,
-        status.readyReplicas ?? 0, containers.map((c) => c.image).join(", "),
+        status.readyReplicas ?? 0, owner ? `Deployment ${owner.metadata.name}` : "–", imagesOf(rs),
         age(rs.metadata.creationTimestamp)];
     },
-    action: (key, rs) => {
-      const input = el("input", {
-        type: "number", min: 0, max: 100, value: (rs.spec || {}).replicas ?? 0, "aria-label": "replicas",
-      });
-      const button = actionButton("Scale", "", () => {
-        const [namespace, name] = key.split("/");
-        const replicas = Number.parseInt(input.value, 10);
-        act(button,
-          () => api("POST", `/api/replicasets/${encodeURIComponent(namespace)}/${encodeURIComponent(name)}/scale`,
-            { replicas, resourceVersion: currentVersion("replicasets", key) }),
-          (result) => `Scaled ReplicaSet ${key} to ${result.spec.replicas}`);
-      });
-      button.dataset.action = "scale";
-      return [input, " ", button];
-    },
-    refresh: (cell, rs) => {
-      const input = cell.querySelector("input");
-      if (document.activeElement !== input) input.value = (rs.spec || {}).replicas ?? 0;
-    },
+    // A ReplicaSet its Deployment controls is scaled through the Deployment: the
+    // controller would set it back.
+    actionKey: (rs) => (deploymentOf(rs) ? "owned" : "free"),
+    action: (key, rs) => (deploymentOf(rs)
+      ? el("span", { class: "note" }, `scaled by Deployment ${deploymentOf(rs).metadata.name}`)
+      : scaleControl("replicasets", key, rs)),
+    refresh: refreshScale,
   },
   pods: {
     headers: ["Namespace", "Name", "Phase", "Node", "Owner", "Age", ""],
-    attrs: (pod) => ({ "data-phase": phaseOf(pod), "data-node": (pod.spec || {}).nodeName || "", "data-owner": ownerOf(pod) }),
+    attrs: (pod) => ({
+      "data-phase": phaseOf(pod), "data-node": (pod.spec || {}).nodeName || "",
+      "data-owner": ownerOf(pod), "data-deployment": deploymentNameOf(pod),
+    }),
     cells: (pod) => [pod.metadata.namespace, pod.metadata.name, badge(phaseOf(pod)),
       (pod.spec || {}).nodeName || "(unscheduled)", ownerOf(pod) || "–", age(pod.metadata.creationTimestamp)],
     action: (key) => {
@@ -471,7 +577,12 @@ function renderTable(resource) {
     if (!row) {
       row = el("tr", { "data-key": key });
       const cells = spec.cells(obj).map(() => el("td"));
-      row.append(...cells, el("td", { class: "action" }, spec.action(key, obj)));
+      row.append(...cells, el("td", { class: "action" }));
+    }
+    const actionKey = spec.actionKey ? spec.actionKey(obj) : "";
+    if (row.dataset.actionKey !== actionKey || !row.lastChild.childNodes.length) {
+      row.lastChild.replaceChildren(...[spec.action(key, obj)].flat());
+      row.dataset.actionKey = actionKey;
     }
     const values = spec.cells(obj);
     values.forEach((value, index) => {

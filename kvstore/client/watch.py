@@ -128,9 +128,23 @@ class WatchHub:
         await self._write(pb.WatchRequest(progress_request=pb.WatchProgressRequest()))
 
     async def _write(self, request: pb.WatchRequest) -> None:
+        """Send ``request`` on the stream, in order with the other writes.
+
+        The write runs in a task of its own, awaited through a shield: the
+        caller is a watch's consumer, which may be cancelled at any point, and
+        grpc.aio cancels the whole call when a write is interrupted, which
+        would end every watch of the client.
+        """
         call = self._call
         if call is None:
             return  # the next stream re-sends what matters
+        write = asyncio.ensure_future(self._write_in_order(call, request))
+        write.add_done_callback(_consume_outcome)
+        await asyncio.shield(write)
+
+    async def _write_in_order(
+        self, call: grpc.aio.StreamStreamCall, request: pb.WatchRequest
+    ) -> None:
         async with self._write_lock:
             try:
                 await call.write(request)
@@ -141,6 +155,9 @@ class WatchHub:
                 # The stream already ended (a member without a leader ends it at once);
                 # reading it raises, and the next stream re-sends what matters.
                 asyncio.InvalidStateError,
+                # grpc.aio's word for a write pending when the stream was cancelled (it
+                # broke, or the client is closing); nobody else cancels this task.
+                asyncio.CancelledError,
             ) as error:
                 log.debug("watch stream write failed: %s", error)
 
@@ -280,6 +297,11 @@ class WatchHub:
         self._unsent.clear()
 
 
+def _consume_outcome(write: asyncio.Future[None]) -> None:
+    if not write.cancelled():
+        write.exception()  # retrieved here: a write whose caller left logs nothing
+
+
 def _stream_ended(details: str = "watch stream closed by the server") -> grpc.aio.AioRpcError:
     return grpc.aio.AioRpcError(
         grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details
@@ -300,7 +322,13 @@ class Watch:
         return self._state.watch_id
 
     async def __aenter__(self) -> Watch:
-        await self._hub.add(self._state)
+        try:
+            await self._hub.add(self._state)
+        except BaseException:
+            # Cancelled while opening: the create may be on its way, and a watch nobody
+            # reads would fill up and hold back the shared stream. Cancel it as on exit.
+            await self.__aexit__(None, None, None)
+            raise
         return self
 
     async def __aexit__(

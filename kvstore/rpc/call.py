@@ -43,7 +43,8 @@ class CallContext:
 
     method: str
     metadata: dict[str, str]
-    """Request headers: lower-case names; binary (``-bin``) values stay base64 text."""
+    """Request headers: lower-case names; binary (``-bin``) values stay base64 text.
+    Read only: calls whose header blocks were the same share one dict."""
     peer: str
     deadline: float | None
     """Monotonic time by which the client gives up (None: no deadline)."""

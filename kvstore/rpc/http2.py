@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 MAX_FRAME_BYTES = 1024 * 1024
 """Largest frame we accept (we send frames as large as the client accepts)."""
 MAX_HEADER_LIST_BYTES = 64 * 1024
+MAX_HEADER_BLOCKS_SEEN = 64
+"""Distinct header blocks a connection remembers decoded (a client has a few call shapes)."""
 STREAM_SEND_HIGH_WATER_BYTES = 1024 * 1024
 """Bytes a stream may have queued (flow control permitting) before its writer waits."""
 
@@ -98,6 +100,7 @@ class Http2Connection(asyncio.Protocol):
         self._preface_seen = False
         self._decoder = hpack.Decoder()
         self._decoder.max_header_list_size = MAX_HEADER_LIST_BYTES
+        self._headers_seen: dict[bytes, dict[str, str]] = {}
         self._last_stream_id = 0
         self._continuation: tuple[int, int, bytearray] | None = None  # (stream, flags, block)
         self._out: list[bytes] = []
@@ -305,11 +308,28 @@ class Http2Connection(asyncio.Protocol):
             self._continuation = None
             self._on_header_block(stream_id, pending[1], bytes(pending[2]))
 
-    def _on_header_block(self, stream_id: int, flags: int, block: bytes) -> None:
+    def _decode_headers(self, block: bytes) -> dict[str, str]:
+        """The block's headers. A client that repeats its calls sends the very same block
+        of references into the header table each time: those are decoded once (until the
+        table changes), which saves most of the cost of a small call."""
+        cached = self._headers_seen.get(block)
+        if cached is not None:
+            return cached
+        table = self._decoder.header_table.dynamic_entries
+        before = (len(table), id(table[0]) if table else 0)
         try:
             fields = self._decoder.decode(block, raw=True)
         except Exception as exc:  # hpack raises several error types for bad blocks
             raise ProtocolError(ErrorCode.COMPRESSION_ERROR, f"bad header block: {exc}") from None
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in fields}
+        if (len(table), id(table[0]) if table else 0) != before:
+            self._headers_seen.clear()  # the same bytes would now point at other entries
+        elif len(self._headers_seen) < MAX_HEADER_BLOCKS_SEEN:
+            self._headers_seen[block] = headers
+        return headers
+
+    def _on_header_block(self, stream_id: int, flags: int, block: bytes) -> None:
+        headers = self._decode_headers(block)
         stream = self.streams.get(stream_id)
         if stream is not None:  # trailers from the client: only END_STREAM matters
             if flags & END_STREAM:
@@ -323,7 +343,6 @@ class Http2Connection(asyncio.Protocol):
         if self._going_away or len(self.streams) >= self.limits.max_concurrent_streams:
             self._emit(fr.rst_stream(stream_id, ErrorCode.REFUSED_STREAM))
             return
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in fields}
         stream = self.open_stream(stream_id, headers)
         if not stream.closed:
             self.streams[stream_id] = stream

@@ -61,7 +61,7 @@ MAX_APPLY_LAG_ENTRIES = 5000
 (etcd's maxGapBetweenApplyAndCommitIndex)."""
 MAX_TICKS_PER_WAKE = 50
 """Ticks the loop catches up at once after it was held up."""
-BATCH_HOLD_SECONDS = 0.02
+BATCH_HOLD_SECONDS = 0.005
 """While this member's previous batch of proposals is still in flight, new ones wait
 for it, at most this long, and then go together: every batch costs a round of peer
 messages, far more than its entries do, so under load batches grow with the load.
@@ -70,7 +70,7 @@ BACKEND_BATCH_INTERVAL_SECONDS = 0.05
 """Seconds between MVCC backend commits (etcd: 100 ms)."""
 BACKEND_BATCH_ENTRIES = 10_000
 """Applied entries that force a backend commit (etcd: 10,000)."""
-INLINE_FSYNC_SECONDS = 0.0005
+INLINE_FSYNC_SECONDS = 0.002
 """A WAL write whose recent average is faster than this runs on the loop thread: handing
 it to a worker costs more CPU and latency than it saves. Slower disks get a worker
 thread, so the loop keeps serving while the fsync is in flight."""

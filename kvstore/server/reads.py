@@ -28,7 +28,7 @@ MAX_PENDING_READS = 10_000
 """Reads waiting for a read index (queued, in flight, or waiting for a leader)."""
 MAX_APPLY_WAITS = 10_000
 """Callers waiting for this member to apply an index."""
-BATCH_HOLD_SECONDS = 0.02
+BATCH_HOLD_SECONDS = 0.005
 """While a round is in flight, new reads wait for it to end, at most this long."""
 READ_GATHER_SECONDS = 0.003
 READ_GATHER_READERS = 8

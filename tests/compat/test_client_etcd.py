@@ -6,6 +6,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from kvstore._pb.etcdserverpb import rpc_pb2 as pb
@@ -376,3 +377,42 @@ async def test_member_list_and_status(client: Client, etcd: EtcdCluster) -> None
     assert status.raftIndex >= status.raftAppliedIndex > 0 and status.dbSize > 0
     hashed = await client.hash_kv(etcd.endpoints[0])
     assert hashed.header.revision > 0
+
+
+async def test_watches_cancelled_while_opening_leave_the_shared_stream_working(
+    etcd: EtcdCluster, p: str
+) -> None:
+    """Openers cancelled at every point of opening a watch (the create request in flight
+    included) must not end the client's shared watch stream, nor cancel the client's owner,
+    nor leave a watch nobody reads that fills up and stalls the stream."""
+    outcome: list[str] = []
+
+    async def open_and_hold(client: Client, key: str) -> None:
+        async with client.watch(key, prefix=True):
+            await anyio.sleep_forever()
+
+    async def scenario() -> None:
+        async with (
+            Client(etcd.endpoints, default_timeout=10) as client,
+            client.watch(p + "survivor") as survivor,
+        ):
+            for steps in range(40):  # cancelled after 0, 1, ... turns of the event loop
+                async with anyio.create_task_group() as openers:
+                    openers.start_soon(open_and_hold, client, p + "abandoned/")
+                    for _ in range(steps):
+                        await anyio.lowlevel.checkpoint()
+                    openers.cancel_scope.cancel()
+            # More events than a watch may buffer (1024 batches), under the prefix of the
+            # abandoned watches: one left registered but unread would stall every watch.
+            for n in range(1100):
+                await client.put(f"{p}abandoned/{n % 7}", str(n))
+            put = await client.put(p + "survivor", "still here")
+            with anyio.fail_after(30):
+                batch = await anext(aiter(survivor))
+            assert [e.kv.mod_revision for e in batch.events] == [put.header.revision]
+            outcome.append("delivered")
+
+    # In a task of its own: a client cancelled from inside would cancel this test's task.
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(scenario)
+    assert outcome == ["delivered"]

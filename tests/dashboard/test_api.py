@@ -195,6 +195,7 @@ async def test_create_and_scale_replicaset(served: Served) -> None:
     assert status == 200, scaled
     stored = await Store(served.client, served.prefix).get("replicasets", "api", "default")
     assert stored is not None and stored["spec"]["replicas"] == 5
+    assert stored["metadata"]["generation"] == 2  # a spec change, as kube-apiserver counts
     assert scaled["metadata"]["resourceVersion"] == stored["metadata"]["resourceVersion"]
 
     # The page's version is now stale: a conflict that names the current version.
@@ -235,6 +236,72 @@ async def test_create_and_scale_replicaset(served: Served) -> None:
     await refused(
         served, "POST", "/api/replicasets", None, 413, "Request Entity Too Large", raw=b"{" * 70_000
     )
+
+
+def deployment(name: str, replicas: int) -> dict[str, Any]:
+    labels = {"app": name}
+    container = {"name": name, "image": f"example/{name}:1"}
+    return new_object(
+        "deployments",
+        name,
+        "default",
+        labels=labels,
+        spec={
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}},
+        },
+        status={"observedGeneration": 1, "replicas": replicas, "updatedReplicas": replicas},
+    )
+
+
+async def test_scale_a_deployment(served: Served) -> None:
+    store = Store(served.client, served.prefix)
+    created = await store.create(DirectWriter(served.client), "deployments", deployment("web", 3))
+    listed = await shown(served, "deployments", "default/web", lambda o: True)
+    version = listed["metadata"]["resourceVersion"]
+    assert version == created["metadata"]["resourceVersion"]
+    assert listed["status"]["updatedReplicas"] == 3
+
+    path = "/api/deployments/default/web/scale"
+    status, scaled = await call(served, "POST", path, {"replicas": 8, "resourceVersion": version})
+    assert status == 200, scaled
+    stored = await store.get("deployments", "web", "default")
+    assert stored is not None and stored["spec"]["replicas"] == 8
+    assert scaled["metadata"]["resourceVersion"] == stored["metadata"]["resourceVersion"]
+    # The controller tells a finished scale by its observedGeneration reaching this one.
+    assert stored["metadata"]["generation"] == 2
+    assert stored["spec"]["template"] == created["spec"]["template"]
+    assert stored["status"] == created["status"]  # the status is the controller's to write
+    fresh = stored["metadata"]["resourceVersion"]
+    await shown(served, "deployments", "default/web", lambda o: o["spec"]["replicas"] == 8)
+
+    # The page's version is now stale: a conflict naming the current one, nothing written.
+    conflict = await refused(
+        served, "POST", path, {"replicas": 2, "resourceVersion": version}, 409, "Conflict"
+    )
+    assert conflict["details"]["currentResourceVersion"] == fresh
+    assert "deployments default/web changed" in conflict["message"]
+    missing = "/api/deployments/default/nothing/scale"
+    body = {"replicas": 1, "resourceVersion": fresh}
+    await refused(served, "POST", missing, body, 404, "NotFound")
+    await refused(served, "POST", "/api/deployments/other/web/scale", body, 404, "NotFound")
+    await refused(served, "POST", path, None, 400, "BadRequest", raw=b'{"replicas": 3')
+    await refused(served, "POST", path, None, 400, "BadRequest", raw=b"")
+    await refused(served, "POST", path, "8", 400, "BadRequest")
+    await refused(served, "POST", path, {"replicas": 3}, 400, "BadRequest")
+    await refused(served, "POST", path, {"replicas": 3, "resourceVersion": "0"}, 400, "BadRequest")
+    for replicas in ("3", 2.5, True, None, -1, 101):
+        await refused(
+            served, "POST", path, {"replicas": replicas, "resourceVersion": fresh}, 422, "Invalid"
+        )
+    after = await store.get("deployments", "web", "default")
+    assert after == stored
+
+    # Scaling down with the current version works too, and counts one more generation.
+    status, down = await call(served, "POST", path, {"replicas": 0, "resourceVersion": fresh})
+    assert status == 200 and down["spec"]["replicas"] == 0, down
+    assert down["metadata"]["generation"] == 3
 
 
 async def test_delete_pod_needs_its_current_version(served: Served) -> None:

@@ -2,9 +2,9 @@
 
 The page must show the live system and follow it without a reload: three
 members and one leader, a new leader marked after the leader is killed,
-pods appearing Running after scaling from the page, a pod deleted from the
-page replaced by the ReplicaSet controller. Screenshots of every page are
-saved under ``run/artifacts/dashboard/``.
+pods appearing Running after scaling the demo's Deployment from the page, a
+pod deleted from the page replaced by the controllers. Screenshots of every
+page are saved under ``run/artifacts/dashboard/``.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ CHROMIUM_ARGS = [
 ]
 STEP_MS = 120_000  # generous: the machine is shared and noisy
 REPLICAS = 4
+DEPLOYMENT = '#deployments tr[data-key="default/web"]'
 PAGES = ["store", "control-plane", "workloads", "keys"]
 
 
@@ -115,17 +116,17 @@ async def leader_of(page: Page) -> str:
 
 
 async def running_pods(page: Page, count: int) -> list[str]:
-    """Wait until exactly ``count`` pods of the ReplicaSet show, all Running; their keys."""
+    """Wait until exactly ``count`` pods of the Deployment show, all Running; their keys."""
     await page.wait_for_function(
         """(count) => {
-            const rows = document.querySelectorAll('#pods tbody tr[data-owner="web"]');
+            const rows = document.querySelectorAll('#pods tbody tr[data-deployment="web"]');
             return rows.length === count
                 && [...rows].every((row) => row.dataset.phase === 'Running');
         }""",
         arg=count,
     )
     keys = await page.eval_on_selector_all(
-        '#pods tbody tr[data-owner="web"]', "rows => rows.map(row => row.dataset.key)"
+        '#pods tbody tr[data-deployment="web"]', "rows => rows.map(row => row.dataset.key)"
     )
     return [str(key) for key in keys]
 
@@ -185,25 +186,40 @@ async def test_store_page_shows_three_members_and_one_leader(
 
 
 async def desired(page: Page) -> int:
-    await page.wait_for_selector('#replicasets tr[data-key="default/web"]')
-    value = await page.get_attribute('#replicasets tr[data-key="default/web"]', "data-desired")
+    await page.wait_for_selector(DEPLOYMENT)
+    value = await page.get_attribute(DEPLOYMENT, "data-desired")
     return int(value or 0)
 
 
-async def test_scaling_the_replicaset_from_the_page_runs_eight_pods(
+async def test_scaling_the_deployment_from_the_page_runs_eight_pods(
     page: Page, demo: tuple[DemoProcess, str]
 ) -> None:
     await page.goto(f"{demo[1]}#workloads")
     await running_pods(page, await desired(page))
-    row = '#replicasets tr[data-key="default/web"]'
-    await page.fill(f"{row} input", "8")
-    message = await act_until_done(page, f'{row} button[data-action="scale"]')
-    assert message == "Scaled ReplicaSet default/web to 8"
+    await page.fill(f"{DEPLOYMENT} input", "8")
+    message = await act_until_done(page, f'{DEPLOYMENT} button[data-action="scale"]')
+    assert message == "Scaled Deployment default/web to 8"
     pods = await running_pods(page, 8)
     assert len(set(pods)) == 8
+    # The Deployment's status as its controller reports it: the scale is complete, with
+    # one revision, whose ReplicaSet (listed on its row) was scaled to 8 by the controller.
     await page.wait_for_function(
-        f"() => document.querySelector('{row}').cells[4].textContent === '8'"
-    )  # the ReplicaSet's ready count, as the controller reports it
+        """(row) => {
+            const d = document.querySelector(row).dataset;
+            return d.updated === '8' && d.ready === '8' && d.available === '8'
+                && d.rollout === 'complete';
+        }""",
+        arg=DEPLOYMENT,
+    )
+    assert await page.get_attribute(DEPLOYMENT, "data-revision") == "1"
+    owned = page.locator('#replicasets tbody tr[data-deployment="web"]')
+    assert await owned.count() == 1
+    assert await owned.get_attribute("data-desired") == "8"
+    name = (await owned.get_attribute("data-key") or "").split("/")[1]
+    assert name.startswith("web-")
+    assert await page.locator(f'{DEPLOYMENT} [data-replicaset="{name}"]').count() == 1
+    # Its ReplicaSet is scaled through the Deployment only: no scale control of its own.
+    assert await owned.locator('button[data-action="scale"]').count() == 0
 
 
 async def test_a_pod_deleted_from_the_page_is_replaced(
