@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from kvstore.client import Client, EtcdError, txn
@@ -95,37 +96,46 @@ REQUESTS: dict[str, Request] = {
 }
 
 
-async def _outcome(server: Server, user: str, request: Request) -> str:
-    async with Client(server.endpoints, user=user, password="pw", default_timeout=15) as c:
-        try:
-            await request(c)
-        except EtcdError as error:
-            return f"{type(error).__name__}: {error.message}"
-        return "ok"
+async def _outcome(client: Client, request: Request) -> str:
+    try:
+        await request(client)
+    except EtcdError as error:
+        return f"{type(error).__name__}: {error.message}"
+    return "ok"
 
 
-async def _watch_outcome(server: Server, user: str, key: str, end: str | None) -> str:
-    async with Client(server.endpoints, user=user, password="pw", default_timeout=15) as c:
-        try:
-            async with c.watch(key, end) as watch:
-                await c.request_progress()
-                await anext(aiter(watch))  # a progress notification, or the refusal
-        except EtcdError as error:
-            return f"{type(error).__name__}: {error.message}"
-        return "ok"
+async def _watch_outcome(client: Client, key: str, end: str | None) -> str:
+    try:
+        async with client.watch(key, end) as watch:
+            await client.request_progress()
+            await anext(aiter(watch))  # a progress notification, or the refusal
+    except EtcdError as error:
+        return f"{type(error).__name__}: {error.message}"
+    return "ok"
+
+
+async def _outcomes(server: Server) -> dict[tuple[str, str], str]:
+    """Every user's every request, one login per user (bcrypt makes logins the slow part)."""
+    table = {}
+    for perm, grant in itertools.product(PERMISSIONS, GRANTS):
+        user = f"{perm}-{grant}"
+        async with Client(server.endpoints, user=user, password="pw", default_timeout=15) as c:
+            for label, request in REQUESTS.items():
+                table[(user, label)] = await _outcome(c, request)
+            for key, end in (("/m/k", None), ("/m/a", "/m/c"), ("/m/", "/m0")):
+                table[(user, f"watch {key} {end}")] = await _watch_outcome(c, key, end)
+    return table
 
 
 async def test_permission_matrix(prepared: dict[str, Server]) -> None:
     outcomes: dict[str, dict[tuple[str, str], str]] = {}
-    for name, server in prepared.items():
-        table = outcomes[name] = {}
-        for perm, grant in itertools.product(PERMISSIONS, GRANTS):
-            user = f"{perm}-{grant}"
-            for label, request in REQUESTS.items():
-                table[(user, label)] = await _outcome(server, user, request)
-            for key, end in (("/m/k", None), ("/m/a", "/m/c"), ("/m/", "/m0")):
-                label = f"watch {key} {end}"
-                table[(user, label)] = await _watch_outcome(server, user, key, end)
+
+    async def fill(name: str, server: Server) -> None:
+        outcomes[name] = await _outcomes(server)
+
+    async with anyio.create_task_group() as tg:  # the two stores side by side
+        for name, server in prepared.items():
+            tg.start_soon(fill, name, server)
     differ = {
         k: (outcomes["etcd"][k], outcomes["kvstore"][k])
         for k in outcomes["etcd"]
