@@ -9,7 +9,9 @@ range, revocations, deletions and ``auth disable``. Every step's stdout and
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import pytest
 
@@ -18,6 +20,7 @@ from tests.compat.pairs import Server, side_by_side
 
 ROOT = ("--user", "root:rootpw")
 ALICE = ("--user", "alice:alicepw")
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +40,14 @@ def ctl(server: Server, *args: str, stdin: str | None = None) -> str:
     return proc.stdout + "\n".join(errors)
 
 
+def on_both(servers: dict[str, Server], run: Callable[[Server], T]) -> dict[str, T]:
+    """``run`` on both servers at once (an etcdctl process each): half the wait."""
+    with ThreadPoolExecutor(max_workers=len(servers)) as pool:
+        return dict(zip(servers, pool.map(run, servers.values()), strict=True))
+
+
 def both(servers: dict[str, Server], *args: str, stdin: str | None = None) -> str:
-    outs = {name: ctl(s, *args, stdin=stdin) for name, s in servers.items()}
+    outs = on_both(servers, lambda s: ctl(s, *args, stdin=stdin))
     assert outs["kvstore"] == outs["etcd"], (args, outs)
     return outs["etcd"]
 
@@ -101,16 +110,12 @@ def test_etcdctl_auth_session(servers: dict[str, Server]) -> None:
     assert "permission denied" in both(servers, *ALICE, "del", "/logs/", "--prefix")
     assert both(servers, *ALICE, "del", "/app/b") == "1\n"
     txn = 'mod("/app/a") > "0"\n\nput /app/c 3\n\nput /app/d 4\n\n'
-    outs = {
-        name: run_etcdctl(s.endpoints, *ALICE, "txn", stdin=txn, timeout=30).stdout
-        for name, s in servers.items()
-    }
+    outs = on_both(servers, lambda s: run_etcdctl(s.endpoints, *ALICE, "txn", stdin=txn).stdout)
     assert outs["kvstore"] == outs["etcd"] == "SUCCESS\n\nOK\n"
     forbidden_txn = 'mod("/other") > "0"\n\nput /app/e 5\n\n\n'
-    outs = {
-        name: run_etcdctl(s.endpoints, *ALICE, "txn", stdin=forbidden_txn, timeout=30).stderr
-        for name, s in servers.items()
-    }
+    outs = on_both(
+        servers, lambda s: run_etcdctl(s.endpoints, *ALICE, "txn", stdin=forbidden_txn).stderr
+    )
     assert all("permission denied" in out for out in outs.values()), outs
     assert "permission denied" in both(servers, *ALICE, "watch", "/other")
     assert "permission denied" in both(servers, *ALICE, "user", "list")
