@@ -42,6 +42,12 @@ class AuthCalls:
             SERVICE + method, request, response_type, timeout=None, idempotent=False
         )
 
+    async def _auth_read(self, method: str, request: Message, response_type: type[R]) -> R:
+        """A call that changes nothing: retried on another member, as etcd's clientv3 does."""
+        return await self._unary(
+            SERVICE + method, request, response_type, timeout=None, idempotent=True
+        )
+
     async def auth_enable(self) -> pb.AuthEnableResponse:
         return await self._auth_call("AuthEnable", pb.AuthEnableRequest(), pb.AuthEnableResponse)
 
@@ -49,7 +55,7 @@ class AuthCalls:
         return await self._auth_call("AuthDisable", pb.AuthDisableRequest(), pb.AuthDisableResponse)
 
     async def auth_status(self) -> pb.AuthStatusResponse:
-        return await self._auth_call("AuthStatus", pb.AuthStatusRequest(), pb.AuthStatusResponse)
+        return await self._auth_read("AuthStatus", pb.AuthStatusRequest(), pb.AuthStatusResponse)
 
     async def user_add(
         self, name: str, password: str = "", *, no_password: bool = False
@@ -74,9 +80,12 @@ class AuthCalls:
         )
 
     async def user_get(self, name: str) -> pb.AuthUserGetResponse:
-        return await self._auth_call(
+        return await self._auth_read(
             "UserGet", pb.AuthUserGetRequest(name=name), pb.AuthUserGetResponse
         )
+
+    async def user_list(self) -> pb.AuthUserListResponse:
+        return await self._auth_read("UserList", pb.AuthUserListRequest(), pb.AuthUserListResponse)
 
     async def user_grant_role(self, user: str, role: str) -> pb.AuthUserGrantRoleResponse:
         return await self._auth_call(
@@ -103,9 +112,12 @@ class AuthCalls:
         )
 
     async def role_get(self, name: str) -> pb.AuthRoleGetResponse:
-        return await self._auth_call(
+        return await self._auth_read(
             "RoleGet", pb.AuthRoleGetRequest(role=name), pb.AuthRoleGetResponse
         )
+
+    async def role_list(self) -> pb.AuthRoleListResponse:
+        return await self._auth_read("RoleList", pb.AuthRoleListRequest(), pb.AuthRoleListResponse)
 
     async def role_grant_permission(
         self,

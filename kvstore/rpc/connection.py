@@ -62,7 +62,7 @@ class GrpcConnection(Http2Connection):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self.server.connections.add(self)
-        self.peer_common_name = _common_name(transport.get_extra_info("peercert"))
+        self.peer_common_name = peer_common_name(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
@@ -334,8 +334,9 @@ class GrpcConnection(Http2Connection):
         self._wake_reader(call)
 
 
-def _common_name(cert: Any) -> str:
-    """The subject Common Name of a verified peer certificate (``ssl`` dict form), or ""."""
+def peer_common_name(transport: asyncio.BaseTransport) -> str:
+    """The subject Common Name of the peer's verified TLS certificate, or "" (none, or no TLS)."""
+    cert = transport.get_extra_info("peercert")
     if not cert:
         return ""
     for rdn in cert.get("subject", ()):
