@@ -205,5 +205,11 @@ def test_json_gateway_logins(prepared: dict[str, Server]) -> None:
             _gateway(server, "kv/range", {"key": _b64("/m/z")}, token),
             _gateway(server, "kv/range", {"key": _b64("/m/p/x")}),
             _gateway(server, "kv/range", {"key": _b64("/m/p/x")}, "not-a-token.1"),
+            # Writes are judged too (when they apply), and admin calls need root.
+            _gateway(server, "kv/put", {"key": _b64("/m/p/g"), "value": _b64("w")}, token),
+            _gateway(server, "kv/put", {"key": _b64("/m/z"), "value": _b64("w")}, token),
+            _gateway(server, "kv/deleterange", {"key": _b64("/m/z")}, token),
+            _gateway(server, "kv/txn", {"compare": [{"key": _b64("/m/z")}]}, token),
+            _gateway(server, "auth/user/list", {}, token),
         ]
     assert outs["etcd"] == outs["kvstore"], outs
