@@ -123,8 +123,12 @@ def test_etcdctl_auth_session(servers: dict[str, Server]) -> None:
     both(servers, *ALICE, "user", "get", "alice")  # one's own user
     both(servers, *ALICE, "role", "get", "app")  # one's own role
     # Compaction is root's since etcd 3.5.28; the etcd 3.5.1 we compare with still lets
-    # any user compact. We keep the later rule: the one deliberate difference here.
+    # any user compact. We keep the later rules (here and below): deliberate differences.
     assert "permission denied" in ctl(servers["kvstore"], *ALICE, "compaction", "1")
+    # Likewise the member list is for users (any user) since etcd 3.5.28; 3.5.1 shows anyone.
+    assert "user name is empty" in ctl(servers["kvstore"], "member", "list")
+    assert "started" in ctl(servers["etcd"], "member", "list")
+    assert "started" in ctl(servers["kvstore"], *ALICE, "member", "list")
     # etcd 3.5.1 answers maintenance calls with its internal text ("auth: permission
     # denied", status Unknown); later 3.5 releases and we answer etcd's gRPC error.
     for name, server in servers.items():

@@ -341,6 +341,7 @@ RULES: dict[str, Rule] = {
     MAINTENANCE + "Snapshot": _admin,
     MAINTENANCE + "MoveLeader": _admin,
     MAINTENANCE + "Downgrade": _admin,
+    CLUSTER + "MemberList": _someone,
     CLUSTER + "MemberAdd": _admin,
     CLUSTER + "MemberRemove": _admin,
     CLUSTER + "MemberUpdate": _admin,
