@@ -167,7 +167,7 @@ def test_a_third_party_client_logs_in(prepared: dict[str, Server]) -> None:
 
 
 def _gateway(
-    server: Server, path: str, body: dict[str, str], token: str = ""
+    server: Server, path: str, body: dict[str, Any], token: str = ""
 ) -> tuple[int, dict[str, Any]]:
     """POST to etcd's JSON gateway on the client port: (HTTP status, decoded answer)."""
     headers = {"Content-Type": "application/json"}
