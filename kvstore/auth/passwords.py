@@ -11,11 +11,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import bcrypt
 
-from kvstore.errors import PasswordTooLongError
+from kvstore.errors import PasswordTooLongError, TooManyRequestsError
+
+T = TypeVar("T")
 
 DEFAULT_COST = 10
 """etcd's --bcrypt-cost default (Go's bcrypt.DefaultCost)."""
@@ -27,7 +31,12 @@ HASHING_THREADS = max(1, (os.cpu_count() or 2) // 2)
 """Bound on bcrypt work at once: half the cores, so a storm of logins (each tens of
 milliseconds of CPU by design) leaves the raft loop and the peers a core to run on."""
 
+MAX_WAITING = 256
+"""Bound on bcrypt jobs queued or running: past it a login or password change is refused
+with etcd's "too many requests" (a login storm must not grow the queue without end)."""
+
 _pool = ThreadPoolExecutor(max_workers=HASHING_THREADS, thread_name_prefix="bcrypt")
+_waiting = 0
 
 
 def valid_cost(cost: int) -> int:
@@ -56,9 +65,20 @@ def matches_now(password: str, hashed: bytes) -> bool:
         return False
 
 
+async def _off_loop(work: Callable[..., T], *args: Any) -> T:
+    global _waiting
+    if _waiting >= MAX_WAITING:
+        raise TooManyRequestsError()
+    _waiting += 1
+    try:
+        return await asyncio.get_running_loop().run_in_executor(_pool, work, *args)
+    finally:
+        _waiting -= 1
+
+
 async def hash_password(password: str, cost: int) -> str:
-    return await asyncio.get_running_loop().run_in_executor(_pool, hash_now, password, cost)
+    return await _off_loop(hash_now, password, cost)
 
 
 async def password_matches(password: str, hashed: bytes) -> bool:
-    return await asyncio.get_running_loop().run_in_executor(_pool, matches_now, password, hashed)
+    return await _off_loop(matches_now, password, hashed)

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import anyio
 import bcrypt
 import jwt as pyjwt
 import pytest
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 
 from kvstore._pb.authpb import auth_pb2
 from kvstore._pb.etcdserverpb import rpc_pb2
-from kvstore.auth import AuthInfo, AuthStore, JWTTokens, SimpleTokens, token_provider
+from kvstore.auth import AuthInfo, AuthStore, JWTTokens, SimpleTokens, passwords, token_provider
 from kvstore.auth.perms import KeySet, interval_of
 from kvstore.auth.requests import check_request
 from kvstore.auth.tokens import TokenOptionError
@@ -30,6 +31,7 @@ from kvstore.errors import (
     RoleNotFoundError,
     RootRoleNotExistError,
     RootUserNotExistError,
+    TooManyRequestsError,
     UserEmptyError,
     UserNotFoundError,
 )
@@ -292,3 +294,23 @@ def test_auth_buckets_in_etcd_layout(tmp_path: Path) -> None:
     assert list(user.roles) == ["root"] and bcrypt.checkpw(b"p", user.password)
     assert [auth_pb2.Role.FromString(v).name for _, v in buckets[AUTH_ROLES]] == [b"app"]
     store.close()
+
+
+async def test_password_checks_past_the_bound_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A login storm queues at most MAX_WAITING bcrypt jobs; the rest get etcd's error."""
+    monkeypatch.setattr(passwords, "MAX_WAITING", 3)
+    hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(10))
+    outcomes: list[str] = []
+
+    async def login(password: str) -> None:
+        try:
+            ok = await passwords.password_matches(password, hashed)
+            outcomes.append("match" if ok else "mismatch")
+        except TooManyRequestsError:
+            outcomes.append("refused")
+
+    async with anyio.create_task_group() as tg:
+        for password in ("pw", "x", "y", "z", "w"):
+            tg.start_soon(login, password)
+    assert sorted(outcomes) == ["match", "mismatch", "mismatch", "refused", "refused"]
+    assert await passwords.password_matches("pw", hashed)  # the bound frees up again
