@@ -43,6 +43,7 @@ lint: $(INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 ## make run: the controllers demo on our 3-member store (ports 2379/12379/22379, data in
 ## ./kvstore-data): controller-managers, schedulers, node agents and a Deployment, with a live
@@ -69,13 +70,13 @@ bench: $(INSTALLED)
 
 ## make chaos ROUNDS=200 TARGET=etcd|ours SEED=1: a fault campaign against 3 members of a real
 ## etcd or of our store (lease reads judged strictly there), with every fault: process, network,
-## membership, power loss and disk faults, and (ours) failpoint crashes; see kvstore/chaos/README.md.
+## membership, power loss and disk faults, and (ours) failpoint crashes; see chaos/README.md.
 ROUNDS ?= 200
 TARGET ?= etcd
 SEED ?= 1
 CHAOS_TARGET = $(if $(filter ours kvstore,$(TARGET)),kvstore --strict-leases --failpoints,$(TARGET))
 chaos: $(INSTALLED) | $(FUSERMOUNT)
-	$(BIN)/python -m kvstore.chaos --seed $(SEED) --rounds $(ROUNDS) --members 3 --round-seconds 1.5 --network --power --target $(CHAOS_TARGET) --out run/chaos
+	$(BIN)/python -m chaos --seed $(SEED) --rounds $(ROUNDS) --members 3 --round-seconds 1.5 --network --power --target $(CHAOS_TARGET) --out run/chaos
 
 ## make soak: the long-running tests left out of the default run.
 soak: $(INSTALLED)

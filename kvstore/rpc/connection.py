@@ -15,17 +15,14 @@ import collections
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from google.protobuf.message import DecodeError, Message
 
 from kvstore.rpc import frames as fr
-from kvstore.rpc.call import CallContext, Cardinality, Method
-from kvstore.rpc.http2 import Http2Connection, Stream
+from kvstore.rpc.call import CallContext, Cardinality, ErrorMapper, Method
+from kvstore.rpc.http2 import Http2Connection, Http2Limits, Stream
 from kvstore.rpc.status import RpcError, StatusCode
-
-if TYPE_CHECKING:
-    from kvstore.rpc.server import Server
 
 REQUEST_QUEUE_MESSAGES = 1024
 """Decoded requests a streaming handler may leave unread: past it the client's window
@@ -53,8 +50,20 @@ class Call(Stream):
         self.timer: asyncio.TimerHandle | None = None
 
 
+class ServerSide(Protocol):
+    """The accepting server, as a connection sees it (:class:`~kvstore.rpc.server.Server`)."""
+
+    limits: Http2Limits
+    methods: dict[str, Method]
+    max_receive_bytes: int
+    error_mapper: ErrorMapper
+    connections: set[GrpcConnection]
+
+    def unknown_method_message(self, path: str) -> str: ...
+
+
 class GrpcConnection(Http2Connection):
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: ServerSide) -> None:
         super().__init__(server.limits)
         self.server = server
         self.peer_common_name = ""

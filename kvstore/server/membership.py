@@ -12,6 +12,9 @@ in the MVCC backend's meta bucket: written in the same batch as the applied
 entries, it travels inside snapshots and survives restarts. A change replayed
 from the WAL at or below that index only reaches Raft (which rebuilds its
 configuration from the snapshot's ConfState plus the replayed changes).
+
+(About 600 lines and one concern: the registry, etcd's checks and the conf-change
+plumbing change together whenever a membership rule does.)
 """
 
 from __future__ import annotations
@@ -52,14 +55,9 @@ from kvstore.raft.types import ConfChange, ConfChangeSingle, ConfChangeType, Rol
 from kvstore.rpctypes import ERR_NOT_LEADER
 from kvstore.server.config import ConfigError, ServerConfig, host_port
 from kvstore.server.node import Node
-from kvstore.server.peerwire import PeerMethod
-from kvstore.server.transport import (
-    MEMBER_REMOVED_MESSAGE,
-    PeerListener,
-    PeerUnreachableError,
-    Transport,
-    call_url,
-)
+from kvstore.server.peerlistener import PeerListener
+from kvstore.server.peerwire import MEMBER_REMOVED_MESSAGE, PeerMethod
+from kvstore.server.transport import PeerUnreachableError, Transport, call_url
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,11 @@ MAGIC = b"KVPEER1\n"
 _HEAD = struct.Struct(">IB")
 _HELLO = struct.Struct(">QQB")  # cluster id, sender id, stream kind
 _CALL = struct.Struct(">QB")  # call id, method / status
+MEMBER_REMOVED_MESSAGE = "the member has been permanently removed from the cluster"
+"""etcd's words, sent to (and logged by) a member whose connections are refused after its
+removal."""
+SNAP_HEAD = struct.Struct(">Q")
+"""A snapshot connection's first frame: the total size, then the MsgSnap (its data empty)."""
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 """Largest frame a member accepts (a batch of entries; snapshots travel in chunks)."""
 
@@ -62,6 +67,14 @@ class PeerMethod(enum.IntEnum):
 
 class WireError(Exception):
     """The other side broke the protocol (or closed mid-frame)."""
+
+
+def send(writer: asyncio.StreamWriter, data: bytes) -> None:
+    """Write, or raise ConnectionResetError on a closed connection (on uvloop, writing
+    to a closed transport raises RuntimeError; on asyncio's loop it is silently lost)."""
+    if writer.is_closing():
+        raise ConnectionResetError("connection closed")
+    writer.write(data)
 
 
 def frame(kind: FrameKind, payload: bytes = b"") -> bytes:

@@ -26,7 +26,6 @@ import dataclasses
 import itertools
 import logging
 import ssl
-import struct
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -35,12 +34,14 @@ from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as PbMessage
 
 from kvstore._pb.peerpb import peer_pb2
-from kvstore.errors import RemoteError, RequestError
+from kvstore.errors import RemoteError
 from kvstore.raft.types import Message, MessageType, Snapshot
-from kvstore.server.codec import message_from_pb, message_to_pb
+from kvstore.server.codec import message_to_pb
 from kvstore.server.config import TLSFiles, host_port, is_https
 from kvstore.server.metrics import Metrics
 from kvstore.server.peerwire import (
+    MEMBER_REMOVED_MESSAGE,
+    SNAP_HEAD,
     FrameKind,
     PeerMethod,
     StreamKind,
@@ -49,12 +50,11 @@ from kvstore.server.peerwire import (
     frame,
     hello,
     read_frame,
-    read_hello,
-    reply_frame,
+    send,
     split_call,
 )
-from kvstore.server.status import StatusCode, to_status
-from kvstore.server.tls import http_ssl_context, peer_client_ssl_context
+from kvstore.server.status import StatusCode
+from kvstore.server.tls import peer_client_ssl_context
 
 log = logging.getLogger(__name__)
 
@@ -72,20 +72,11 @@ SNAPSHOT_MIN_RATE_BYTES = 1024 * 1024
 SNAPSHOT_TIMEOUT_MIN_SECONDS = 30.0
 CONNECT_TIMEOUT_SECONDS = 5.0
 """TCP connect (and TLS handshake) to a peer."""
-HELLO_TIMEOUT_SECONDS = 10.0
-"""How long a listener waits for a new connection's hello."""
 PING_INTERVAL_SECONDS = 1.0
 DEAD_AFTER_PINGS = 5
 """A peer that answers none of this many pings in a row is taken for gone."""
 BACKOFF_MIN_SECONDS = 0.05
 BACKOFF_MAX_SECONDS = 1.0
-MEMBER_REMOVED_MESSAGE = "the member has been permanently removed from the cluster"
-"""etcd's words, sent to (and logged by) a member whose connections are refused after its
-removal."""
-_SNAP_HEAD = struct.Struct(">Q")  # total size, then the MsgSnap (data empty) as peerpb.Message
-
-Deliver = Callable[[list[Message]], None]
-CallHandler = Callable[[Any], Awaitable[PbMessage]]
 
 
 class PeerUnreachableError(Exception):
@@ -98,22 +89,6 @@ class RefusedError(PeerUnreachableError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-@dataclasses.dataclass(frozen=True)
-class CallSpec:
-    """A peer call's request type and the function that answers it."""
-
-    request_type: type[PbMessage]
-    handler: CallHandler
-
-
-def _send(writer: asyncio.StreamWriter, data: bytes) -> None:
-    """Write, or raise ConnectionResetError on a closed connection (on uvloop, writing
-    to a closed transport raises RuntimeError; on asyncio's loop it is silently lost)."""
-    if writer.is_closing():
-        raise ConnectionResetError("connection closed")
-    writer.write(data)
 
 
 async def _dial(
@@ -136,7 +111,7 @@ async def _dial(
         )
     except (OSError, TimeoutError, ssl.SSLError) as exc:
         raise PeerUnreachableError(f"dial {url}: {exc}") from None
-    _send(writer, hello(cluster_id, self_id, kind))
+    send(writer, hello(cluster_id, self_id, kind))
     return reader, writer
 
 
@@ -185,7 +160,7 @@ class _Calls:
         fut: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
         self._waiting[call_id] = fut
         try:
-            _send(self.writer, call_frame(call_id, method, request))
+            send(self.writer, call_frame(call_id, method, request))
             return await asyncio.wait_for(fut, timeout)
         except OSError as exc:
             self.close()
@@ -302,7 +277,7 @@ class Peer:
             while not pongs.done():
                 now = time.monotonic()
                 if now >= next_ping:
-                    _send(writer, frame(FrameKind.PING))
+                    send(writer, frame(FrameKind.PING))
                     next_ping = now + PING_INTERVAL_SECONDS
                 if self.queue:
                     self._write_batch(writer)
@@ -351,7 +326,7 @@ class Peer:
                 message_to_pb(m, add())
                 n += 1
         if n:
-            _send(writer, frame(FrameKind.MESSAGES, batch.SerializeToString()))
+            send(writer, frame(FrameKind.MESSAGES, batch.SerializeToString()))
 
     def _broken(self, exc: BaseException) -> None:
         t = self.transport
@@ -387,16 +362,16 @@ class Peer:
             )
             try:
                 async with asyncio.timeout(timeout):
-                    _send(
+                    send(
                         writer,
                         frame(
                             FrameKind.SNAP_HEAD,
-                            _SNAP_HEAD.pack(len(data)) + head.SerializeToString(),
+                            SNAP_HEAD.pack(len(data)) + head.SerializeToString(),
                         ),
                     )
                     view = memoryview(data)
                     for offset in range(0, len(data), SNAPSHOT_CHUNK_BYTES):
-                        _send(
+                        send(
                             writer,
                             frame(
                                 FrameKind.SNAP_DATA,
@@ -536,152 +511,3 @@ class Transport:
     async def close(self) -> None:
         for p in self.peers.values():
             p.close()
-
-
-class PeerListener:
-    """Accepts members' connections: their messages, snapshots and calls."""
-
-    def __init__(self, cluster_id: int, deliver: Deliver) -> None:
-        self.cluster_id = cluster_id
-        self.removed: set[int] = set()
-        self.deliver = deliver
-        self.calls: dict[PeerMethod, CallSpec] = {}
-        """What this member answers; set by the server."""
-        self._servers: list[asyncio.Server] = []
-        self._handlers: set[asyncio.Task[None]] = set()
-
-    async def listen(self, url: str, tls: TLSFiles) -> None:
-        host, port = host_port(url)
-        context = http_ssl_context(tls) if is_https(url) else None
-        server = await asyncio.start_server(
-            self._accept, host, port, ssl=context, reuse_address=True
-        )
-        self._servers.append(server)
-
-    async def close(self) -> None:
-        for server in self._servers:
-            server.close()
-        for task in list(self._handlers):
-            task.cancel()
-        await asyncio.gather(*self._handlers, return_exceptions=True)
-        for server in self._servers:
-            with contextlib.suppress(Exception):
-                await server.wait_closed()
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._handlers.add(task)
-        try:
-            cluster_id, sender, kind = await asyncio.wait_for(
-                read_hello(reader), HELLO_TIMEOUT_SECONDS
-            )
-            refusal = self._refusal(cluster_id, sender, kind)
-            if refusal:
-                _send(writer, frame(FrameKind.REFUSE, refusal.encode()))
-                await writer.drain()
-                return
-            _send(writer, frame(FrameKind.ACCEPT))
-            if kind == StreamKind.MESSAGES:
-                await self._messages(sender, reader, writer)
-            elif kind == StreamKind.SNAPSHOT:
-                await self._snapshot(reader, writer)
-            else:
-                await self._calls(reader, writer, cluster_id == 0)
-        except (WireError, OSError, TimeoutError, ssl.SSLError, DecodeError) as exc:
-            log.debug("peer connection ended: %s", exc)
-        except asyncio.CancelledError:
-            pass
-        finally:
-            self._handlers.discard(task)
-            writer.close()
-
-    def _refusal(self, cluster_id: int, sender: int, kind: StreamKind) -> str:
-        if cluster_id == 0 and kind == StreamKind.CALLS:
-            return ""  # a member joining the cluster asks who is in it
-        if cluster_id != self.cluster_id:
-            return f"cluster ID mismatch: got {cluster_id:x}, want {self.cluster_id:x}"
-        if sender in self.removed:
-            return MEMBER_REMOVED_MESSAGE
-        return ""
-
-    async def _messages(
-        self, sender: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        deliver = self.deliver
-        while True:
-            kind, payload = await read_frame(reader)
-            if sender in self.removed:  # removed since it connected: tell it, and hang up
-                _send(writer, frame(FrameKind.REFUSE, MEMBER_REMOVED_MESSAGE.encode()))
-                await writer.drain()
-                return
-            if kind == FrameKind.MESSAGES:
-                batch = peer_pb2.MessageBatch.FromString(payload)
-                deliver([message_from_pb(p) for p in batch.messages])
-            elif kind == FrameKind.PING:
-                _send(writer, frame(FrameKind.PONG))
-
-    async def _snapshot(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Reassemble one chunked MsgSnap and deliver it whole."""
-        kind, payload = await read_frame(reader)
-        if kind != FrameKind.SNAP_HEAD or len(payload) < _SNAP_HEAD.size:
-            raise WireError("a snapshot connection starts with its head")
-        (total,) = _SNAP_HEAD.unpack_from(payload)
-        head = peer_pb2.Message.FromString(payload[_SNAP_HEAD.size :])
-        data = bytearray()
-        while len(data) < total:
-            kind, chunk = await read_frame(reader)
-            if kind != FrameKind.SNAP_DATA or len(data) + len(chunk) > total:
-                _send(writer, frame(FrameKind.SNAP_DONE, b"snapshot data past its declared size"))
-                return
-            data += chunk
-        m = message_from_pb(head)
-        assert m.snapshot is not None
-        m.snapshot = Snapshot(m.snapshot.metadata, bytes(data))
-        self.deliver([m])
-        _send(writer, frame(FrameKind.SNAP_DONE))
-        await writer.drain()
-
-    async def _calls(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, outsider: bool
-    ) -> None:
-        answering: set[asyncio.Task[None]] = set()
-        try:
-            while True:
-                kind, payload = await read_frame(reader)
-                if kind != FrameKind.CALL:
-                    continue
-                call_id, method, body = split_call(payload)
-                task = asyncio.ensure_future(self._answer(writer, call_id, method, body, outsider))
-                answering.add(task)
-                task.add_done_callback(answering.discard)
-        finally:
-            for task in answering:
-                task.cancel()
-
-    async def _answer(
-        self, writer: asyncio.StreamWriter, call_id: int, method: int, body: bytes, outsider: bool
-    ) -> None:
-        with contextlib.suppress(OSError):  # the caller went away: nobody to answer
-            await self._answer_call(writer, call_id, method, body, outsider)
-
-    async def _answer_call(
-        self, writer: asyncio.StreamWriter, call_id: int, method: int, body: bytes, outsider: bool
-    ) -> None:
-        try:
-            spec = self.calls.get(PeerMethod(method))
-        except ValueError:
-            spec = None
-        if spec is None or (outsider and method != PeerMethod.MEMBER_LIST):
-            _send(writer, reply_frame(call_id, StatusCode.UNIMPLEMENTED, b"unknown peer call"))
-            return
-        try:
-            response = await spec.handler(spec.request_type.FromString(body))
-        except RequestError as exc:
-            code, message = to_status(exc)
-            _send(writer, reply_frame(call_id, code, message.encode()))
-            return
-        except DecodeError as exc:
-            _send(writer, reply_frame(call_id, StatusCode.INTERNAL, str(exc).encode()))
-            return
-        _send(writer, reply_frame(call_id, StatusCode.OK, response.SerializeToString()))

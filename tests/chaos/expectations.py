@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kvstore.chaos.runner import CampaignResult
+from chaos.campaign import CampaignResult
 
 
 def assert_members_replaced(result: CampaignResult) -> None:

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from kvstore.chaos import linearizability
-from kvstore.chaos.checkers import Batch, check_reference, check_watch
-from kvstore.chaos.history import OK, Op
-from kvstore.chaos.runner import CampaignConfig, CampaignResult, run_campaign
+from chaos import linearizability
+from chaos.campaign import CampaignConfig, CampaignResult
+from chaos.checkers import Batch, check_reference, check_watch
+from chaos.history import OK, Op
+from chaos.runner import run_campaign
 from tests.chaos.expectations import assert_members_replaced
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kvstore.chaos.history import OK
-from kvstore.chaos.runner import CampaignConfig, run_campaign
+from chaos.campaign import CampaignConfig
+from chaos.history import OK
+from chaos.runner import run_campaign
 from tests.chaos.expectations import assert_members_replaced
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from kvstore.chaos.checkers import Event, check_locks
-from kvstore.chaos.runner import lock_history
-from kvstore.chaos.workloads import (
+from chaos.checkers import Event, check_locks
+from chaos.runner import lock_history
+from chaos.workloads import (
     LOCK_BACKENDS,
     LOCK_DATA,
     PREFIX,

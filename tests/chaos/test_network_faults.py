@@ -10,9 +10,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from kvstore.chaos.cluster import ProcessClusterUnderTest
-from kvstore.chaos.faults import LeaderMonitor
-from kvstore.chaos.proxy import LinkRule, etcd_sender
+from chaos.cluster import ProcessClusterUnderTest
+from chaos.faults import LeaderMonitor
+from chaos.proxy import LinkRule, etcd_sender
 from kvstore.client import Client, EtcdError
 
 

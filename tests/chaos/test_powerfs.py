@@ -11,7 +11,7 @@ from pathlib import Path
 import lmdb
 import pytest
 
-from kvstore.chaos.disk import PowerLossDisk, fuse_available
+from chaos.disk import PowerLossDisk, fuse_available
 
 pytestmark = pytest.mark.skipif(fuse_available() is not None, reason=str(fuse_available()))
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kvstore.chaos.disk import PowerLossDisk, fuse_available
+from chaos.disk import PowerLossDisk, fuse_available
 from kvstore.mvcc.backend import Backend
 from kvstore.raft.types import ConfState, Snapshot, SnapshotMetadata
 from kvstore.storage import DiskFullError, SnapshotStore

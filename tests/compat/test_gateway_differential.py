@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import anyio
 import pytest
 
 from kvstore.gateway.routes import ROUTES
@@ -435,11 +436,16 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
     try:
         etcd.start()
         ours.start()
+        LOGS.update(etcd=etcd.members[0].log_tail, kvstore=ours.members[0].log_tail)
         yield {"etcd": etcd.members[0].client_url, "kvstore": ours.members[0].client_url}
     finally:
         ours.stop()
         etcd.stop()
 
+
+CALL_DEADLINE_SECONDS = 60.0
+LOGS: dict[str, Callable[[], str]] = {}
+"""Each server's log tail, for a failure's report."""
 
 SEEN: dict[str, Seen] = {"etcd": {}, "kvstore": {}}
 """Per server, across the test functions of this module (they run in order)."""
@@ -460,13 +466,20 @@ async def run_cases(servers: dict[str, str], cases: list[Case]) -> list[str]:
             got = {}
             for name, base in servers.items():
                 seen = SEEN[name]
-                answer = await call(
-                    session,
-                    base + case.path,
-                    case.payload(seen),
-                    method=case.method,
-                    max_chunks=case.chunks,
-                )
+                # Every answer comes within seconds; a hang fails here, naming the request.
+                with anyio.move_on_after(CALL_DEADLINE_SECONDS) as deadline:
+                    answer = await call(
+                        session,
+                        base + case.path,
+                        case.payload(seen),
+                        method=case.method,
+                        max_chunks=case.chunks,
+                    )
+                if deadline.cancelled_caught:
+                    pytest.fail(
+                        f"{name}: no answer to {case.method} {case.path} in time; "
+                        f"its log ends:\n{LOGS[name]()}"
+                    )
                 if case.capture is not None and answer.status == 200:
                     case.capture(answer.json(), seen)
                 got[name] = _comparable(case, answer)

@@ -16,8 +16,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from kvstore.chaos.cluster import ProcessClusterUnderTest
-from kvstore.chaos.disk import fuse_available
+from chaos.cluster import ProcessClusterUnderTest
+from chaos.disk import fuse_available
 from kvstore.client import Client, EtcdError
 
 pytestmark = pytest.mark.skipif(fuse_available() is not None, reason=str(fuse_available()))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import random
 
-from kvstore.chaos import linearizability as lin
-from kvstore.chaos.checkers import (
+from chaos import linearizability as lin
+from chaos.checkers import (
     Batch,
     Event,
     LeaseLog,
@@ -20,7 +20,7 @@ from kvstore.chaos.checkers import (
     lagging_progress_notifies,
     unconfirmed_lease_reads,
 )
-from kvstore.chaos.history import FAIL, INFO, OK, Op
+from chaos.history import FAIL, INFO, OK, Op
 
 _ids = iter(range(1_000_000))
 

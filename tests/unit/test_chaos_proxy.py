@@ -14,18 +14,19 @@ from collections.abc import AsyncIterator, Iterator
 import anyio
 import pytest
 
-from kvstore._pb.etcdserverpb import rpc_pb2
-from kvstore.chaos.proxy import (
+from chaos.proxy import (
     LinkRule,
     ProxyMesh,
     etcd_sender,
     peer_sender,
 )
+from kvstore._pb.etcdserverpb import rpc_pb2
 from kvstore.ports import free_ports
 from kvstore.server.config import TLSFiles
 from kvstore.server.metrics import Metrics
+from kvstore.server.peerlistener import CallSpec, PeerListener
 from kvstore.server.peerwire import PeerMethod, StreamKind, hello
-from kvstore.server.transport import CallSpec, PeerListener, PeerUnreachableError, Transport
+from kvstore.server.transport import PeerUnreachableError, Transport
 
 HEAD = b"POST /raft HTTP/1.1\r\nHost: x\r\nX-Server-From: a1\r\n\r\n"
 

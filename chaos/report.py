@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from kvstore.chaos.runner import CampaignResult
+    from chaos.campaign import CampaignResult
 
 COLOURS = {
     "kill": "#dc2828",

@@ -1,9 +1,9 @@
 """Chaos harness: fault injection, recorded workloads and history checkers.
 
-Run ``python -m kvstore.chaos --seed N --rounds R --members 3`` against a real
+Run ``python -m chaos --seed N --rounds R --members 3`` against a real
 etcd cluster, or ``--target kvstore`` against our own server (see
-:mod:`kvstore.chaos.runner`). The cluster under test sits behind
-:class:`kvstore.chaos.cluster.ClusterUnderTest`.
+:mod:`chaos.runner`). The cluster under test sits behind
+:class:`chaos.cluster.ClusterUnderTest`.
 
 Modules: ``history`` (recorded operations), ``linearizability`` (per-key
 Wing-Gong/Lowe search), ``checkers`` (watch, lease, lock, durability),
@@ -13,8 +13,9 @@ report), ``powerfs`` (the power-loss FUSE filesystem) and ``disk`` (the
 harness's handle on it).
 """
 
-from kvstore.chaos.cluster import ClusterUnderTest, ProcessClusterUnderTest
-from kvstore.chaos.runner import CampaignConfig, CampaignResult, run_campaign
+from chaos.campaign import CampaignConfig, CampaignResult
+from chaos.cluster import ClusterUnderTest, ProcessClusterUnderTest
+from chaos.runner import run_campaign
 
 __all__ = [
     "CampaignConfig",

@@ -29,7 +29,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from kvstore.chaos.history import FAIL, INFO, OK, Op
+from chaos.history import FAIL, INFO, OK, Op
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from kvstore.chaos.runner import CampaignResult
+    from chaos.campaign import CampaignResult
 
 RGB = tuple[int, int, int]
 

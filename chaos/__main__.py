@@ -1,4 +1,4 @@
-"""``python -m kvstore.chaos``: run a chaos campaign against a real etcd or our store."""
+"""``python -m chaos``: run a chaos campaign against a real etcd or our store."""
 
 from __future__ import annotations
 
@@ -11,13 +11,14 @@ from pathlib import Path
 
 import anyio
 
-from kvstore.chaos.runner import CampaignConfig, run_campaign, stop_live_clusters
-from kvstore.chaos.workloads import LOCK_BACKENDS
+from chaos.campaign import CampaignConfig
+from chaos.runner import run_campaign, stop_live_clusters
+from chaos.workloads import LOCK_BACKENDS
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run one campaign, print its summary; exit 1 on violations."""
-    p = argparse.ArgumentParser(prog="python -m kvstore.chaos", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m chaos", description=__doc__)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--members", type=int, default=3, choices=[3, 5])

@@ -12,7 +12,7 @@ So the endpoints the workloads' clients were given always include every
 current member, however often the membership changes.
 
 With ``power=True`` every member's data directory is a power-loss disk
-(:class:`kvstore.chaos.disk.PowerLossDisk`): ``power_off`` kills a member and
+(:class:`chaos.disk.PowerLossDisk`): ``power_off`` kills a member and
 drops what its disk had not made durable, ``power_on`` boots it again, and
 ``disk`` gives the disk for full, failing and slow disk faults. With
 ``failpoints=True`` (our store only: etcd's release builds have none) every
@@ -28,8 +28,8 @@ import urllib.request
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from kvstore.chaos.disk import PowerLossDisk
-from kvstore.chaos.proxy import ProxyMesh
+from chaos.disk import PowerLossDisk
+from chaos.proxy import ProxyMesh
 from kvstore.failpoints import HTTP_ENV
 from kvstore.local.cluster import KVCluster
 from kvstore.local.etcd import EtcdCluster

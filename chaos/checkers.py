@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvstore.chaos.history import OK, Op
+from chaos.history import OK, Op
 
 
 @dataclass(frozen=True)

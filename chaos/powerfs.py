@@ -1,6 +1,6 @@
 """A FUSE filesystem that loses, on a power cut, everything not yet made durable.
 
-``python -m kvstore.chaos.powerfs --backing DIR --mount MNT --control SOCK``
+``python -m chaos.powerfs --backing DIR --mount MNT --control SOCK``
 mounts a filesystem at MNT whose *durable* state lives in DIR and whose
 not-yet-durable state lives only in this process's memory. SIGKILL of this
 process is the power cut: the kernel tears the mount down and DIR holds
@@ -692,7 +692,7 @@ def _exit_with_parent() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m kvstore.chaos.powerfs", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m chaos.powerfs", description=__doc__)
     p.add_argument("--backing", type=Path, required=True)
     p.add_argument("--mount", type=Path, required=True)
     p.add_argument("--control", type=Path, required=True)
