@@ -260,7 +260,7 @@ async def test_login_storm_leaves_the_raft_loop_free(tmp_path: Path) -> None:
                 nonlocal storm_took
                 t0 = time.monotonic()
                 async with anyio.create_task_group() as logins:
-                    for _ in range(6):
+                    for _ in range(4):
                         logins.start_soon(failed_login)
                 storm_took = time.monotonic() - t0
 
