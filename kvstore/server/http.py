@@ -59,6 +59,9 @@ class MemberHTTP:
             "/version": self._version,
             "/metrics": self._metrics,
         }
+        self.serving_clients = False
+        """Set once every client listener is bound (after this member is published): until
+        then /health and /readyz say no, so whoever waits for them can connect at once."""
         self._client_server: web.Server | None = None
         self._servers: list[web.Server] = []
         self._listeners: list[asyncio.Server] = []
@@ -147,7 +150,7 @@ class MemberHTTP:
         for alarm in node.store.alarm_members():
             if rpc_pb2.AlarmType.Name(alarm.alarm) not in excluded_alarms:
                 return False, _ALARM_REASONS.get(alarm.alarm, "ALARM UNKNOWN")
-        if not node.leader_id or not core.membership.published.is_set():
+        if not node.leader_id or not self.serving_clients:
             return False, "RAFT NO LEADER"
         request = rpc_pb2.RangeRequest(key=b"health", keys_only=True, limit=1)
         ctx = rpc.CallContext(_RANGE, {}, "health check", None)
@@ -166,7 +169,7 @@ class MemberHTTP:
     async def _readyz(self, request: web.BaseRequest) -> web.Response:
         if request.method != "GET":
             return _method_not_allowed()
-        if self.core.node.leader_id and self.core.membership.published.is_set():
+        if self.core.node.leader_id and self.serving_clients:
             return _text(200, "ok\n")
         return _text(503, "not ready: no leader\n")
 

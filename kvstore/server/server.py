@@ -145,6 +145,7 @@ class EtcdServer:
             host, port = host_port(url)
             context = http_ssl_context(self.cfg.client_tls) if is_https(url) else None
             await self.http.listen(host, port, context, gateway=True)
+        self.http.serving_clients = True
 
     async def run(self) -> None:
         cfg = self.cfg
