@@ -550,7 +550,6 @@ async def test_lock_and_election_routes(servers: dict[str, str]) -> None:
     _check(await run_cases(servers, concurrency_cases()))
 
 
-@pytest.mark.xfail(strict=True, reason="auth is not implemented yet: our answer is 501")
 async def test_auth_routes(servers: dict[str, str]) -> None:
     _check(await run_cases(servers, auth_cases()))
 
