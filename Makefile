@@ -25,9 +25,11 @@ $(INSTALLED): pyproject.toml
 
 install: $(INSTALLED)
 
-## make test: lint, type-check and the default test suite (real etcd and chromium included).
+## make test: lint, type-check and the default test suite (real etcd and chromium included),
+## in TEST_JOBS processes (pytest-xdist; a file's tests stay together, in order, in one).
+TEST_JOBS ?= 2
 test: lint test-deps
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile
 
 ## make test-deps: Debian packages the tests use: etcd 3.4 (etcd-client, etcd-server), whose
 ## tools and backups our etcd-format backups are checked against, fuse3 (power-loss disks) and

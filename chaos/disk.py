@@ -18,6 +18,7 @@ installs it) and permission to mount (root, or fuse's setuid helper).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -70,7 +71,9 @@ class PowerLossDisk:
     def __init__(self, mount: Path, log_path: Path | None = None) -> None:
         self.mount_point = mount
         self.backing = mount.with_name(mount.name + ".disk")
-        self.control_path = self.backing / "control.sock"
+        # An abstract Unix socket (Linux): no file, and no 108-byte limit on the test's path.
+        digest = hashlib.sha256(str(self.backing.resolve()).encode()).hexdigest()[:24]
+        self.control_name = f"kvstore-powerfs-{digest}"
         self.log_path = log_path or mount.with_name(mount.name + ".powerfs.log")
         self.process: subprocess.Popen[bytes] | None = None
         self.power_cuts = 0
@@ -96,8 +99,8 @@ class PowerLossDisk:
                     str(self.backing),
                     "--mount",
                     str(self.mount_point),
-                    "--control",
-                    str(self.control_path),
+                    "--control-name",
+                    self.control_name,
                 ],
                 stdout=subprocess.PIPE,
                 stderr=log_file,
@@ -156,12 +159,12 @@ class PowerLossDisk:
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
                 sock.settimeout(30)
-                sock.connect(str(self.control_path))
+                sock.connect("\0" + self.control_name)
                 sock.sendall(json.dumps(request).encode() + b"\n")
                 with sock.makefile("rb") as f:
                     reply: dict[str, Any] = json.loads(f.readline())
         except (OSError, ValueError) as error:
-            raise DiskError(f"powerfs control {self.control_path}: {error}") from error
+            raise DiskError(f"powerfs control of {self.mount_point}: {error}") from error
         if "error" in reply:
             raise DiskError(f"powerfs control: {reply['error']}")
         return reply

@@ -1,6 +1,6 @@
 """A FUSE filesystem that loses, on a power cut, everything not yet made durable.
 
-``python -m chaos.powerfs --backing DIR --mount MNT --control SOCK``
+``python -m chaos.powerfs --backing DIR --mount MNT --control-name NAME``
 mounts a filesystem at MNT whose *durable* state lives in DIR and whose
 not-yet-durable state lives only in this process's memory. SIGKILL of this
 process is the power cut: the kernel tears the mount down and DIR holds
@@ -640,12 +640,10 @@ class Control:
     (fields left out keep their value).
     """
 
-    def __init__(self, fs: PowerLossFS, path: Path) -> None:
+    def __init__(self, fs: PowerLossFS, name: str) -> None:
         self.fs = fs
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(str(path))
+        self.sock.bind("\0" + name)  # Linux's abstract namespace: gone with the process
         self.sock.listen(8)
         threading.Thread(target=self._serve, name="powerfs-control", daemon=True).start()
 
@@ -695,7 +693,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m chaos.powerfs", description=__doc__)
     p.add_argument("--backing", type=Path, required=True)
     p.add_argument("--mount", type=Path, required=True)
-    p.add_argument("--control", type=Path, required=True)
+    p.add_argument("--control-name", required=True, help="abstract Unix socket name")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(
@@ -703,7 +701,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s powerfs: %(message)s",
     )
     fs = PowerLossFS(args.backing)
-    Control(fs, args.control.resolve())
+    Control(fs, args.control_name)
     _exit_with_parent()
     args.mount.mkdir(parents=True, exist_ok=True)
     mfusepy.FUSE(

@@ -74,6 +74,30 @@ def add_store_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--etcd-cafile", default=None, help="CA that signs the store's certificate")
     parser.add_argument("--etcd-certfile", default=None, help="client certificate for the store")
     parser.add_argument("--etcd-keyfile", default=None, help="key of --etcd-certfile")
+    # A store with auth enabled: log in as this user (etcdctl's --user, as two flags).
+    parser.add_argument("--etcd-username", default=None, help="user to log in as")
+    parser.add_argument("--etcd-password", default=None, help="its password")
+    parser.add_argument(
+        "--etcd-password-file",
+        default=None,
+        help="a file holding the password (first line), instead of --etcd-password",
+    )
+
+
+def store_credentials(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """(user, password) for the store from the --etcd-username/-password(-file) flags."""
+    password = args.etcd_password
+    if args.etcd_password_file is not None:
+        if password is not None:
+            raise SystemExit("give --etcd-password or --etcd-password-file, not both")
+        try:
+            with open(args.etcd_password_file, encoding="utf-8") as f:
+                password = f.readline().rstrip("\r\n")
+        except OSError as error:
+            raise SystemExit(f"cannot read --etcd-password-file: {error.strerror}") from None
+    if (args.etcd_username is None) != (password is None):
+        raise SystemExit("--etcd-username and a password go together")
+    return args.etcd_username, password
 
 
 def store_tls(args: argparse.Namespace) -> TLSConfig | None:
@@ -163,8 +187,9 @@ async def run_leader_elected(client: Client, args: argparse.Namespace, lead: Lea
 async def serve(args: argparse.Namespace, body: Callable[[Client], Awaitable[None]]) -> None:
     """Connect, run ``body`` until SIGTERM/SIGINT, then exit cleanly."""
     endpoints = [e.strip() for e in args.endpoints.split(",") if e.strip()]
+    user, password = store_credentials(args)
     async with (
-        Client(endpoints, tls=store_tls(args)) as client,
+        Client(endpoints, tls=store_tls(args), user=user, password=password) as client,
         anyio.create_task_group() as tasks,
     ):
 

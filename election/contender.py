@@ -55,7 +55,12 @@ async def main(args: argparse.Namespace) -> None:
         retry_period=args.retry,
         release_on_cancel=args.release_on_cancel,
     )
-    async with Client(args.endpoints.split(","), default_timeout=args.renew) as client:
+    async with Client(
+        args.endpoints.split(","),
+        default_timeout=args.renew,
+        user=args.etcd_username,
+        password=args.etcd_password,
+    ) as client:
 
         async def lead(leadership: Leadership) -> None:
             emit("started", token=leadership.token)
@@ -109,6 +114,8 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--write-interval", type=float, default=0.05)
     parser.add_argument("--wall-offset", type=float, default=0.0)
     parser.add_argument("--release-on-cancel", action="store_true")
+    parser.add_argument("--etcd-username", default=None, help="log in as this user")
+    parser.add_argument("--etcd-password", default=None)
     return parser.parse_args()
 
 

@@ -201,6 +201,108 @@ class UnhealthyClusterError(RequestError):
     message = rpctypes.ERR_UNHEALTHY
 
 
+# ----- authentication and access control
+
+
+class AuthError(RequestError):
+    """Base class of the auth errors (users, roles, tokens, permissions)."""
+
+
+class RootUserNotExistError(AuthError):
+    """AuthEnable without a ``root`` user."""
+
+    message = rpctypes.ERR_ROOT_USER_NOT_EXIST
+
+
+class RootRoleNotExistError(AuthError):
+    """AuthEnable while ``root`` lacks the ``root`` role."""
+
+    message = rpctypes.ERR_ROOT_ROLE_NOT_EXIST
+
+
+class UserAlreadyExistError(AuthError):
+    message = rpctypes.ERR_USER_ALREADY_EXIST
+
+
+class UserEmptyError(AuthError):
+    """A request that needs a user and came without one (no token), or UserAdd with no name."""
+
+    message = rpctypes.ERR_USER_EMPTY
+
+
+class UserNotFoundError(AuthError):
+    message = rpctypes.ERR_USER_NOT_FOUND
+
+
+class RoleAlreadyExistError(AuthError):
+    message = rpctypes.ERR_ROLE_ALREADY_EXIST
+
+
+class RoleNotFoundError(AuthError):
+    message = rpctypes.ERR_ROLE_NOT_FOUND
+
+
+class RoleEmptyError(AuthError):
+    message = rpctypes.ERR_ROLE_EMPTY
+
+
+class AuthFailedError(AuthError):
+    """Unknown user, wrong password, or a user without a password."""
+
+    message = rpctypes.ERR_AUTH_FAILED
+
+
+class NoPasswordUserError(AuthError):
+    """A login with a password as a user created with --no-password: etcd sends its
+    internal text with status UNKNOWN."""
+
+    message = "auth: authentication failed, password was given for no password user"
+
+
+class PermissionNotGivenError(AuthError):
+    message = rpctypes.ERR_PERMISSION_NOT_GIVEN
+
+
+class PermissionDeniedError(AuthError):
+    message = rpctypes.ERR_PERMISSION_DENIED
+
+
+class RoleNotGrantedError(AuthError):
+    message = rpctypes.ERR_ROLE_NOT_GRANTED
+
+
+class PermissionNotGrantedError(AuthError):
+    message = rpctypes.ERR_PERMISSION_NOT_GRANTED
+
+
+class AuthNotEnabledError(AuthError):
+    message = rpctypes.ERR_AUTH_NOT_ENABLED
+
+
+class InvalidAuthTokenError(AuthError):
+    """A token this member does not know (expired, revoked, forged)."""
+
+    message = rpctypes.ERR_INVALID_AUTH_TOKEN
+
+
+class InvalidAuthMgmtError(AuthError):
+    """Deleting root, revoking root's root role while enabled, or an empty permission range."""
+
+    message = rpctypes.ERR_INVALID_AUTH_MGMT
+
+
+class AuthOldRevisionError(AuthError):
+    """The auth store changed since the token's revision (or during the request)."""
+
+    message = rpctypes.ERR_AUTH_OLD_REVISION
+
+
+class PasswordTooLongError(AuthError):
+    """bcrypt takes at most 72 bytes; Go's bcrypt refuses longer passwords with this text."""
+
+    message = "bcrypt: password length exceeds 72 bytes"
+
+
 # ----- errors with their own status
 
 

@@ -18,12 +18,19 @@ For every workload it reports the rate, latency percentiles and the CPU time
 per request of the leader, of a follower (the mean of both) and of the load
 generator, read from ``/proc`` (on a shared, busy machine CPU per request moves
 far less than the rates). The figures are medians over ``--rounds`` rounds and
-come with the ratio ours/etcd. ``--kills N`` adds the failover gap: the median
+come with ratios (below). ``--kills N`` adds the failover gap: the median
 over N SIGKILLs of the leader, under a steady write load, of the time until a
 write through a client that knows every member is accepted again.
 
 ``--mode watch-fanout|lease-storm|connections`` runs a misbehaving client instead
 (:mod:`kvstore.cli.bench_hostile`).
+
+A target named ``kvstore+auth`` or ``etcd+auth`` is the same cluster with auth
+enabled: the load generator logs in as a user whose role may read and write
+``bench/`` and sends its token with every call, so ``--targets
+kvstore,kvstore+auth`` shows what access control costs, in one run. Every
+target is a column; the ratios are ours/etcd and each ``+auth`` target over
+the same store without auth.
 """
 
 from __future__ import annotations
@@ -148,8 +155,10 @@ async def _closed_loop(
 class LoadGenerator:
     """Raw gRPC stubs over a few channels: as little client work per request as we can."""
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, token: str | None = None) -> None:
         self.endpoint = endpoint
+        self.metadata = (("token", token),) if token else None
+        self.token = token
         self.channels = [
             grpc.aio.insecure_channel(endpoint, options=[("grpc.use_local_subchannel_pool", 1)])
             for _ in range(CONNECTIONS)
@@ -165,30 +174,37 @@ class LoadGenerator:
     async def prime(self) -> None:
         value = b"v" * VALUE_BYTES
         for i in range(KEYS):
-            await self.kv[0].Put(pb.PutRequest(key=_key(i), value=value), timeout=REQUEST_TIMEOUT)
+            await self.kv[0].Put(
+                pb.PutRequest(key=_key(i), value=value),
+                timeout=REQUEST_TIMEOUT,
+                metadata=self.metadata,
+            )
 
     async def run(self, workload: str, clients: int, seconds: float) -> tuple[int, list[float]]:
         value = b"v" * VALUE_BYTES
         kv = self.kv
+        md = self.metadata
 
         if workload == "put":
 
             async def one(w: int, i: int) -> None:
                 req = pb.PutRequest(key=_key(w * 7919 + i), value=value)
-                await kv[w % CONNECTIONS].Put(req, timeout=REQUEST_TIMEOUT)
+                await kv[w % CONNECTIONS].Put(req, timeout=REQUEST_TIMEOUT, metadata=md)
 
         elif workload == "txn-put":
 
             async def one(w: int, i: int) -> None:
                 op = pb.RequestOp(request_put=pb.PutRequest(key=_key(w * 7919 + i), value=value))
-                await kv[w % CONNECTIONS].Txn(pb.TxnRequest(success=[op]), timeout=REQUEST_TIMEOUT)
+                await kv[w % CONNECTIONS].Txn(
+                    pb.TxnRequest(success=[op]), timeout=REQUEST_TIMEOUT, metadata=md
+                )
 
         elif workload in ("range", "range-s"):
             serializable = workload == "range-s"
 
             async def one(w: int, i: int) -> None:
                 req = pb.RangeRequest(key=_key(w * 7919 + i), serializable=serializable)
-                await kv[w % CONNECTIONS].Range(req, timeout=REQUEST_TIMEOUT)
+                await kv[w % CONNECTIONS].Range(req, timeout=REQUEST_TIMEOUT, metadata=md)
 
         elif workload == "keepalive":
             return await self._keepalive(clients, seconds)
@@ -208,7 +224,10 @@ class LoadGenerator:
         value = base64.b64encode(b"v" * VALUE_BYTES).decode()
         timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
         connector = aiohttp.TCPConnector(limit=clients)
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        headers = {"Authorization": self.token} if self.token else None
+        async with aiohttp.ClientSession(
+            connector=connector, timeout=timeout, headers=headers
+        ) as session:
 
             async def one(w: int, i: int) -> None:
                 body: dict[str, str] = {"key": base64.b64encode(_key(w * 7919 + i)).decode()}
@@ -224,9 +243,14 @@ class LoadGenerator:
     async def _keepalive(self, clients: int, seconds: float) -> tuple[int, list[float]]:
         leases = []
         for _ in range(clients):
-            grant = await self.lease[0].LeaseGrant(pb.LeaseGrantRequest(TTL=600), timeout=10)
+            grant = await self.lease[0].LeaseGrant(
+                pb.LeaseGrantRequest(TTL=600), timeout=10, metadata=self.metadata
+            )
             leases.append(grant.ID)
-        streams = [self.lease[w % CONNECTIONS].LeaseKeepAlive() for w in range(clients)]
+        streams = [
+            self.lease[w % CONNECTIONS].LeaseKeepAlive(metadata=self.metadata)
+            for w in range(clients)
+        ]
 
         async def one(w: int, i: int) -> None:
             stream = streams[w]
@@ -246,7 +270,9 @@ class LoadGenerator:
             create_request=pb.WatchCreateRequest(key=prefix, range_end=b"bench/w0")
         )
         latencies: list[float] = []
-        streams = [self.watch[s % CONNECTIONS].Watch() for s in range(WATCH_STREAMS)]
+        streams = [
+            self.watch[s % CONNECTIONS].Watch(metadata=self.metadata) for s in range(WATCH_STREAMS)
+        ]
         per_stream = WATCHERS // WATCH_STREAMS
         for s in streams:
             for _ in range(per_stream):
@@ -284,6 +310,7 @@ class LoadGenerator:
                 await self.kv[0].Put(
                     pb.PutRequest(key=prefix + b"%d" % (puts % 100), value=value),
                     timeout=REQUEST_TIMEOUT,
+                    metadata=self.metadata,
                 )
                 puts += 1
 
@@ -301,8 +328,31 @@ class LoadGenerator:
         return puts, latencies, puts / elapsed / rate
 
 
-async def _leader(cluster: Cluster) -> int:
-    async with Client(cluster.endpoints) as client:
+ROOT_PASSWORD = "bench-root"
+BENCH_USER, BENCH_PASSWORD = "bench", "bench-password"
+
+
+async def _enable_auth(cluster: Cluster) -> None:
+    """root, and a user that may read and write bench/ (not root: its checks are the real ones)."""
+    async with Client(cluster.endpoints, default_timeout=REQUEST_TIMEOUT) as client:
+        await client.user_add("root", ROOT_PASSWORD)
+        await client.user_grant_role("root", "root")
+        await client.user_add(BENCH_USER, BENCH_PASSWORD)
+        await client.role_add("bench")
+        await client.role_grant_permission("bench", "readwrite", "bench/", prefix=True)
+        await client.user_grant_role(BENCH_USER, "bench")
+        await client.auth_enable()
+
+
+def _client(endpoints: list[str], auth: bool, timeout: float = REQUEST_TIMEOUT) -> Client:
+    """A client for the harness's own calls (status, failover writes), root if auth is on."""
+    if auth:
+        return Client(endpoints, default_timeout=timeout, user="root", password=ROOT_PASSWORD)
+    return Client(endpoints, default_timeout=timeout)
+
+
+async def _leader(cluster: Cluster, auth: bool) -> int:
+    async with _client(cluster.endpoints, auth) as client:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             for i, ep in enumerate(cluster.endpoints):
@@ -325,11 +375,17 @@ def _parse_workloads(text: str) -> list[tuple[str, int]]:
 
 
 async def _measure(
-    cluster: Cluster, via: str, workloads: list[tuple[str, int]], seconds: float
+    cluster: Cluster, via: str, workloads: list[tuple[str, int]], seconds: float, auth: bool
 ) -> dict[str, Sample]:
-    leader = await _leader(cluster)
+    leader = await _leader(cluster, auth)
     target = leader if via == "leader" else (leader + 1) % len(cluster.members)
-    gen = LoadGenerator(cluster.endpoints[target])
+    token = None
+    if auth:
+        async with Client(
+            [cluster.endpoints[target]], user=BENCH_USER, password=BENCH_PASSWORD
+        ) as login:
+            token = login.token
+    gen = LoadGenerator(cluster.endpoints[target], token)
     results: dict[str, Sample] = {}
     try:
         await gen.prime()
@@ -356,11 +412,11 @@ WRITE_INTERVAL = 0.05
 WRITE_TIMEOUT = 2.0
 
 
-async def _failover_gap(cluster: Cluster) -> float:
+async def _failover_gap(cluster: Cluster, auth: bool) -> float:
     """Kill the leader under a steady write load; seconds until a write is accepted again."""
-    leader = await _leader(cluster)
+    leader = await _leader(cluster, auth)
     endpoints = cluster.endpoints[leader:] + cluster.endpoints[:leader]
-    async with Client(endpoints, default_timeout=WRITE_TIMEOUT) as client:
+    async with _client(endpoints, auth, WRITE_TIMEOUT) as client:
         await client.put("bench/fo", "0")
         cluster.kill(leader)
         killed = time.monotonic()
@@ -388,7 +444,7 @@ async def _failover_gap(cluster: Cluster) -> float:
 
 
 def _cluster(name: str, root: Path) -> Cluster:
-    if name == "kvstore":
+    if name.removesuffix("+auth") == "kvstore":
         return KVCluster(root=root, size=3)
     return EtcdCluster(root=root, size=3)
 
@@ -411,11 +467,14 @@ def run(
                 cluster = _cluster(name, Path(tmp) / f"{name}-{r}")
                 cluster.start()
                 try:
-                    got = anyio.run(_measure, cluster, via, workloads, seconds)
+                    auth = name.endswith("+auth")
+                    if auth:
+                        anyio.run(_enable_auth, cluster)
+                    got = anyio.run(_measure, cluster, via, workloads, seconds, auth)
                     for k, sample in got.items():
                         results[name].setdefault(k, []).append(sample)
                     for _ in range(kills):
-                        gap = anyio.run(_failover_gap, cluster)
+                        gap = anyio.run(_failover_gap, cluster, auth)
                         results[name].setdefault("failover", []).append(
                             Sample(math.nan, gap * 1e3, gap * 1e3)
                         )
@@ -430,9 +489,19 @@ def _median(samples: list[Sample], get: Callable[[Sample], float]) -> float:
     return statistics.median(values) if values else math.nan
 
 
+TARGETS = ("kvstore", "etcd", "kvstore+auth", "etcd+auth")
+
+
+def ratio_pairs(targets: tuple[str, ...]) -> list[tuple[str, str]]:
+    """The ratios worth a column: ours/etcd, and each target with auth over itself without."""
+    pairs = [("kvstore", "etcd"), ("kvstore+auth", "etcd+auth")]
+    pairs += [(t, t.removesuffix("+auth")) for t in targets if t.endswith("+auth")]
+    return [(a, b) for a, b in pairs if a in targets and b in targets]
+
+
 def report(results: dict[str, dict[str, list[Sample]]]) -> list[dict[str, object]]:
-    """Rows of medians: workload, metric, ours, etcd, ratio."""
-    ours, ref = results.get("kvstore", {}), results.get("etcd", {})
+    """Rows of medians: workload, metric, one figure per target, and ``a/b`` ratios."""
+    targets = tuple(results)
     rows: list[dict[str, object]] = []
     metrics: list[tuple[str, Callable[[Sample], float]]] = [
         ("req/s", lambda s: s.rate),
@@ -443,17 +512,31 @@ def report(results: dict[str, dict[str, list[Sample]]]) -> list[dict[str, object
         ("follower cpu us/req", lambda s: s.cpu_us.get("follower", math.nan)),
         ("loadgen cpu us/req", lambda s: s.cpu_us.get("loadgen", math.nan)),
     ]
-    for workload in dict.fromkeys([*ours, *ref]):
+    workloads = dict.fromkeys(w for per in results.values() for w in per)
+    for workload in workloads:
         for metric, get in metrics:
-            a = _median(ours.get(workload, []), get)
-            b = _median(ref.get(workload, []), get)
-            if math.isnan(a) and math.isnan(b):
+            figures = {t: _median(results[t].get(workload, []), get) for t in targets}
+            if all(math.isnan(v) for v in figures.values()):
                 continue
-            ratio = a / b if b and not math.isnan(a) and not math.isnan(b) else math.nan
-            rows.append(
-                {"workload": workload, "metric": metric, "kvstore": a, "etcd": b, "ratio": ratio}
-            )
+            row: dict[str, object] = {"workload": workload, "metric": metric, **figures}
+            for a, b in ratio_pairs(targets):
+                x, y = figures[a], figures[b]
+                row[f"{a}/{b}"] = (
+                    x / y if y and not math.isnan(x) and not math.isnan(y) else math.nan
+                )
+            rows.append(row)
     return rows
+
+
+def _print_table(targets: tuple[str, ...], rows: list[dict[str, object]]) -> None:
+    ratios = [f"{a}/{b}" for a, b in ratio_pairs(targets)]
+    widths = [max(10, len(c) + 2) for c in (*targets, *ratios)]
+    head = "".join(f"{c:>{w}}" for c, w in zip((*targets, *ratios), widths, strict=True))
+    print(f"{'workload':14}{'metric':22}{head}")
+    for row in rows:
+        cells = [f"{row[t]:{w}.2f}" for t, w in zip(targets, widths, strict=False)]
+        cells += [f"{row[r]:{w}.2f}" for r, w in zip(ratios, widths[len(targets) :], strict=True)]
+        print(f"{row['workload']!s:14}{row['metric']!s:22}{''.join(cells)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -474,7 +557,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--kills", type=int, default=0, help="leader kills per round (failover)")
     parser.add_argument(
-        "--targets", default="kvstore,etcd", help="comma-separated: kvstore, etcd or both"
+        "--targets",
+        default="kvstore,etcd",
+        help=f"comma-separated, each once, of: {', '.join(TARGETS)}",
     )
     parser.add_argument("--json", type=Path, help="also write the raw samples and rows here")
     parser.add_argument(
@@ -489,16 +574,14 @@ def main(argv: list[str] | None = None) -> int:
         bench_hostile.print_results(bench_hostile.run(args))
         return 0
     targets = tuple(t for t in args.targets.split(",") if t)
+    unknown = [t for t in targets if t not in TARGETS]
+    if unknown or not targets or len(set(targets)) != len(targets):
+        parser.error(f"--targets: each once, of {', '.join(TARGETS)} (got {args.targets!r})")
     results = run(
         args.rounds, args.seconds, _parse_workloads(args.workloads), args.via, args.kills, targets
     )
     rows = report(results)
-    print(f"{'workload':14}{'metric':22}{'kvstore':>12}{'etcd':>12}{'ratio':>8}")
-    for row in rows:
-        print(
-            f"{row['workload']!s:14}{row['metric']!s:22}{row['kvstore']:12.2f}"
-            f"{row['etcd']:12.2f}{row['ratio']:8.2f}"
-        )
+    _print_table(targets, rows)
     if args.json:
         raw = {
             t: {w: [s.__dict__ for s in samples] for w, samples in per.items()}

@@ -132,6 +132,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             client_tls=TLSFiles(
                 args.cert_file, args.key_file, args.trusted_ca_file, args.client_cert_auth
             ),
+            auth_token=args.auth_token,
+            auth_token_ttl=args.auth_token_ttl,
+            bcrypt_cost=args.bcrypt_cost,
             peer_tls=TLSFiles(
                 args.peer_cert_file,
                 args.peer_key_file,
@@ -349,6 +352,15 @@ def build_parser() -> argparse.ArgumentParser:
         default="0s",
         help="how often the leader compares HashKV with the peers (Go duration; 0s: never)",
     )
+    srv.add_argument(
+        "--auth-token",
+        default="simple",
+        help="simple, or jwt,pub-key=<file>,priv-key=<file>,sign-method=<RS256|ES256|...>,ttl=5m",
+    )
+    srv.add_argument(
+        "--auth-token-ttl", type=int, default=300, help="seconds a simple token lives unused"
+    )
+    srv.add_argument("--bcrypt-cost", type=int, default=10, help="cost of password hashes (4..31)")
     srv.add_argument(
         "--listen-metrics-urls",
         default=None,

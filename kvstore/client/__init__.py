@@ -9,11 +9,16 @@ from kvstore.client import txn
 from kvstore.client.client import Client
 from kvstore.client.endpoints import TLSConfig
 from kvstore.client.errors import (
+    AuthError,
+    AuthFailedError,
+    AuthNotEnabledError,
+    AuthOldRevisionError,
     CompactedError,
     DeadlineExceededError,
     EtcdError,
     FutureRevisionError,
     InvalidRequestError,
+    InvalidTokenError,
     KeyNotFoundError,
     LeaseExistsError,
     LeaseNotFoundError,
@@ -22,6 +27,7 @@ from kvstore.client.errors import (
     ResourceExhaustedError,
     RevisionError,
     UnavailableError,
+    UserEmptyError,
     WatchCanceledError,
 )
 from kvstore.client.lease import LeaseKeepAlive
@@ -29,12 +35,17 @@ from kvstore.client.txn import Txn, prefix_end
 from kvstore.client.watch import Watch, WatchBatch
 
 __all__ = [
+    "AuthError",
+    "AuthFailedError",
+    "AuthNotEnabledError",
+    "AuthOldRevisionError",
     "Client",
     "CompactedError",
     "DeadlineExceededError",
     "EtcdError",
     "FutureRevisionError",
     "InvalidRequestError",
+    "InvalidTokenError",
     "KeyNotFoundError",
     "LeaseExistsError",
     "LeaseKeepAlive",
@@ -46,6 +57,7 @@ __all__ = [
     "TLSConfig",
     "Txn",
     "UnavailableError",
+    "UserEmptyError",
     "Watch",
     "WatchBatch",
     "WatchCanceledError",

@@ -15,8 +15,11 @@ import grpc.aio
 from google.protobuf.message import Message
 
 from kvstore._pb.etcdserverpb import rpc_pb2 as pb
-from kvstore.client.endpoints import EndpointPool, TLSConfig
+from kvstore.client.auth import AuthCalls
+from kvstore.client.endpoints import CallAuth, EndpointPool, TLSConfig
 from kvstore.client.errors import (
+    RELOGIN_MESSAGES,
+    AuthNotEnabledError,
     DeadlineExceededError,
     EtcdError,
     UnavailableError,
@@ -50,7 +53,7 @@ def _never_sent(error: grpc.aio.AioRpcError) -> bool:
     )
 
 
-class Client:
+class Client(AuthCalls):
     """An etcd v3 client over a list of endpoints, with failover.
 
     Use as ``async with Client(["127.0.0.1:2379", ...]) as client:``; the
@@ -66,6 +69,12 @@ class Client:
     Every call takes ``timeout`` (seconds, default ``default_timeout``).
     ``tls`` (a :class:`TLSConfig`) talks TLS to the endpoints, with a client
     certificate if the servers require one.
+
+    With ``user`` and ``password`` the client logs in when it opens (etcd's
+    Authenticate) and sends the token with every call; when a member answers
+    that the token is invalid or stale (expired, or the auth store changed),
+    it logs in again and retries, as etcd's clientv3 does. A store without
+    auth enabled is used without a token.
     """
 
     def __init__(
@@ -75,16 +84,32 @@ class Client:
         default_timeout: float = 5.0,
         connect_timeout: float = 2.0,
         tls: TLSConfig | None = None,
+        user: str | None = None,
+        password: str | None = None,
     ) -> None:
         self._pool = EndpointPool(endpoints, tls)
         self.default_timeout = default_timeout
         self.connect_timeout = connect_timeout
         self._task_group: anyio.abc.TaskGroup | None = None
         self._watch_hub: WatchHub | None = None
+        self._auth = CallAuth()
+        self._credentials: tuple[str, str] | None = None
+        self._login_lock = anyio.Lock()
+        self._owner: Client | None = None  # set on views made by with_token
+        if user is not None or password is not None:
+            if not user or password is None:
+                raise ValueError("a login needs both user and password")
+            self._credentials = (user, password)
+            self._auth.relogin = self.login
 
     @property
     def endpoints(self) -> list[str]:
         return list(self._pool.endpoints)
+
+    @property
+    def token(self) -> str | None:
+        """The token calls carry (after a login; None without one)."""
+        return self._auth.token
 
     @property
     def current_endpoint(self) -> str:
@@ -93,7 +118,58 @@ class Client:
     async def __aenter__(self) -> Client:
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
+        if self._credentials is not None:
+            try:
+                await self.login()
+            except BaseException:
+                await self.__aexit__(None, None, None)
+                raise
         return self
+
+    def with_token(self, token: str | None, extra: tuple[tuple[str, str], ...] = ()) -> Client:
+        """A client on this one's connections whose calls carry ``token`` (and ``extra``).
+
+        For a server that makes calls on behalf of its own callers. Use it as
+        ``async with client.with_token(token) as view:``; it has its own watches
+        and keepalives, ended with the block, and never logs in itself.
+        """
+        view = Client.__new__(Client)
+        view.__dict__.update(self.__dict__)
+        view._owner = self
+        view._task_group = None
+        view._watch_hub = None
+        view._login_lock = anyio.Lock()
+        view._auth = CallAuth(extra)
+        view._auth.token = token
+        view._credentials = None
+        return view
+
+    async def login(self) -> None:
+        """Log in with the client's user and password; later calls carry the new token.
+
+        Concurrent callers share one login. A store without auth enabled is fine
+        (calls then go without a token), as with etcd's clientv3.
+        """
+        if self._credentials is None:
+            raise ValueError("this client has no user and password")
+        token_before = self._auth.token
+        async with self._login_lock:
+            if self._auth.token != token_before:
+                return  # another task logged in meanwhile
+            user, password = self._credentials
+            try:
+                response = await self._unary(
+                    "/etcdserverpb.Auth/Authenticate",
+                    pb.AuthenticateRequest(name=user, password=password),
+                    pb.AuthenticateResponse,
+                    timeout=None,
+                    idempotent=True,
+                    relogin=False,
+                )
+            except AuthNotEnabledError:
+                self._auth.token = None
+                return
+            self._auth.token = response.token
 
     async def __aexit__(
         self,
@@ -111,7 +187,8 @@ class Client:
         finally:
             self._task_group = None
             self._watch_hub = None
-            await self._pool.close()
+            if self._owner is None:  # a view leaves the shared connections to its owner
+                await self._pool.close()
 
     def _tasks(self) -> anyio.abc.TaskGroup:
         if self._task_group is None:
@@ -129,12 +206,18 @@ class Client:
         timeout: float | None,
         idempotent: bool,
         endpoint: str | None = None,
+        relogin: bool = True,
     ) -> R:
-        """Send one unary call, failing over between endpoints within the deadline."""
+        """Send one unary call, failing over between endpoints within the deadline.
+
+        A call refused for its token is retried once after a new login (with
+        ``relogin`` and a user and password).
+        """
         budget = self.default_timeout if timeout is None else timeout
         deadline = time.monotonic() + budget
         last: EtcdError | None = None
         attempt = 0
+        can_relogin = relogin and self._auth.relogin is not None
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -159,10 +242,16 @@ class Client:
                 response_deserializer=response_type.FromString,
             )
             try:
-                response: R = await call(request, timeout=remaining)
+                response: R = await call(request, timeout=remaining, metadata=self._auth.metadata())
                 return response
             except grpc.aio.AioRpcError as error:
                 last = from_rpc_error(error)
+                if can_relogin and last.message in RELOGIN_MESSAGES:
+                    can_relogin = False
+                    relogin_now = self._auth.relogin
+                    assert relogin_now is not None
+                    await relogin_now()
+                    continue
                 retry = isinstance(last, UnavailableError) and (idempotent or _never_sent(error))
                 if endpoint is not None or not retry:
                     if isinstance(last, UnavailableError) and endpoint is None:
@@ -333,12 +422,12 @@ class Client:
         the TTL over one stream (reconnecting to other endpoints as needed);
         ``ka.lost`` is set once the lease is gone or its TTL ran out locally.
         """
-        return LeaseKeepAlive(self._pool, lease_id, self._tasks())
+        return LeaseKeepAlive(self._pool, lease_id, self._tasks(), self._auth)
 
     async def keepalive_once(self, lease_id: int, *, timeout: float | None = None) -> int:
         """Renew once; return the new TTL. Raises LeaseNotFoundError if the lease is gone."""
         return await LeaseKeepAlive.renew_once(
-            self._pool, lease_id, self.default_timeout if timeout is None else timeout
+            self._pool, lease_id, self.default_timeout if timeout is None else timeout, self._auth
         )
 
     # ---- Watch ----
@@ -364,7 +453,7 @@ class Client:
         that has been compacted raises :class:`CompactedError` from the iterator.
         """
         if self._watch_hub is None:
-            self._watch_hub = WatchHub(self._pool, self._tasks())
+            self._watch_hub = WatchHub(self._pool, self._tasks(), self._auth)
         filters = []
         if no_put:
             filters.append(pb.WatchCreateRequest.NOPUT)

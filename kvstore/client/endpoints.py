@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,24 @@ def normalize_endpoint(endpoint: str) -> str:
     if not endpoint or ":" not in endpoint:
         raise ValueError(f"endpoint {endpoint!r} is not host:port")
     return endpoint
+
+
+class CallAuth:
+    """Who a client's calls come from: its token (after a login) and fixed metadata.
+
+    ``relogin`` (set by a client that has a user and password) gets a fresh token;
+    calls and streams use it after etcd answers that their token is invalid or stale.
+    """
+
+    def __init__(self, extra: tuple[tuple[str, str], ...] = ()) -> None:
+        self.token: str | None = None
+        self.extra = extra
+        self.relogin: Callable[[], Awaitable[None]] | None = None
+
+    def metadata(self, base: tuple[tuple[str, str], ...] = ()) -> tuple[tuple[str, str], ...]:
+        if self.token:
+            return (*base, *self.extra, ("token", self.token))
+        return (*base, *self.extra)
 
 
 class EndpointPool:

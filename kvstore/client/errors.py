@@ -12,14 +12,20 @@ from __future__ import annotations
 import grpc
 
 from kvstore.rpctypes import (
+    ERR_AUTH_FAILED,
+    ERR_AUTH_NOT_ENABLED,
+    ERR_AUTH_OLD_REVISION,
     ERR_COMPACTED,
     ERR_FUTURE_REV,
+    ERR_INVALID_AUTH_TOKEN,
     ERR_KEY_NOT_FOUND,
     ERR_LEADER_CHANGED,
     ERR_LEASE_EXISTS,
     ERR_LEASE_NOT_FOUND,
     ERR_NO_LEADER,
+    ERR_PERMISSION_DENIED,
     ERR_TIMEOUT,
+    ERR_USER_EMPTY,
 )
 
 
@@ -98,8 +104,40 @@ class ResourceExhaustedError(EtcdError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
-class PermissionDeniedError(EtcdError):
+class AuthError(EtcdError):
+    """Base of the access-control failures."""
+
+
+class AuthFailedError(AuthError):
+    """Wrong user name or password (``etcdserver: authentication failed, ...``)."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class PermissionDeniedError(AuthError):
     code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class UserEmptyError(PermissionDeniedError):
+    """Auth is enabled and the call named no user (no token)."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class InvalidTokenError(PermissionDeniedError):
+    """The member does not accept the token (expired, or its user changed): log in again."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class AuthOldRevisionError(PermissionDeniedError):
+    """The auth store changed since the token was issued: log in again."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class AuthNotEnabledError(AuthError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
 
 
 class WatchCanceledError(EtcdError):
@@ -117,7 +155,17 @@ _BY_MESSAGE: dict[str, type[EtcdError]] = {
     ERR_KEY_NOT_FOUND: KeyNotFoundError,
     ERR_TIMEOUT: UnavailableError,
     ERR_LEADER_CHANGED: UnavailableError,
+    ERR_AUTH_FAILED: AuthFailedError,
+    ERR_USER_EMPTY: UserEmptyError,
+    ERR_INVALID_AUTH_TOKEN: InvalidTokenError,
+    ERR_AUTH_OLD_REVISION: AuthOldRevisionError,
+    ERR_AUTH_NOT_ENABLED: AuthNotEnabledError,
+    ERR_PERMISSION_DENIED: PermissionDeniedError,
 }
+
+RELOGIN_MESSAGES = frozenset({ERR_INVALID_AUTH_TOKEN, ERR_AUTH_OLD_REVISION, ERR_USER_EMPTY})
+"""Failures after which a client with a user and password logs in again and retries
+(etcd's clientv3 does the same)."""
 
 _BY_CODE: dict[grpc.StatusCode, type[EtcdError]] = {
     grpc.StatusCode.UNAVAILABLE: UnavailableError,

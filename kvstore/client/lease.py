@@ -13,8 +13,9 @@ import grpc
 import grpc.aio
 
 from kvstore._pb.etcdserverpb import rpc_pb2 as pb
-from kvstore.client.endpoints import EndpointPool
+from kvstore.client.endpoints import CallAuth, EndpointPool
 from kvstore.client.errors import (
+    RELOGIN_MESSAGES,
     DeadlineExceededError,
     EtcdError,
     LeaseNotFoundError,
@@ -27,13 +28,13 @@ from kvstore.rpctypes import ERR_LEASE_NOT_FOUND
 log = logging.getLogger(__name__)
 
 
-def _open_stream(pool: EndpointPool, endpoint: str) -> grpc.aio.StreamStreamCall:
+def _open_stream(pool: EndpointPool, endpoint: str, auth: CallAuth) -> grpc.aio.StreamStreamCall:
     method = pool.channel(endpoint).stream_stream(
         "/etcdserverpb.Lease/LeaseKeepAlive",
         request_serializer=pb.LeaseKeepAliveRequest.SerializeToString,
         response_deserializer=pb.LeaseKeepAliveResponse.FromString,
     )
-    return method(metadata=REQUIRE_LEADER)
+    return method(metadata=auth.metadata(REQUIRE_LEADER))
 
 
 async def _renew(call: grpc.aio.StreamStreamCall, lease_id: int) -> int:
@@ -87,9 +88,16 @@ class LeaseKeepAlive:
     a successful renewal.
     """
 
-    def __init__(self, pool: EndpointPool, lease_id: int, tasks: anyio.abc.TaskGroup) -> None:
+    def __init__(
+        self,
+        pool: EndpointPool,
+        lease_id: int,
+        tasks: anyio.abc.TaskGroup,
+        auth: CallAuth | None = None,
+    ) -> None:
         self._pool = pool
         self._tasks = tasks
+        self._auth = auth or CallAuth()
         self.lease_id = lease_id
         self.ttl = 0
         self.deadline = 0.0
@@ -97,9 +105,11 @@ class LeaseKeepAlive:
         self._scope = anyio.CancelScope()
 
     @staticmethod
-    async def renew_once(pool: EndpointPool, lease_id: int, timeout: float) -> int:
+    async def renew_once(
+        pool: EndpointPool, lease_id: int, timeout: float, auth: CallAuth | None = None
+    ) -> int:
         endpoint = pool.current
-        call = _open_stream(pool, endpoint)
+        call = _open_stream(pool, endpoint, auth or CallAuth())
         try:
             ttl = await _renew_within(call, lease_id, timeout)
         except TimeoutError:
@@ -117,7 +127,12 @@ class LeaseKeepAlive:
 
     async def __aenter__(self) -> LeaseKeepAlive:
         sent = time.monotonic()
-        self.ttl = await self.renew_once(self._pool, self.lease_id, timeout=5.0)
+        try:
+            self.ttl = await self.renew_once(self._pool, self.lease_id, 5.0, self._auth)
+        except EtcdError as error:
+            if not await self._relogged_in(error):
+                raise
+            self.ttl = await self.renew_once(self._pool, self.lease_id, 5.0, self._auth)
         self.deadline = sent + self.ttl
         self._tasks.start_soon(self._run)
         return self
@@ -139,7 +154,10 @@ class LeaseKeepAlive:
                     await self._renew_loop(endpoint)
                 except (grpc.aio.AioRpcError, EtcdError, TimeoutError) as error:
                     log.info("lease %x keepalive via %s failed: %s", self.lease_id, endpoint, error)
-                    self._pool.fail_over(endpoint)
+                    if isinstance(error, grpc.aio.AioRpcError):
+                        error = from_rpc_error(error)
+                    if not (isinstance(error, EtcdError) and await self._relogged_in(error)):
+                        self._pool.fail_over(endpoint)
                 if time.monotonic() >= self.deadline:
                     log.warning(
                         "lease %x expired locally before a renewal got through", self.lease_id
@@ -149,8 +167,16 @@ class LeaseKeepAlive:
                 attempt += 1
                 await anyio.sleep(min(0.1 * attempt, 1.0))  # reconnect pacing
 
+    async def _relogged_in(self, error: EtcdError) -> bool:
+        """Log in again when the renewal was refused for its token (the next stream has it)."""
+        relogin = self._auth.relogin
+        if relogin is None or error.message not in RELOGIN_MESSAGES:
+            return False
+        await relogin()
+        return True
+
     async def _renew_loop(self, endpoint: str) -> None:
-        call = _open_stream(self._pool, endpoint)
+        call = _open_stream(self._pool, endpoint, self._auth)
         try:
             while True:
                 sent = time.monotonic()

@@ -23,8 +23,9 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from kvstore._pb.etcdserverpb import rpc_pb2 as pb
 from kvstore._pb.mvccpb import kv_pb2
-from kvstore.client.endpoints import EndpointPool
+from kvstore.client.endpoints import CallAuth, EndpointPool
 from kvstore.client.errors import (
+    RELOGIN_MESSAGES,
     CompactedError,
     EtcdError,
     WatchCanceledError,
@@ -46,6 +47,8 @@ _FATAL_CODES = {
 # Ask the server to end our streams when its member loses the Raft leader, so
 # a watch never sits silently on a partitioned member (etcd's WithRequireLeader).
 REQUIRE_LEADER = (("hasleader", "true"),)
+MAX_RELOGINS = 3
+"""Logins a watch's creation may ask for before its refusal is passed on."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +76,7 @@ class _WatchState:
     next_revision: int = 0  # resume point; 0 until the first response fixes it
     closed: bool = False  # the consumer left; cancel on the server once the id is known
     created: anyio.Event = field(default_factory=anyio.Event)
+    relogins: int = 0  # creates refused for their token, each followed by a new login
 
     def resume_request(self) -> pb.WatchRequest:
         create = pb.WatchCreateRequest()
@@ -85,9 +89,12 @@ class _WatchState:
 class WatchHub:
     """Owns the client's watch stream and routes responses to watches."""
 
-    def __init__(self, pool: EndpointPool, tasks: anyio.abc.TaskGroup) -> None:
+    def __init__(
+        self, pool: EndpointPool, tasks: anyio.abc.TaskGroup, auth: CallAuth | None = None
+    ) -> None:
         self._pool = pool
         self._tasks = tasks
+        self._auth = auth or CallAuth()
         self._watches: dict[int, _WatchState] = {}
         self._pending: list[_WatchState] = []  # creates sent, awaiting 'created', in order
         self._unsent: list[_WatchState] = []
@@ -192,7 +199,7 @@ class WatchHub:
             request_serializer=pb.WatchRequest.SerializeToString,
             response_deserializer=pb.WatchResponse.FromString,
         )
-        call = method(metadata=REQUIRE_LEADER)
+        call = method(metadata=self._auth.metadata(REQUIRE_LEADER))
         self._call = call
         try:
             await self._flush()
@@ -212,6 +219,10 @@ class WatchHub:
                 log.warning("watch created response with no pending create")
                 return
             state = self._pending.pop(0)
+            if response.canceled and await self._relogged_in(state, response):
+                # A stream's token is fixed when it opens: a new stream carries the new one.
+                self._unsent.insert(0, state)
+                raise _stream_ended("watch stream reopened with a new token")
             state.watch_id = response.watch_id
             if not state.next_revision:
                 state.next_revision = revision + 1
@@ -247,6 +258,19 @@ class WatchHub:
             state.next_revision = max(state.next_revision, revision + 1)
         await self._deliver(state, WatchBatch(revision, events))
 
+    async def _relogged_in(self, state: _WatchState, response: pb.WatchResponse) -> bool:
+        """Log in again if the create was refused for its token (a few times per watch)."""
+        relogin = self._auth.relogin
+        # etcd words the reason as a gRPC error: "rpc error: code = ... desc = <message>".
+        reason = response.cancel_reason.rpartition("desc = ")[2]
+        if relogin is None or reason not in RELOGIN_MESSAGES:
+            return False
+        if state.relogins >= MAX_RELOGINS:
+            return False
+        state.relogins += 1
+        await relogin()
+        return True
+
     async def _deliver(self, state: _WatchState, item: WatchBatch | EtcdError) -> None:
         # A consumer that is gone is fine: remove() cancels its watch on the server.
         with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
@@ -278,12 +302,9 @@ def _consume_outcome(write: asyncio.Future[None]) -> None:
         write.exception()  # retrieved here: a write whose caller left logs nothing
 
 
-def _stream_ended() -> grpc.aio.AioRpcError:
+def _stream_ended(details: str = "watch stream closed by the server") -> grpc.aio.AioRpcError:
     return grpc.aio.AioRpcError(
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.aio.Metadata(),
-        grpc.aio.Metadata(),
-        details="watch stream closed by the server",
+        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details
     )
 
 

@@ -1,4 +1,4 @@
-"""LMDB backend: the key bucket, the meta record and the lease bucket in one env.
+"""LMDB backend: the key bucket, the meta record, leases, alarms and the auth buckets in one env.
 
 Writes of a batch go to one long-lived LMDB write transaction that ``commit``
 ends; reads inside the batch go through the same transaction so they see
@@ -43,6 +43,9 @@ KEY_DB = b"key"
 META_DB = b"meta"
 LEASE_DB = b"lease"
 ALARM_DB = b"alarm"
+AUTH_DB = b"auth"
+AUTH_USERS_DB = b"authUsers"
+AUTH_ROLES_DB = b"authRoles"
 
 META_CONSISTENT_INDEX = b"consistent_index"
 META_COMPACT_REV = b"finishedCompactRev"
@@ -76,7 +79,7 @@ class Backend:
         self.env = lmdb.open(
             str(self.path),
             map_size=self.map_size,
-            max_dbs=8,
+            max_dbs=16,
             sync=True,
             metasync=True,
             writemap=False,
@@ -87,6 +90,10 @@ class Backend:
         self.meta_db = self.env.open_db(META_DB)
         self.lease_db = self.env.open_db(LEASE_DB)
         self.alarm_db = self.env.open_db(ALARM_DB)
+        # etcd's three auth buckets, with etcd's keys and encodings (authpb.User/Role).
+        self.auth_db = self.env.open_db(AUTH_DB)
+        self.auth_users_db = self.env.open_db(AUTH_USERS_DB)
+        self.auth_roles_db = self.env.open_db(AUTH_ROLES_DB)
         self._txn: lmdb.Transaction | None = None
         self._size: int | None = None
 
@@ -228,6 +235,21 @@ class Backend:
         for k in self.txn().cursor(db=self.alarm_db).iternext(values=False):
             member_id, alarm = _ALARM.unpack(k)
             yield int(member_id), int(alarm)
+
+    # ----- auth (replicated like every bucket here; read by kvstore.auth) -----
+
+    def get_auth(self, db: lmdb._Database, name: bytes) -> bytes | None:
+        return cast("bytes | None", self.txn().get(name, db=db))
+
+    def put_auth(self, db: lmdb._Database, name: bytes, value: bytes) -> None:
+        self.txn().put(name, value, db=db)
+
+    def delete_auth(self, db: lmdb._Database, name: bytes) -> None:
+        self.txn().delete(name, db=db)
+
+    def iter_auth(self, db: lmdb._Database) -> Iterator[tuple[bytes, bytes]]:
+        for k, v in self.txn().cursor(db=db):
+            yield cast(bytes, k), cast(bytes, v)
 
     # ----- size, snapshot -----
 

@@ -140,6 +140,9 @@ class MVCCStore:
         self._closed = False
         self.alarms: set[tuple[int, int]] = set()
         """Raised alarms as (member id, AlarmType); replicated like any write."""
+        self.reloaded: list[Callable[[], None]] = []
+        """Called after the state was reloaded from the backend (a snapshot restored, an abort):
+        other state kept in this backend (the auth store) reloads too."""
         self._load()
 
     # ------------------------------------------------------------------ state
@@ -176,6 +179,8 @@ class MVCCStore:
         for key, lease_id in live_lease.items():
             if lease_id != NO_LEASE and self.lessor.lookup(lease_id) is not None:
                 self.lessor.attach(lease_id, key)
+        for reload in self.reloaded:
+            reload()
         log.info(
             "mvcc store opened",
             extra={
@@ -186,6 +191,11 @@ class MVCCStore:
                 "keys": len(self._index),
             },
         )
+
+    @property
+    def backend(self) -> bk.Backend:
+        """The backend, for other replicated state kept in its transactions (auth)."""
+        return self._backend
 
     @property
     def current_revision(self) -> int:
@@ -280,10 +290,20 @@ class MVCCStore:
         counts as applied. Entries at or below ``consistent_index`` were
         applied before a restart and are skipped (returns None).
         """
-        if raft_index <= self._consistent_index:
+        if not self.claim(raft_index):
             return None
-        self._consistent_index = raft_index
         return self.execute(request)
+
+    def claim(self, raft_index: int) -> bool:
+        """Count the entry at ``raft_index`` as applied; False if it was, before a restart.
+
+        For entries applied outside :meth:`apply` (auth requests, refused writes): the
+        consistent index then commits with whatever they changed in the backend.
+        """
+        if raft_index <= self._consistent_index:
+            return False
+        self._consistent_index = raft_index
+        return True
 
     def apply_in_slices(
         self, raft_index: int, request: rpc_pb2.DeleteRangeRequest

@@ -152,6 +152,13 @@ class WatchStream:
             hub.sync_unsynced(only=self)
         return wid
 
+    def refuse(self, reason: str) -> None:
+        """Answer a creation that may not be made (e.g. no permission): created, canceled."""
+        refused = rpc_pb2.WatchResponse(
+            watch_id=-1, created=True, canceled=True, cancel_reason=reason
+        )
+        self._control(refused, self.hub.store.current_revision)
+
     def cancel(self, watch_id: int) -> bool:
         """Cancel a watcher; queues the ``canceled`` response. False if unknown."""
         w = self.watchers.pop(watch_id, None)

@@ -4,7 +4,17 @@ See :mod:`kvstore.rpc.server` for why and how it is layered.
 """
 
 from kvstore.rpc.call import CallContext, Cardinality, Method, methods_of
+from kvstore.rpc.connection import peer_common_name
 from kvstore.rpc.server import Server
 from kvstore.rpc.status import RpcError, StatusCode
 
-__all__ = ["CallContext", "Cardinality", "Method", "RpcError", "Server", "StatusCode", "methods_of"]
+__all__ = [
+    "CallContext",
+    "Cardinality",
+    "Method",
+    "RpcError",
+    "Server",
+    "StatusCode",
+    "methods_of",
+    "peer_common_name",
+]

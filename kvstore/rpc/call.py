@@ -48,6 +48,8 @@ class CallContext:
     peer: str
     deadline: float | None
     """Monotonic time by which the client gives up (None: no deadline)."""
+    peer_common_name: str = ""
+    """The Common Name of the client's verified TLS certificate ("" without one)."""
 
     def time_remaining(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.monotonic()

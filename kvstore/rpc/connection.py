@@ -66,10 +66,12 @@ class GrpcConnection(Http2Connection):
     def __init__(self, server: ServerSide) -> None:
         super().__init__(server.limits)
         self.server = server
+        self.peer_common_name = ""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self.server.connections.add(self)
+        self.peer_common_name = peer_common_name(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
@@ -97,7 +99,7 @@ class GrpcConnection(Http2Connection):
             self.finish(call, StatusCode.UNIMPLEMENTED, self.server.unknown_method_message(path))
             return call
         call.method = method
-        call.ctx = CallContext(path, headers, self.peer, deadline)
+        call.ctx = CallContext(path, headers, self.peer, deadline, self.peer_common_name)
         if deadline is not None:
             call.timer = self.loop.call_at(deadline, self._deadline_passed, call)
         if method.cardinality is Cardinality.BIDI_STREAM:
@@ -339,3 +341,15 @@ class GrpcConnection(Http2Connection):
             trailers = fr.RESPONSE_HEADERS + trailers  # trailers-only: one HEADERS frame
         self.end_stream(call, trailers)
         self._wake_reader(call)
+
+
+def peer_common_name(transport: asyncio.BaseTransport) -> str:
+    """The subject Common Name of the peer's verified TLS certificate, or "" (none, or no TLS)."""
+    cert = transport.get_extra_info("peercert")
+    if not cert:
+        return ""
+    for rdn in cert.get("subject", ()):
+        for name, value in rdn:
+            if name == "commonName":
+                return str(value)
+    return ""

@@ -1,9 +1,13 @@
 """Applying committed entries: the envelope of a proposal, dispatch by request type, quota.
 
 A NORMAL entry's data is a ``peerpb.Request``: the request id its proposer
-waits on and one etcd request. :data:`REQUEST_FIELDS` is the one table of
-request types this member replicates. Store requests go to the MVCC store;
-a member's published attributes go to the membership. Like etcd's capped
+waits on, one etcd request and, for a client's request, its ``proposer`` (the
+user and the auth revision it was checked at, from :data:`PROPOSER`).
+:data:`REQUEST_FIELDS` is the one table of request types this member
+replicates. Store requests go to the MVCC store, auth requests to the auth
+store; a member's published attributes go to the membership. With auth
+enabled, a client's write is checked again here against the user's
+permissions at apply time, as etcd's auth applier does. Like etcd's capped
 applier, every member judges its own backend against the quota when it
 applies a write: the member that crosses it first raises the NOSPACE alarm.
 """
@@ -12,12 +16,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterable
+from contextvars import ContextVar
 
 from google.protobuf.message import Message
 
 from kvstore._pb.etcdserverpb import rpc_pb2
 from kvstore._pb.peerpb import peer_pb2
+from kvstore.auth.requests import check_request
+from kvstore.auth.store import AUTH_REQUESTS, NOBODY, AuthInfo, AuthStore
 from kvstore.errors import NoSpaceError, RequestError
 from kvstore.mvcc.store import MVCCStore, costs_space, quota_cost
 from kvstore.server.metrics import Metrics
@@ -34,6 +41,23 @@ REQUEST_FIELDS: dict[type[Message], str] = {
     rpc_pb2.LeaseCheckpointRequest: "lease_checkpoint",
     rpc_pb2.AlarmRequest: "alarm",
     peer_pb2.MemberAttributes: "member_attributes",
+    rpc_pb2.AuthEnableRequest: "auth_enable",
+    rpc_pb2.AuthDisableRequest: "auth_disable",
+    rpc_pb2.AuthStatusRequest: "auth_status",
+    peer_pb2.AuthenticateInternal: "authenticate",
+    rpc_pb2.AuthUserAddRequest: "auth_user_add",
+    rpc_pb2.AuthUserDeleteRequest: "auth_user_delete",
+    rpc_pb2.AuthUserChangePasswordRequest: "auth_user_change_password",
+    rpc_pb2.AuthUserGrantRoleRequest: "auth_user_grant_role",
+    rpc_pb2.AuthUserGetRequest: "auth_user_get",
+    rpc_pb2.AuthUserListRequest: "auth_user_list",
+    rpc_pb2.AuthUserRevokeRoleRequest: "auth_user_revoke_role",
+    rpc_pb2.AuthRoleAddRequest: "auth_role_add",
+    rpc_pb2.AuthRoleGetRequest: "auth_role_get",
+    rpc_pb2.AuthRoleListRequest: "auth_role_list",
+    rpc_pb2.AuthRoleDeleteRequest: "auth_role_delete",
+    rpc_pb2.AuthRoleGrantPermissionRequest: "auth_role_grant_permission",
+    rpc_pb2.AuthRoleRevokePermissionRequest: "auth_role_revoke_permission",
 }
 """Each replicated request type and its field in the ``peerpb.Request`` envelope."""
 
@@ -42,6 +66,12 @@ _FIELD_TAGS = {
     for cls, name in REQUEST_FIELDS.items()
 }
 _ID_TAG = 0x08  # field 1 (id), varint
+_PROPOSER_TAG = (peer_pb2.Request.DESCRIPTOR.fields_by_name["proposer"].number << 3) | 2
+
+PROPOSER: ContextVar[AuthInfo | None] = ContextVar("proposer", default=None)
+"""Who the client request being served is from: set around each client call by the access
+guard (:mod:`kvstore.server.services.access`), so its proposals carry it. Unset for the member's
+own proposals (lease expiry, alarms), which apply unchecked."""
 
 
 def _varint(value: int) -> bytes:
@@ -62,7 +92,21 @@ def encode_proposal(request_id: int, request: Message) -> bytes:
     head = _varint(_FIELD_TAGS[type(request)]) + _varint(len(body))
     if request_id:
         head = bytes((_ID_TAG,)) + _varint(request_id) + head
-    return head + body
+    proposer = PROPOSER.get()
+    if proposer is None:
+        return head + body
+    return head + body + _proposer_field(proposer)
+
+
+_NOBODY_FIELD = _varint(_PROPOSER_TAG) + b"\x00"
+
+
+def _proposer_field(info: AuthInfo) -> bytes:
+    if info is NOBODY:
+        return _NOBODY_FIELD
+    raw = peer_pb2.Proposer(username=info.username, auth_revision=info.revision)
+    body = raw.SerializeToString()
+    return _varint(_PROPOSER_TAG) + _varint(len(body)) + body
 
 
 def nospace_alarm(member_id: int) -> rpc_pb2.AlarmRequest:
@@ -81,8 +125,10 @@ class Applier:
         on_member_attributes: Callable[[int, peer_pb2.MemberAttributes], None],
         alarm_interval: float,
         metrics: Metrics,
+        auth: AuthStore,
     ) -> None:
         self.store = store
+        self.auth = auth
         self.quota_bytes = quota_bytes
         self.member_id = 0
         self._propose_nowait = propose_nowait
@@ -103,9 +149,19 @@ class Applier:
         if field == "member_attributes":
             self._on_member_attributes(index, request)
             return env.id, None
+        store = self.store
+        if type(request) in AUTH_REQUESTS:
+            return env.id, self._apply_auth(index, env, request)
         try:
             over_quota = self._over_quota(request)
-            result = self.store.apply(index, request)
+            if self.auth.enabled and env.HasField("proposer"):
+                # A client's write: judged again here, at the auth state of this entry.
+                if not store.claim(index):
+                    return env.id, None
+                check_request(self.auth, _proposer(env), request, self._lease_keys)
+                result = store.execute(request)
+            else:
+                result = store.apply(index, request)
         except RequestError as exc:
             return env.id, exc
         if result is None:
@@ -133,14 +189,40 @@ class Applier:
         :meth:`MVCCStore.apply_in_slices`)."""
         env = peer_pb2.Request.FromString(data)
         assert env.WhichOneof("request") == "delete_range"
+        request = env.delete_range
         try:
-            result = yield from self.store.apply_in_slices(index, env.delete_range)
+            if self.auth.enabled and env.HasField("proposer"):
+                # A client's write: judged here, at the auth state of this entry (as apply).
+                if index <= self.store.consistent_index:
+                    return env.id, None
+                try:
+                    check_request(self.auth, _proposer(env), request, self._lease_keys)
+                except RequestError:
+                    self.store.claim(index)
+                    raise
+            result = yield from self.store.apply_in_slices(index, request)
         except RequestError as exc:
             return env.id, exc
         if result is None:
             return env.id, None  # applied before a restart
         self._metrics.count_applied("delete_range", result)
         return env.id, result
+
+    def _apply_auth(self, index: int, env: peer_pb2.Request, request: Message) -> object:
+        store = self.store
+        if not store.claim(index):
+            return None  # applied before a restart
+        info = _proposer(env) if env.HasField("proposer") else None
+        try:
+            response = self.auth.apply(request, info, index)
+        except RequestError as exc:
+            return exc
+        response.header.revision = store.current_revision  # type: ignore[attr-defined]
+        return response
+
+    def _lease_keys(self, lease_id: int) -> Iterable[bytes] | None:
+        lease = self.store.lessor.lookup(lease_id)
+        return None if lease is None else sorted(lease.keys)
 
     def _over_quota(self, request: Message) -> bool:
         """Whether this member's backend has no room for ``request`` (etcd's apply-time check)."""
@@ -160,3 +242,8 @@ class Applier:
             log.warning("backend exceeds its quota; raising a NOSPACE alarm")
             self._propose_nowait(nospace_alarm(self.member_id))
         return NoSpaceError()
+
+
+def _proposer(env: peer_pb2.Request) -> AuthInfo:
+    p = env.proposer
+    return AuthInfo(p.username, p.auth_revision)

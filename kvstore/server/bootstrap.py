@@ -17,6 +17,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from kvstore.auth import AuthStore, token_provider
 from kvstore.mvcc import MVCCStore, WatchHub, open_store
 from kvstore.mvcc.backend import DEFAULT_MAP_SIZE
 from kvstore.raft import Config, HardState, RaftNode, initial_snapshot
@@ -45,6 +46,7 @@ class Storage:
     snapshots: SnapshotStore
     store: MVCCStore
     hub: WatchHub
+    auth: AuthStore
 
 
 def bootstrap(cfg: ServerConfig) -> Storage:
@@ -54,6 +56,8 @@ def bootstrap(cfg: ServerConfig) -> Storage:
     store, hub = open_store(
         member_dir / "db", max_txn_ops=cfg.max_txn_ops, map_size=_map_size(cfg.backend_quota)
     )
+    auth = AuthStore(store.backend, token_provider(cfg.auth_token, cfg.auth_token_ttl))
+    store.reloaded.append(auth.load)  # a snapshot from the leader carries the auth buckets
     member_id, cluster_id = cfg.self_id, cfg.cluster_id
     rng = random.Random(os.urandom(8))
     if WAL.exists(wal_dir):
@@ -92,7 +96,7 @@ def bootstrap(cfg: ServerConfig) -> Storage:
         wal.save(hs, [])
         raft = RaftNode(_raft_config(cfg, member_id), rng, hard_state=hs, snapshot=snap)
         log.info("started new member %x of cluster %x", member_id, cluster_id)
-    return Storage(member_id, cluster_id, raft, wal, snapshots, store, hub)
+    return Storage(member_id, cluster_id, raft, wal, snapshots, store, hub, auth)
 
 
 def _raft_config(cfg: ServerConfig, member_id: int) -> Config:

@@ -9,6 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from kvstore.auth.passwords import MAX_COST, MIN_COST
+from kvstore.auth.tokens import TokenOptionError, token_provider
+
 # etcd's defaults (the limits live here, every one is a flag).
 DEFAULT_HEARTBEAT_MS = 100
 DEFAULT_ELECTION_MS = 1000
@@ -203,6 +206,11 @@ class ServerConfig:
     initial_corrupt_check: bool = False
     corrupt_check_time: float = 0.0
     client_tls: TLSFiles = field(default_factory=TLSFiles)
+    # etcd's --auth-token (simple, or jwt,pub-key=...,priv-key=...,sign-method=...,ttl=...),
+    # --auth-token-ttl (seconds, simple tokens) and --bcrypt-cost.
+    auth_token: str = "simple"
+    auth_token_ttl: float = 300.0
+    bcrypt_cost: int = 10
     peer_tls: TLSFiles = field(default_factory=lambda: TLSFiles(prefix="peer-"))
     members: list[MemberInfo] = field(default_factory=list)
     self_id: int = 0
@@ -227,6 +235,12 @@ class ServerConfig:
             *self.listen_client_http_urls,
         ]:
             host_port(url)
+        try:
+            token_provider(self.auth_token, self.auth_token_ttl)
+        except TokenOptionError as error:
+            raise ConfigError(str(error)) from None
+        if not MIN_COST <= self.bcrypt_cost <= MAX_COST:
+            raise ConfigError(f"--bcrypt-cost must be between {MIN_COST} and {MAX_COST}")
         grpc_addresses = {host_port(url) for url in self.listen_client_urls}
         for url in self.listen_client_http_urls:
             if host_port(url) in grpc_addresses:

@@ -10,8 +10,9 @@
   compact revision, or that is ahead of the leader, gets a CORRUPT alarm,
   raised through Raft like any alarm (writes are then refused everywhere).
 
-Peers are asked over their client URLs (Maintenance.HashKV, what etcdctl
-calls), which the membership knows once they published them.
+Peers are asked over their peer URLs (a HashKV call of the peer transport), as
+etcd asks its peers' ``/members/hashkv``: the client API's HashKV is root's
+once auth is enabled.
 """
 
 from __future__ import annotations
@@ -20,13 +21,12 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-import grpc
-
-from kvstore._pb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
+from kvstore._pb.etcdserverpb import rpc_pb2
 from kvstore.errors import RequestError
 from kvstore.raft.types import Role
+from kvstore.server.peerwire import PeerMethod
 from kvstore.server.services.core import Core
-from kvstore.server.tls import open_channel
+from kvstore.server.transport import PeerUnreachableError, call_url
 
 log = logging.getLogger(__name__)
 
@@ -44,32 +44,34 @@ class PeerHash:
 
 
 async def _ask(url: str, core: Core, revision: int) -> rpc_pb2.HashKVResponse:
-    channel = open_channel(url, core.cfg.client_tls, [])
-    try:
-        stub = rpc_pb2_grpc.MaintenanceStub(channel)  # type: ignore[no-untyped-call]
-        response: rpc_pb2.HashKVResponse = await stub.HashKV(
-            rpc_pb2.HashKVRequest(revision=revision), timeout=core.cfg.request_timeout
-        )
-        return response
-    finally:
-        await channel.close()
+    node = core.node
+    return await call_url(
+        url,
+        core.cfg.peer_tls,
+        node.cluster_id,
+        node.id,
+        PeerMethod.HASH_KV,
+        rpc_pb2.HashKVRequest(revision=revision),
+        rpc_pb2.HashKVResponse,
+        core.cfg.request_timeout,
+    )
 
 
 async def peer_hashes(core: Core, revision: int) -> list[PeerHash]:
     """Every other member's HashKV at ``revision`` (or why it could not be had)."""
-    peers = [m for m in core.membership.described() if m.id != core.node.id and m.client_urls]
+    peers = [m for m in core.membership.described() if m.id != core.node.id and m.peer_urls]
 
     async def one(member_id: int, urls: tuple[str, ...]) -> PeerHash:
-        error = "no client URL answered"
+        error = "no peer URL answered"
         for url in urls:
             try:
                 return PeerHash(member_id, urls, await _ask(url, core, revision))
-            except grpc.aio.AioRpcError as exc:
-                error = exc.details() or exc.code().name
+            except (PeerUnreachableError, RequestError) as exc:
+                error = str(exc)
                 log.warning("HashKV from member %x at %s: %s", member_id, url, error)
         return PeerHash(member_id, urls, None, error)
 
-    return list(await asyncio.gather(*(one(m.id, m.client_urls) for m in peers)))
+    return list(await asyncio.gather(*(one(m.id, m.peer_urls) for m in peers)))
 
 
 async def check_initial(core: Core) -> None:
@@ -166,5 +168,5 @@ async def monitor(core: Core) -> None:
             continue
         try:
             await check_once(core)
-        except (RequestError, grpc.aio.AioRpcError) as exc:
+        except RequestError as exc:
             log.warning("corruption check failed: %s", exc)

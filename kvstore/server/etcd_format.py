@@ -17,7 +17,10 @@ lease          ID u64 BE -> ``leasepb.Lease``   ID -> (TTL, remaining TTL)
 alarm          ``AlarmMember`` bytes -> empty    (member ID, alarm type)
 members        hex ID -> member JSON            the membership record
 cluster        ``clusterVersion``               (the server's version)
-auth*          ``authRevision`` 1, no users     (no auth yet)
+auth           ``authEnabled`` 0/1 byte,        the same keys and bytes
+               ``authRevision`` u64 BE          (``authRevision`` 1 if never set)
+authUsers      name -> ``authpb.User``          the same
+authRoles      name -> ``authpb.Role``          the same
 =============  ==============================  ===============================
 
 ``etcd_buckets`` produces etcd's buckets from a pinned view of our store (for
@@ -38,6 +41,7 @@ import google_crc32c
 import lmdb
 from google.protobuf.message import DecodeError
 
+from kvstore._pb.authpb import auth_pb2
 from kvstore._pb.etcdserverpb import rpc_pb2
 from kvstore._pb.leasepb import lease_pb2
 from kvstore._pb.mvccpb import kv_pb2
@@ -164,13 +168,19 @@ def _alarm_items(view: StoreView) -> Items:
     return ((k, b"") for k in sorted(keys))
 
 
+def _auth_items(view: StoreView) -> Items:
+    items = dict(_cursor(view, view.backend.auth_db))
+    # A store that never had auth has no revision yet; etcd writes 1 when it starts.
+    items.setdefault(AUTH_REVISION, _U64.pack(1))
+    return iter(sorted(items.items()))
+
+
 def etcd_buckets(
     view: StoreView, *, term: int, cluster_version: str
 ) -> Iterator[tuple[bytes, Items]]:
     """etcd's ten buckets, in order, as (name, sorted items) from a pinned view of our store.
 
-    ``term`` is the member's Raft term (etcd keeps it in ``meta``); auth was
-    never enabled (what etcd writes then: ``authRevision`` 1, no users, no roles).
+    ``term`` is the member's Raft term (etcd keeps it in ``meta``).
     """
     registry = _registry(view)
     members = registry.sorted() if registry is not None else []
@@ -180,7 +190,11 @@ def etcd_buckets(
         if name == ALARM:
             items = _alarm_items(view)
         elif name == AUTH:
-            items = [(AUTH_REVISION, _U64.pack(1))]
+            items = _auth_items(view)
+        elif name == AUTH_USERS:
+            items = _cursor(view, view.backend.auth_users_db)
+        elif name == AUTH_ROLES:
+            items = _cursor(view, view.backend.auth_roles_db)
         elif name == CLUSTER:
             items = [(CLUSTER_VERSION_KEY, cluster_version.encode())]
         elif name == KEY:
@@ -194,7 +208,7 @@ def etcd_buckets(
         elif name == META:
             items = _meta_items(view, registry, term)
         else:
-            items = []  # authRoles, authUsers
+            raise AssertionError(f"bucket {name!r} has no source")
         yield name, iter(items)
 
 
@@ -220,8 +234,9 @@ class ImportSummary:
     revisions: int
     leases: int
     members: int
-    dropped_auth: int
-    """Users and roles of the backup left out (auth was disabled in it)."""
+    users: int
+    roles: int
+    auth_enabled: bool
 
 
 def _parse_rev_key(k: bytes) -> None:
@@ -244,13 +259,7 @@ def import_etcd_backend(reader: BoltReader, backend: bk.Backend) -> ImportSummar
     names = {name for name, _ in reader.buckets()}
     if KEY not in names or META not in names:
         raise EtcdFormatError("not an etcd backend: no 'key' or 'meta' bucket")
-    auth = dict(reader.items(AUTH))
-    if auth.get(AUTH_ENABLED) == b"\x01":
-        raise EtcdFormatError(
-            "auth is enabled in this backup and kvstore has no auth yet: "
-            "run `etcdctl auth disable` on etcd, then take the backup again"
-        )
-    dropped = sum(1 for _ in reader.items(AUTH_USERS)) + sum(1 for _ in reader.items(AUTH_ROLES))
+    auth_enabled, users, roles = _import_auth(reader, backend)
     revisions = 0
     for k, v in reader.items(KEY):
         _parse_rev_key(k)
@@ -289,7 +298,33 @@ def import_etcd_backend(reader: BoltReader, backend: bk.Backend) -> ImportSummar
     registry = _import_members(reader)
     backend.put_meta_bytes(MEMBERS_RECORD, registry.encode())
     backend.commit()
-    return ImportSummary(revisions, leases, len(registry.members), dropped)
+    return ImportSummary(revisions, leases, len(registry.members), users, roles, auth_enabled)
+
+
+def _import_auth(reader: BoltReader, backend: bk.Backend) -> tuple[bool, int, int]:
+    """The auth buckets, as they are (our buckets use etcd's keys and encodings)."""
+    enabled = False
+    for name, raw in reader.items(AUTH):
+        if name == AUTH_ENABLED:
+            enabled = raw == b"\x01"
+        elif name == AUTH_REVISION and len(raw) != 8:
+            raise EtcdFormatError("auth bucket: authRevision is not 8 bytes")
+        backend.put_auth(backend.auth_db, name, raw)
+    counts = []
+    for bucket, db, message in (
+        (AUTH_USERS, backend.auth_users_db, auth_pb2.User),
+        (AUTH_ROLES, backend.auth_roles_db, auth_pb2.Role),
+    ):
+        count = 0
+        for k, v in reader.items(bucket):
+            try:
+                message.FromString(v)
+            except DecodeError:
+                raise EtcdFormatError(f"{bucket.decode()} {k!r} does not decode") from None
+            backend.put_auth(db, k, v)
+            count += 1
+        counts.append(count)
+    return enabled, counts[0], counts[1]
 
 
 def _import_members(reader: BoltReader) -> MemberRegistry:

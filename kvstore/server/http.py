@@ -20,7 +20,9 @@ from aiohttp import web
 
 from kvstore import rpc
 from kvstore._pb.etcdserverpb import rpc_pb2
+from kvstore.errors import PermissionDeniedError, UserEmptyError
 from kvstore.gateway import Gateway
+from kvstore.gateway.routes import PREFIXES
 from kvstore.server.config import CLUSTER_VERSION, SERVER_VERSION
 from kvstore.server.services import Core
 
@@ -34,6 +36,10 @@ CORS_HEADERS = {
 SHUTDOWN_GRACE = 0.5
 """Seconds requests in flight get when the member stops (streams then end)."""
 _RANGE = "/etcdserverpb.KV/Range"
+_COMMON_NAME_REFUSED = (
+    "CommonName of client sending a request against gateway will be ignored and not used as"
+    " expected\n"
+)
 _ALARM_REASONS = {rpc_pb2.NOSPACE: "ALARM NOSPACE", rpc_pb2.CORRUPT: "ALARM CORRUPT"}
 
 Endpoint = Callable[[web.BaseRequest], Awaitable[web.Response]]
@@ -53,6 +59,9 @@ class MemberHTTP:
             "/version": self._version,
             "/metrics": self._metrics,
         }
+        self.serving_clients = False
+        """Set once every client listener is bound (after this member is published): until
+        then /health and /readyz say no, so whoever waits for them can connect at once."""
         self._client_server: web.Server | None = None
         self._servers: list[web.Server] = []
         self._listeners: list[asyncio.Server] = []
@@ -91,12 +100,28 @@ class MemberHTTP:
     # ----- dispatch
 
     async def _serve_client(self, request: web.BaseRequest) -> web.StreamResponse:
+        if self._names_a_user(request):
+            # Go's http.Error, before etcd adds its CORS headers.
+            headers = {"Content-Type": _TEXT, "X-Content-Type-Options": "nosniff"}
+            return web.Response(status=400, text=_COMMON_NAME_REFUSED, headers=headers)
         if request.method == "OPTIONS":
             return web.Response(headers=CORS_HEADERS)
         response = await self.gateway.serve(request)
         if response is not None:
             return response
         return await self._serve_endpoints(request)
+
+    def _names_a_user(self, request: web.BaseRequest) -> bool:
+        """A gateway request whose client certificate has a Common Name, with auth on.
+
+        The gateway never takes the certificate as the caller (only a token), so etcd
+        refuses such a request rather than serve it as someone else; so do we.
+        """
+        if not (self.core.cfg.client_tls.client_cert_auth and self.core.node.auth.enabled):
+            return False
+        if not request.path.startswith(PREFIXES) or request.transport is None:
+            return False
+        return bool(rpc.peer_common_name(request.transport))
 
     async def _serve_endpoints(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.method == "OPTIONS":
@@ -125,7 +150,7 @@ class MemberHTTP:
         for alarm in node.store.alarm_members():
             if rpc_pb2.AlarmType.Name(alarm.alarm) not in excluded_alarms:
                 return False, _ALARM_REASONS.get(alarm.alarm, "ALARM UNKNOWN")
-        if not node.leader_id or not core.membership.published.is_set():
+        if not node.leader_id or not self.serving_clients:
             return False, "RAFT NO LEADER"
         request = rpc_pb2.RangeRequest(key=b"health", keys_only=True, limit=1)
         ctx = rpc.CallContext(_RANGE, {}, "health check", None)
@@ -134,6 +159,8 @@ class MemberHTTP:
                 await self.clients.methods[_RANGE].handler(request, ctx)
         except TimeoutError:
             return False, "RANGE ERROR:context deadline exceeded"
+        except (UserEmptyError, PermissionDeniedError):
+            pass  # auth is enabled: the read was refused, so the member answers (as etcd)
         except Exception as error:
             _, message = self.clients.error_mapper(error)
             return False, f"RANGE ERROR:{message}"
@@ -142,7 +169,7 @@ class MemberHTTP:
     async def _readyz(self, request: web.BaseRequest) -> web.Response:
         if request.method != "GET":
             return _method_not_allowed()
-        if self.core.node.leader_id and self.core.membership.published.is_set():
+        if self.core.node.leader_id and self.serving_clients:
             return _text(200, "ok\n")
         return _text(503, "not ready: no leader\n")
 

@@ -114,6 +114,7 @@ class Node:
         self.wal = storage.wal
         self.store = storage.store
         self.hub = storage.hub
+        self.auth = storage.auth
         self._send = send
         self.metrics = Metrics()
         self.applied_index = self.raft.applied_index
@@ -140,6 +141,7 @@ class Node:
             self._member_attributes_applied,
             alarm_interval=self._election_s,
             metrics=self.metrics,
+            auth=storage.auth,
         )
         self.applier.member_id = self.id
         self.on_conf_change: Callable[[int, ConfChange], None] | None = None

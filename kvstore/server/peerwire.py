@@ -62,6 +62,7 @@ class PeerMethod(enum.IntEnum):
     MEMBER_UPDATE = 5
     MEMBER_PROMOTE = 6
     MEMBER_LIST = 7
+    HASH_KV = 8
 
 
 class WireError(Exception):

@@ -85,6 +85,7 @@ class EtcdServer:
             PeerMethod.MEMBER_UPDATE: CallSpec(rpc_pb2.MemberUpdateRequest, m.update_local),
             PeerMethod.MEMBER_PROMOTE: CallSpec(rpc_pb2.MemberPromoteRequest, m.promote_local),
             PeerMethod.MEMBER_LIST: CallSpec(rpc_pb2.MemberListRequest, self._member_list),
+            PeerMethod.HASH_KV: CallSpec(rpc_pb2.HashKVRequest, self._hash_kv),
         }
         self.self_client = SelfClient(cfg)
         self.clients = rpc.Server(
@@ -102,6 +103,14 @@ class EtcdServer:
         """For a member joining with --initial-cluster-state existing: who is in the cluster."""
         resp = rpc_pb2.MemberListResponse()
         resp.members.extend(m.to_pb() for m in self.membership.described())
+        self.core.fill_header(resp.header)
+        return resp
+
+    async def _hash_kv(self, request: rpc_pb2.HashKVRequest) -> rpc_pb2.HashKVResponse:
+        """For the corruption checks of the other members (never refused for auth, as etcd's
+        peer endpoint is not)."""
+        h, compact, _ = self.node.store.hash_kv(request.revision)
+        resp = rpc_pb2.HashKVResponse(hash=h, compact_revision=compact)
         self.core.fill_header(resp.header)
         return resp
 
@@ -136,6 +145,7 @@ class EtcdServer:
             host, port = host_port(url)
             context = http_ssl_context(self.cfg.client_tls) if is_https(url) else None
             await self.http.listen(host, port, context, gateway=True)
+        self.http.serving_clients = True
 
     async def run(self) -> None:
         cfg = self.cfg

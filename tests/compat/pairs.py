@@ -20,16 +20,17 @@ def side_by_side(
     label: str,
     flags: tuple[str, ...] = (),
     tls: Certificates | None = None,
+    size: int = 3,
 ) -> Iterator[dict[str, Server]]:
-    """``{"etcd": ..., "kvstore": ...}``, both serving until the block ends.
+    """``{"etcd": ..., "kvstore": ...}`` of ``size`` members each, serving until the block ends.
 
     With ``tls``, both serve https client and peer URLs and require client certificates.
     """
     etcd = EtcdCluster(
-        root=tmp_path_factory.mktemp(f"{label}-etcd"), size=3, extra_args=[*flags], tls=tls
+        root=tmp_path_factory.mktemp(f"{label}-etcd"), size=size, extra_args=[*flags], tls=tls
     )
     ours = KVCluster(
-        root=tmp_path_factory.mktemp(f"{label}-kv"), size=3, extra_args=[*flags], tls=tls
+        root=tmp_path_factory.mktemp(f"{label}-kv"), size=size, extra_args=[*flags], tls=tls
     )
     try:
         etcd.start()

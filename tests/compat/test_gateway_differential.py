@@ -52,6 +52,11 @@ class Case:
     """Read only this many chunks of a stream that does not end by itself."""
     capture: Callable[[Any, Seen], None] | None = None
     normalize: Callable[[list[str]], list[str]] | None = None
+    conf_change: bool = False
+    """A membership change, proposed before it is validated (etcd does so): Raft drops it
+    while the previous change is not yet applied in its books, a window a loaded machine
+    widens, and the request then waits for its deadline (etcd's gateway sets none). Such
+    a case is sent with a deadline, and again if the deadline passed."""
 
     def payload(self, seen: Seen) -> bytes | None:
         body = self.body(seen) if callable(self.body) else self.body
@@ -337,6 +342,7 @@ def cluster_cases() -> list[Case]:
             masked=MEMBER_FIELDS,
             capture=_keep("added"),
             normalize=_sorted_members,
+            conf_change=True,
         ),
         Case(
             "/v3/cluster/member/update",
@@ -347,16 +353,18 @@ def cluster_cases() -> list[Case]:
             normalize=lambda chunks: _sorted_members(
                 [chunk.replace(',"isLearner":true', "") for chunk in chunks]
             ),
+            conf_change=True,
         ),
-        Case("/v3/cluster/member/promote", lambda seen: {"ID": learner_id(seen)}),
+        Case("/v3/cluster/member/promote", lambda seen: {"ID": learner_id(seen)}, conf_change=True),
         Case(
             "/v3/cluster/member/remove",
             lambda seen: {"ID": learner_id(seen)},
             masked=MEMBER_FIELDS,
+            conf_change=True,
         ),
-        Case("/v3/cluster/member/remove", {"ID": 5}),
-        Case("/v3/cluster/member/update", {"ID": 5}),
-        Case("/v3/cluster/member/promote", {"ID": "5"}),
+        Case("/v3/cluster/member/remove", {"ID": 5}, conf_change=True),
+        Case("/v3/cluster/member/update", {"ID": 5}, conf_change=True),
+        Case("/v3/cluster/member/promote", {"ID": "5"}, conf_change=True),
     ]
 
 
@@ -444,6 +452,10 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
 
 
 CALL_DEADLINE_SECONDS = 60.0
+CONF_CHANGE_ATTEMPTS = 5
+CONF_CHANGE_HEADERS = {"Grpc-Timeout": "5S"}
+TIMED_OUT = ("context deadline exceeded", "etcdserver: request timed out")
+"""etcd's and our answers to a call whose deadline passed."""
 LOGS: dict[str, Callable[[], str]] = {}
 """Each server's log tail, for a failure's report."""
 
@@ -458,6 +470,29 @@ def _comparable(case: Case, answer: Answer) -> tuple[int, dict[str, str], list[s
     return answer.status, answer.headers, chunks
 
 
+async def _answer(
+    session: aiohttp.ClientSession, name: str, base: str, case: Case, seen: Seen
+) -> Answer:
+    """The server's answer to ``case``; a hang fails the test, naming the request."""
+    attempts = CONF_CHANGE_ATTEMPTS if case.conf_change else 1
+    headers = CONF_CHANGE_HEADERS if case.conf_change else None
+    for _ in range(attempts):
+        with anyio.move_on_after(CALL_DEADLINE_SECONDS):
+            answer = await call(
+                session,
+                base + case.path,
+                case.payload(seen),
+                method=case.method,
+                max_chunks=case.chunks,
+                headers=headers,
+            )
+            if not (case.conf_change and any(t in answer.body for t in TIMED_OUT)):
+                return answer
+    pytest.fail(
+        f"{name}: no answer to {case.method} {case.path} in time; its log ends:\n{LOGS[name]()}"
+    )
+
+
 async def run_cases(servers: dict[str, str], cases: list[Case]) -> list[str]:
     """Each case on both servers; the differences, described."""
     differences = []
@@ -466,20 +501,7 @@ async def run_cases(servers: dict[str, str], cases: list[Case]) -> list[str]:
             got = {}
             for name, base in servers.items():
                 seen = SEEN[name]
-                # Every answer comes within seconds; a hang fails here, naming the request.
-                with anyio.move_on_after(CALL_DEADLINE_SECONDS) as deadline:
-                    answer = await call(
-                        session,
-                        base + case.path,
-                        case.payload(seen),
-                        method=case.method,
-                        max_chunks=case.chunks,
-                    )
-                if deadline.cancelled_caught:
-                    pytest.fail(
-                        f"{name}: no answer to {case.method} {case.path} in time; "
-                        f"its log ends:\n{LOGS[name]()}"
-                    )
+                answer = await _answer(session, name, base, case, seen)
                 if case.capture is not None and answer.status == 200:
                     case.capture(answer.json(), seen)
                 got[name] = _comparable(case, answer)
@@ -528,7 +550,6 @@ async def test_lock_and_election_routes(servers: dict[str, str]) -> None:
     _check(await run_cases(servers, concurrency_cases()))
 
 
-@pytest.mark.xfail(strict=True, reason="auth is not implemented yet: our answer is 501")
 async def test_auth_routes(servers: dict[str, str]) -> None:
     _check(await run_cases(servers, auth_cases()))
 

@@ -150,6 +150,14 @@ def descendants(root: int) -> set[int]:
     return found
 
 
+def gone_report(demo: DemoProcess, gone: set[int], data_dir: Path) -> str:
+    """What the demo said of the processes that are gone, and the end of each child's log."""
+    lines = [line for line in demo.lines if any(f"pid {pid})" in line for pid in gone)]
+    logs = sorted((data_dir / "demo-logs").glob("*.log"))
+    tails = [f"--- {log.name}\n" + "\n".join(log.read_text().splitlines()[-8:]) for log in logs]
+    return "\n".join(["gone:", *lines, *tails, demo.output()])
+
+
 def start_time(pid: int) -> str | None:
     """The process's start time (tells a pid from a later reuse), or None if it is gone
     or a zombie."""
@@ -222,7 +230,7 @@ def test_demo_fails_over_and_stops_cleanly(tmp_path: Path) -> None:
         living = descendants(demo.process.pid)
         reported = {int(pid) for pid in re.findall(r"pid (\d+)\)", "\n".join(demo.lines))}
         # 2 store members left, 3 node agents, 3 controller-managers, 2 schedulers, the dashboard.
-        assert len(living) == 11, (living, demo.output())
+        assert len(living) == 11, gone_report(demo, reported - living, tmp_path / "data")
         assert living <= reported, (living - reported, demo.output())
         started = {pid: start_time(pid) for pid in living}
         demo.process.send_signal(signal.SIGTERM)

@@ -3,6 +3,8 @@
 With ``--experimental-initial-corrupt-check`` that member refuses to start;
 without it, the leader's periodic check (``--experimental-corrupt-check-time``)
 raises a CORRUPT alarm through Raft and writes are refused, as etcd does.
+Auth is enabled: members ask each other over the peer transport, so the
+checks need no user (a client's HashKV is root's).
 """
 
 from __future__ import annotations
@@ -59,8 +61,12 @@ def wait_exit(cluster: KVCluster, index: int, timeout: float) -> int:
     return process.wait(timeout=timeout)
 
 
+ROOT = ("root", "rootpw")
+
+
 def etcdctl_alarms(cluster: KVCluster) -> str:
-    proc = cluster.etcdctl("alarm", "list", endpoints=cluster.endpoints[:2])
+    user = "--user=" + ":".join(ROOT)
+    proc = cluster.etcdctl(user, "alarm", "list", endpoints=cluster.endpoints[:2])
     return proc.stdout if proc.returncode == 0 else ""
 
 
@@ -68,7 +74,12 @@ async def test_a_flipped_value_is_caught(tmp_path: Path) -> None:
     c = KVCluster(root=tmp_path / "c", size=3, extra_args=["--experimental-corrupt-check-time=1s"])
     c.start()
     try:
-        async with Client(c.endpoints, default_timeout=15) as client:
+        async with Client(c.endpoints, default_timeout=15) as admin:
+            await admin.user_add(*ROOT)
+            await admin.user_grant_role("root", "root")
+            await admin.auth_enable()
+        user, password = ROOT
+        async with Client(c.endpoints, default_timeout=15, user=user, password=password) as client:
             for i in range(20):
                 last = await client.put(f"/c/{i:02d}", f"value-{i}")
             await same_hash_everywhere(client, c.endpoints, last.header.revision)

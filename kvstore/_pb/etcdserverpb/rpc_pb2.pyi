@@ -675,14 +675,16 @@ class AuthenticateRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., password: _Optional[str] = ...) -> None: ...
 
 class AuthUserAddRequest(_message.Message):
-    __slots__ = ("name", "password", "options")
+    __slots__ = ("name", "password", "options", "hashedPassword")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PASSWORD_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    HASHEDPASSWORD_FIELD_NUMBER: _ClassVar[int]
     name: str
     password: str
     options: _auth_pb2.UserAddOptions
-    def __init__(self, name: _Optional[str] = ..., password: _Optional[str] = ..., options: _Optional[_Union[_auth_pb2.UserAddOptions, _Mapping]] = ...) -> None: ...
+    hashedPassword: str
+    def __init__(self, name: _Optional[str] = ..., password: _Optional[str] = ..., options: _Optional[_Union[_auth_pb2.UserAddOptions, _Mapping]] = ..., hashedPassword: _Optional[str] = ...) -> None: ...
 
 class AuthUserGetRequest(_message.Message):
     __slots__ = ("name",)
@@ -697,12 +699,14 @@ class AuthUserDeleteRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class AuthUserChangePasswordRequest(_message.Message):
-    __slots__ = ("name", "password")
+    __slots__ = ("name", "password", "hashedPassword")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    HASHEDPASSWORD_FIELD_NUMBER: _ClassVar[int]
     name: str
     password: str
-    def __init__(self, name: _Optional[str] = ..., password: _Optional[str] = ...) -> None: ...
+    hashedPassword: str
+    def __init__(self, name: _Optional[str] = ..., password: _Optional[str] = ..., hashedPassword: _Optional[str] = ...) -> None: ...
 
 class AuthUserGrantRoleRequest(_message.Message):
     __slots__ = ("user", "role")

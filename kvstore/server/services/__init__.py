@@ -7,6 +7,8 @@ server serves it, and the JSON gateway maps its routes onto the same entries.
 from __future__ import annotations
 
 from kvstore.rpc import Method, methods_of
+from kvstore.server.services.access import guard_all
+from kvstore.server.services.auth import AuthService
 from kvstore.server.services.cluster import ClusterService
 from kvstore.server.services.concurrency import ElectionService, LockService, SelfClient
 from kvstore.server.services.core import Core
@@ -19,7 +21,8 @@ __all__ = ["Core", "SelfClient", "method_table"]
 
 
 def method_table(core: Core, self_client: SelfClient) -> dict[str, Method]:
-    return methods_of(
+    """Every client method, each behind the access guard (the one place auth is checked)."""
+    table = methods_of(
         KVService(core).methods(),
         WatchService(core).methods(),
         LeaseService(core).methods(),
@@ -27,4 +30,6 @@ def method_table(core: Core, self_client: SelfClient) -> dict[str, Method]:
         MaintenanceService(core).methods(),
         LockService(core, self_client).methods(),
         ElectionService(core, self_client).methods(),
+        AuthService(core).methods(),
     )
+    return guard_all(core, table)

@@ -9,6 +9,7 @@ status UNKNOWN (see ``_as_etcd``).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable
 from typing import TypeVar
 
@@ -23,6 +24,20 @@ from kvstore.errors import RecipeError, RemoteError
 from kvstore.rpc import CallContext, Cardinality, Method
 from kvstore.server.config import ServerConfig, host_port, is_https
 from kvstore.server.services.core import Core
+
+GATEWAY_KEY = "grpcgateway-accept"
+"""Metadata of a proxy (etcd's gateway) whose TLS certificate must not name the user."""
+TOKEN_KEYS = ("token", "authorization")
+
+
+def token_of(ctx: CallContext) -> str | None:
+    """The caller's token, as etcd takes it: ``token``, or ``authorization`` (``Bearer``)."""
+    for key in TOKEN_KEYS:
+        token = ctx.metadata.get(key)
+        if token:
+            return token.removeprefix("Bearer ")
+    return None
+
 
 T = TypeVar("T")
 LOCK = "/v3lockpb.Lock/"
@@ -84,8 +99,18 @@ class SelfClient:
             await self._client.__aexit__(None, None, None)
             self._client = None
 
-    async def session(self, lease: int) -> Session:
+    @contextlib.asynccontextmanager
+    async def on_behalf(self, ctx: CallContext) -> AsyncIterator[Client]:
+        """The member's client, calling as the caller of ``ctx`` (its token; never as us).
+
+        The gateway mark keeps a TLS member certificate from naming the user
+        (etcd's rule for its own gateway), so a caller without a token calls as nobody.
+        """
         client = await self.get()
+        async with client.with_token(token_of(ctx), ((GATEWAY_KEY, "kvstore"),)) as view:
+            yield view
+
+    async def session(self, client: Client, lease: int) -> Session:
         if lease == 0:
             lease = (await client.grant(DEFAULT_SESSION_TTL)).ID
         return Session.of_lease(client, lease)
@@ -98,8 +123,9 @@ class LockService:
 
     async def lock(self, request: lpb.LockRequest, ctx: CallContext) -> lpb.LockResponse:
         async def body() -> lpb.LockResponse:
-            mutex = Mutex(await self.client.session(request.lease), request.name)
-            await mutex.lock()  # a cancelled call gives up its place (the recipe cleans up)
+            async with self.client.on_behalf(ctx) as client:
+                mutex = Mutex(await self.client.session(client, request.lease), request.name)
+                await mutex.lock()  # a cancelled call gives up its place (the recipe cleans up)
             resp = lpb.LockResponse(key=mutex.key)
             self.core.fill_header(resp.header)
             return resp
@@ -108,7 +134,8 @@ class LockService:
 
     async def unlock(self, request: lpb.UnlockRequest, ctx: CallContext) -> lpb.UnlockResponse:
         async def body() -> lpb.UnlockResponse:
-            deleted = await (await self.client.get()).delete(request.key)
+            async with self.client.on_behalf(ctx) as client:
+                deleted = await client.delete(request.key)
             resp = lpb.UnlockResponse()
             resp.header.CopyFrom(deleted.header)
             return resp
@@ -127,8 +154,8 @@ class ElectionService:
         self.core = core
         self.client = client
 
-    async def _resumed(self, leader: epb.LeaderKey) -> Election:
-        session = await self.client.session(leader.lease)
+    async def _resumed(self, client: Client, leader: epb.LeaderKey) -> Election:
+        session = await self.client.session(client, leader.lease)
         return Election.resume(session, leader.name, leader.key, leader.rev)
 
     def _header(self) -> rpc_pb2.ResponseHeader:
@@ -140,9 +167,10 @@ class ElectionService:
         self, request: epb.CampaignRequest, ctx: CallContext
     ) -> epb.CampaignResponse:
         async def body() -> epb.CampaignResponse:
-            session = await self.client.session(request.lease)
-            election = Election(session, request.name)
-            await election.campaign(request.value)
+            async with self.client.on_behalf(ctx) as client:
+                session = await self.client.session(client, request.lease)
+                election = Election(session, request.name)
+                await election.campaign(request.value)
             leader = epb.LeaderKey(
                 name=request.name, key=election.key, rev=election.revision, lease=session.lease_id
             )
@@ -158,7 +186,8 @@ class ElectionService:
                 raise RecipeError(MISSING_LEADER_KEY)
             if not request.leader.key:  # etcd's recipe sends it on, and its txn is refused
                 raise RecipeError(rpctypes.ERR_EMPTY_KEY)
-            await (await self._resumed(request.leader)).proclaim(request.value)
+            async with self.client.on_behalf(ctx) as client:
+                await (await self._resumed(client, request.leader)).proclaim(request.value)
             return epb.ProclaimResponse(header=self._header())
 
         return await _as_etcd(body())
@@ -169,15 +198,16 @@ class ElectionService:
                 raise RecipeError(MISSING_LEADER_KEY)
             if not request.leader.key:
                 raise RecipeError(rpctypes.ERR_EMPTY_KEY)
-            await (await self._resumed(request.leader)).resign()
+            async with self.client.on_behalf(ctx) as client:
+                await (await self._resumed(client, request.leader)).resign()
             return epb.ResignResponse(header=self._header())
 
         return await _as_etcd(body())
 
     async def leader(self, request: epb.LeaderRequest, ctx: CallContext) -> epb.LeaderResponse:
         async def body() -> epb.LeaderResponse:
-            session = Session.of_lease(await self.client.get(), 0)
-            kv = await Election(session, request.name).leader()
+            async with self.client.on_behalf(ctx) as client:
+                kv = await Election(Session.of_lease(client, 0), request.name).leader()
             return epb.LeaderResponse(header=self._header(), kv=kv)
 
         return await _as_etcd(body())
@@ -185,13 +215,13 @@ class ElectionService:
     async def observe(
         self, request: epb.LeaderRequest, ctx: CallContext
     ) -> AsyncIterator[epb.LeaderResponse]:
-        session = Session.of_lease(await self.client.get(), 0)
-        observing = Election(session, request.name).observe()
-        while True:
-            kv = await _as_etcd(_next_or_none(observing))
-            if kv is None:
-                return
-            yield epb.LeaderResponse(header=self._header(), kv=kv)
+        async with self.client.on_behalf(ctx) as client:
+            observing = Election(Session.of_lease(client, 0), request.name).observe()
+            while True:
+                kv = await _as_etcd(_next_or_none(observing))
+                if kv is None:
+                    return
+                yield epb.LeaderResponse(header=self._header(), kv=kv)
 
     def methods(self) -> list[tuple[str, Method]]:
         observe = Method(epb.LeaderRequest, self.observe, Cardinality.SERVER_STREAM)

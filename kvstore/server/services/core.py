@@ -8,6 +8,7 @@ the JSON gateway both call those same functions.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NoReturn
 
@@ -36,6 +37,11 @@ class Core:
     leases: LeaseForwarder
     leader_streams: set[WatchStream] = field(default_factory=set)
     """Watch streams of clients that asked for a leader: ended when there is none."""
+    watch_refusal: Callable[[CallContext, rpc_pb2.WatchCreateRequest], str | None] = field(
+        default=lambda ctx, create: None
+    )
+    """Why the caller may not create this watch (etcd's cancel reason), or None: set by the
+    access guard (:mod:`kvstore.server.services.access`)."""
 
     def fill_header(self, h: rpc_pb2.ResponseHeader) -> None:
         node = self.node

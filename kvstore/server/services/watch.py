@@ -33,7 +33,11 @@ class WatchService:
             async for req in requests:
                 kind = req.WhichOneof("request_union")
                 if kind == "create_request":
-                    stream.watch(req.create_request)
+                    refusal = core.watch_refusal(ctx, req.create_request)
+                    if refusal is None:
+                        stream.watch(req.create_request)
+                    else:
+                        stream.refuse(refusal)
                 elif kind == "cancel_request":
                     stream.cancel(req.cancel_request.watch_id)
                 elif kind == "progress_request":
