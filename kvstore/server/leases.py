@@ -23,9 +23,9 @@ from kvstore.errors import (
 )
 from kvstore.lease.lessor import LeaseExpiringError
 from kvstore.raft.types import Role
+from kvstore.rpc.status import StatusCode
 from kvstore.server.node import Node
 from kvstore.server.peerwire import PeerMethod
-from kvstore.server.status import StatusCode
 from kvstore.server.transport import PeerUnreachableError, Transport
 
 R = TypeVar("R", rpc_pb2.LeaseKeepAliveResponse, rpc_pb2.LeaseTimeToLiveResponse)

@@ -22,6 +22,7 @@ from google.protobuf.message import Message as PbMessage
 from kvstore._pb.peerpb import peer_pb2
 from kvstore.errors import RequestError
 from kvstore.raft.types import Message, Snapshot
+from kvstore.rpc.status import StatusCode
 from kvstore.server.codec import message_from_pb
 from kvstore.server.config import TLSFiles, host_port, is_https
 from kvstore.server.peerwire import (
@@ -38,7 +39,7 @@ from kvstore.server.peerwire import (
     send,
     split_call,
 )
-from kvstore.server.status import StatusCode, to_status
+from kvstore.server.status import to_status
 from kvstore.server.tls import http_ssl_context
 
 log = logging.getLogger(__name__)

@@ -5,34 +5,12 @@ The gRPC services and the JSON gateway both answer through :func:`to_status`.
 
 from __future__ import annotations
 
-import enum
 import logging
 
 from kvstore import errors
+from kvstore.rpc.status import StatusCode
 
 log = logging.getLogger(__name__)
-
-
-class StatusCode(enum.IntEnum):
-    """gRPC status codes (numbers from the gRPC protocol)."""
-
-    OK = 0
-    CANCELLED = 1
-    UNKNOWN = 2
-    INVALID_ARGUMENT = 3
-    DEADLINE_EXCEEDED = 4
-    NOT_FOUND = 5
-    ALREADY_EXISTS = 6
-    PERMISSION_DENIED = 7
-    RESOURCE_EXHAUSTED = 8
-    FAILED_PRECONDITION = 9
-    ABORTED = 10
-    OUT_OF_RANGE = 11
-    UNIMPLEMENTED = 12
-    INTERNAL = 13
-    UNAVAILABLE = 14
-    DATA_LOSS = 15
-    UNAUTHENTICATED = 16
 
 
 _CODE: dict[type[errors.RequestError], StatusCode] = {

@@ -36,6 +36,7 @@ from google.protobuf.message import Message as PbMessage
 from kvstore._pb.peerpb import peer_pb2
 from kvstore.errors import RemoteError
 from kvstore.raft.types import Message, MessageType, Snapshot
+from kvstore.rpc.status import StatusCode
 from kvstore.server.codec import message_to_pb
 from kvstore.server.config import TLSFiles, host_port, is_https
 from kvstore.server.metrics import Metrics
@@ -53,7 +54,6 @@ from kvstore.server.peerwire import (
     send,
     split_call,
 )
-from kvstore.server.status import StatusCode
 from kvstore.server.tls import peer_client_ssl_context
 
 log = logging.getLogger(__name__)

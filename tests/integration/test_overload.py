@@ -13,10 +13,11 @@ import anyio
 from kvstore._pb.etcdserverpb import rpc_pb2
 from kvstore.errors import TooManyRequestsError
 from kvstore.raft.types import Role
+from kvstore.rpc.status import StatusCode
 from kvstore.server.bootstrap import bootstrap
 from kvstore.server.config import ServerConfig
 from kvstore.server.node import Node
-from kvstore.server.status import StatusCode, to_status
+from kvstore.server.status import to_status
 
 LIMIT = 300
 BURST = 2 * LIMIT

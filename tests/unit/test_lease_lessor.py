@@ -18,7 +18,8 @@ from kvstore.errors import (
 from kvstore.lease import MAX_LEASE_TTL, Lessor
 from kvstore.lease.lessor import LeaseExpiringError
 from kvstore.mvcc import MVCCStore, WatchHub, open_store
-from kvstore.server.status import StatusCode, code_of
+from kvstore.rpc.status import StatusCode
+from kvstore.server.status import code_of
 
 
 def hub_of(store: MVCCStore) -> WatchHub:

@@ -15,12 +15,13 @@ from kvstore.errors import (
     RequestError,
     TooManyLearnersError,
 )
+from kvstore.rpc.status import StatusCode
 from kvstore.server.membership import (
     Member,
     MemberRegistry,
     new_member_id,
 )
-from kvstore.server.status import StatusCode, to_status
+from kvstore.server.status import to_status
 
 
 def three() -> MemberRegistry:

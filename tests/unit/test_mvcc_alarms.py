@@ -10,7 +10,8 @@ from kvstore._pb.etcdserverpb import rpc_pb2
 from kvstore.errors import NoSpaceError
 from kvstore.mvcc import open_store
 from kvstore.mvcc.store import KV_OVERHEAD, LEASE_OVERHEAD, costs_space, quota_cost
-from kvstore.server.status import StatusCode, code_of
+from kvstore.rpc.status import StatusCode
+from kvstore.server.status import code_of
 
 ALL = rpc_pb2.RangeRequest(key=b"\x00", range_end=b"\x00")
 MEMBER = 0x8E9E05C52164694D

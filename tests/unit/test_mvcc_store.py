@@ -13,7 +13,8 @@ from kvstore._pb.etcdserverpb import rpc_pb2
 from kvstore.errors import CompactedError, DuplicateKeyError, FutureRevError, RequestError
 from kvstore.mvcc import MVCCStore, open_store, validate_request
 from kvstore.mvcc.gosort import go_sort
-from kvstore.server.status import StatusCode, code_of
+from kvstore.rpc.status import StatusCode
+from kvstore.server.status import code_of
 
 ALL = rpc_pb2.RangeRequest(key=b"\x00", range_end=b"\x00")
 

@@ -22,6 +22,7 @@ from kvstore.raft.types import (
     Snapshot,
     SnapshotMetadata,
 )
+from kvstore.rpc.status import StatusCode
 from kvstore.server.config import TLSFiles
 from kvstore.server.metrics import Metrics
 from kvstore.server.peerlistener import CallSpec, PeerListener
@@ -32,7 +33,6 @@ from kvstore.server.peerwire import (
     hello,
     parse_hello,
 )
-from kvstore.server.status import StatusCode
 from kvstore.server.transport import Transport
 
 CLUSTER = 0x1234
