@@ -124,6 +124,15 @@ class AuthStore:
         for callback in self.on_change:
             callback()
 
+    def _apply_change(self, invalidate_user: str | None = None) -> None:
+        """After a change of users or roles: a new auth revision, permissions recomputed,
+        the user's tokens dropped (when given), and whoever listens told."""
+        self._bump()
+        self._refresh_permissions()
+        if invalidate_user is not None:
+            self.tokens.invalidate_user(invalidate_user)
+        self._changed()
+
     def _bump(self) -> None:
         """Every change moves the auth revision (stored with the change)."""
         self.revision += 1
@@ -295,9 +304,7 @@ class AuthStore:
                 options=auth_pb2.UserAddOptions(no_password=r.options.no_password),
             )
         )
-        self._bump()
-        self._refresh_permissions()
-        self._changed()
+        self._apply_change()
         log.info("added user %r", r.name)
         return rpc_pb2.AuthUserAddResponse()
 
@@ -310,10 +317,7 @@ class AuthStore:
         b = self._backend
         b.delete_auth(b.auth_users_db, r.name.encode())
         del self.users[r.name]
-        self._bump()
-        self._refresh_permissions()
-        self.tokens.invalidate_user(r.name)
-        self._changed()
+        self._apply_change(invalidate_user=r.name)
         log.info("deleted user %r", r.name)
         return rpc_pb2.AuthUserDeleteResponse()
 
@@ -325,10 +329,7 @@ class AuthStore:
         updated.CopyFrom(user)
         updated.password = b"" if user.options.no_password else _decoded_hash(r.hashedPassword)
         self._put_user(updated)
-        self._bump()
-        self._refresh_permissions()
-        self.tokens.invalidate_user(r.name)
-        self._changed()
+        self._apply_change(invalidate_user=r.name)
         log.info("changed the password of user %r", r.name)
         return rpc_pb2.AuthUserChangePasswordResponse()
 
@@ -346,9 +347,7 @@ class AuthStore:
         del updated.roles[:]
         updated.roles.extend(roles)
         self._put_user(updated)
-        self._bump()
-        self._refresh_permissions()
-        self._changed()
+        self._apply_change()
         log.info("granted role %r to user %r", r.role, r.user)
         return rpc_pb2.AuthUserGrantRoleResponse()
 
@@ -378,9 +377,7 @@ class AuthStore:
         del updated.roles[:]
         updated.roles.extend(role for role in user.roles if role != r.role)
         self._put_user(updated)
-        self._bump()
-        self._refresh_permissions()
-        self._changed()
+        self._apply_change()
         log.info("revoked role %r from user %r", r.role, r.name)
         return rpc_pb2.AuthUserRevokeRoleResponse()
 
@@ -428,9 +425,7 @@ class AuthStore:
                 del updated.roles[:]
                 updated.roles.extend(role for role in user.roles if role != r.role)
                 self._put_user(updated)
-        self._bump()
-        self._refresh_permissions()
-        self._changed()
+        self._apply_change()
         log.info("deleted role %r", r.role)
         return rpc_pb2.AuthRoleDeleteResponse()
 
@@ -454,9 +449,7 @@ class AuthStore:
             del updated.keyPermission[:]
             updated.keyPermission.extend(perms)
         self._put_role(updated)
-        self._bump()
-        self._refresh_permissions()
-        self._changed()
+        self._apply_change()
         log.info("granted a permission to role %r", r.name)
         return rpc_pb2.AuthRoleGrantPermissionResponse()
 
@@ -469,9 +462,7 @@ class AuthStore:
             raise PermissionNotGrantedError()
         updated = auth_pb2.Role(name=role.name, keyPermission=kept)
         self._put_role(updated)
-        self._bump()
-        self._refresh_permissions()
-        self._changed()
+        self._apply_change()
         log.info("revoked a permission from role %r", r.role)
         return rpc_pb2.AuthRoleRevokePermissionResponse()
 
