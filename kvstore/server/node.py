@@ -1,7 +1,10 @@
 """The raft loop: one task owns the Raft core; ticks, Ready handling, persistence, sending.
 
 (Beside the loop, this module keeps the node's small API: propose, read, wait for an
-index, change the membership; each is a few lines over the registries it feeds.)
+index, change the membership; each is a few lines over the registries it feeds. It is
+past 600 lines because the queue of committed entries, applied in slices between the
+loop's other work, belongs to the loop: the loop decides when each slice runs, and
+what waits for it. What an entry does when applied is :mod:`~kvstore.server.applier`'s.)
 
 Everything runs on the event loop thread except a slow WAL fsync (a worker
 thread while the loop keeps accepting requests, which queue and go into the
