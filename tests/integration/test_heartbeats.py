@@ -22,6 +22,7 @@ from kvstore.raft.types import Role
 from kvstore.server.bootstrap import bootstrap
 from kvstore.server.config import ServerConfig
 from kvstore.server.node import Node
+from tests.integration.inprocess import single_member_config
 
 STALL_SECONDS = 3.0
 """Three election timeouts (1 s by default): a leader counting the stall would step down."""
@@ -73,18 +74,7 @@ KEYS = 60_000
 
 
 def _config(tmp_path: Path) -> ServerConfig:
-    url = "http://127.0.0.1:1"
-    cfg = ServerConfig(
-        name="m0",
-        data_dir=tmp_path,
-        listen_client_urls=[url],
-        advertise_client_urls=[url],
-        listen_peer_urls=[url],
-        initial_advertise_peer_urls=[url],
-        initial_cluster=f"m0={url}",
-    )
-    cfg.validate()
-    return cfg
+    return single_member_config(tmp_path)
 
 
 def _fill_requests() -> list[rpc_pb2.TxnRequest]:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from kvstore.raft.types import ConfChange, ConfChangeSingle, ConfChangeType, Role
 from kvstore.server.bootstrap import bootstrap
-from kvstore.server.config import ServerConfig
 from kvstore.server.node import Node
+from tests.integration.inprocess import single_member_config
 
 
 def _learner(node_id: int) -> ConfChange:
@@ -16,19 +16,7 @@ def _learner(node_id: int) -> ConfChange:
 
 
 async def test_a_change_while_another_is_pending_is_dropped(tmp_path: Path) -> None:
-    url = "http://127.0.0.1:1"
-    cfg = ServerConfig(
-        name="m0",
-        data_dir=tmp_path,
-        listen_client_urls=[url],
-        advertise_client_urls=[url],
-        listen_peer_urls=[url],
-        initial_advertise_peer_urls=[url],
-        initial_cluster=f"m0={url}",
-        heartbeat_ms=20,
-        election_ms=200,
-    )
-    cfg.validate()
+    cfg = single_member_config(tmp_path, heartbeat_ms=20, election_ms=200)
     node = Node(cfg, bootstrap(cfg), lambda msgs: None)
     applied: list[int] = []
     applied_one = asyncio.Event()

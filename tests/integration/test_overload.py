@@ -18,6 +18,7 @@ from kvstore.server.bootstrap import bootstrap
 from kvstore.server.config import ServerConfig
 from kvstore.server.node import Node
 from kvstore.server.status import to_status
+from tests.integration.inprocess import single_member_config
 
 LIMIT = 300
 BURST = 2 * LIMIT
@@ -27,20 +28,7 @@ APPLY_DELAY_SECONDS = 0.002
 
 
 def _config(tmp_path: Path) -> ServerConfig:
-    url = "http://127.0.0.1:1"
-    cfg = ServerConfig(
-        name="m0",
-        data_dir=tmp_path,
-        listen_client_urls=[url],
-        advertise_client_urls=[url],
-        listen_peer_urls=[url],
-        initial_advertise_peer_urls=[url],
-        initial_cluster=f"m0={url}",
-        heartbeat_ms=20,
-        election_ms=200,
-    )
-    cfg.validate()
-    return cfg
+    return single_member_config(tmp_path, heartbeat_ms=20, election_ms=200)
 
 
 async def test_flood_while_apply_is_slow_is_refused_not_queued(tmp_path: Path) -> None:
