@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Iterator
+import os
+import shutil
+from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
 
 import pytest
 
+from kvstore.cli.main import WAL_SEGMENT_SIZE_ENV
 from kvstore.local.etcd import EtcdCluster
+from tests.scratch import SESSION_DIR_PREFIX
+
+# Our members started by the tests preallocate 4 MiB WAL segments, not 64 MiB: the suite
+# runs a few hundred of them (and rolling segments over more often is worth testing too).
+os.environ.setdefault(WAL_SEGMENT_SIZE_ENV, str(4 * 1024 * 1024))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -20,6 +28,41 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj):
             item.add_marker(pytest.mark.anyio)
+
+
+_modules_with_failures: set[Path] = set()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.failed:
+        _modules_with_failures.add(item.path)
+    return report
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _free_the_modules_scratch_space(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """Delete what a module left in the scratch area once all its tests passed.
+
+    A cluster's members preallocate WAL segments (etcd's are 64 MiB each) and the
+    suite starts a few hundred clusters: kept to the end of the session, that is
+    over 10 GB, more than a CI machine's disk may have free. A failing module's
+    directories stay for the post-mortem. Set up before the module's other
+    fixtures, this is torn down after them, once their clusters have stopped.
+    """
+    base = tmp_path_factory.getbasetemp()
+    before = set(base.iterdir())
+    yield
+    if request.path in _modules_with_failures:
+        return
+    for path in set(base.iterdir()) - before:
+        if not path.name.startswith(SESSION_DIR_PREFIX):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +83,7 @@ async def _one_event_loop(anyio_backend: str) -> AsyncIterator[None]:
 @pytest.fixture(scope="session")
 def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
     """One single-member etcd shared by a session's tests (each test uses its own keys)."""
-    cluster = EtcdCluster(root=Path(tmp_path_factory.mktemp("etcd1")), size=1)
+    cluster = EtcdCluster(root=Path(tmp_path_factory.mktemp(f"{SESSION_DIR_PREFIX}etcd1")), size=1)
     cluster.start()
     yield cluster
     cluster.stop()

@@ -62,7 +62,9 @@ def bootstrap(cfg: ServerConfig) -> Storage:
     rng = random.Random(os.urandom(8))
     if WAL.exists(wal_dir):
         snap = snapshots.load_newest(valid_snapshot_markers(wal_dir))
-        wal, rec = WAL.open(wal_dir, snap.metadata if snap else None)
+        wal, rec = WAL.open(
+            wal_dir, snap.metadata if snap else None, segment_size=cfg.wal_segment_bytes
+        )
         if len(rec.metadata) == _WAL_METADATA.size:
             mid, cid = _WAL_METADATA.unpack(rec.metadata)
             if (mid, cid) != (member_id, cluster_id):
@@ -84,14 +86,18 @@ def bootstrap(cfg: ServerConfig) -> Storage:
             store.consistent_index,
         )
     elif cfg.initial_cluster_state == "existing":
-        wal = WAL.create(wal_dir, _WAL_METADATA.pack(member_id, cluster_id))
+        wal = WAL.create(
+            wal_dir, _WAL_METADATA.pack(member_id, cluster_id), segment_size=cfg.wal_segment_bytes
+        )
         raft = RaftNode(_raft_config(cfg, member_id), rng)
         log.info("member %x joins existing cluster %x", member_id, cluster_id)
     else:
         snap = initial_snapshot(m.id for m in cfg.members)
         hs = HardState(term=1, commit=1)
         snapshots.save(snap)
-        wal = WAL.create(wal_dir, _WAL_METADATA.pack(member_id, cluster_id))
+        wal = WAL.create(
+            wal_dir, _WAL_METADATA.pack(member_id, cluster_id), segment_size=cfg.wal_segment_bytes
+        )
         wal.save_snapshot(snap.metadata)
         wal.save(hs, [])
         raft = RaftNode(_raft_config(cfg, member_id), rng, hard_state=hs, snapshot=snap)

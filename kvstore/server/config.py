@@ -21,6 +21,11 @@ GRPC_OVERHEAD_BYTES = 512 * 1024
 DEFAULT_QUOTA_BACKEND_BYTES = 2 * 1024 * 1024 * 1024
 """What --quota-backend-bytes=0 (the flag's default) means; a negative value disables it."""
 DEFAULT_MAX_TXN_OPS = 128
+# etcd's WAL segments are 64 MiB, preallocated; smaller ones save disk where many members
+# share a small disk (tests, laptops). A segment must hold the largest entry's frame, or
+# it is cut after every write.
+DEFAULT_WAL_SEGMENT_BYTES = 64 * 1024 * 1024
+MIN_WAL_SEGMENT_BYTES = 1024 * 1024
 SERVER_VERSION = "3.5.0"
 """Version we report (the etcd API level we implement)."""
 CLUSTER_VERSION = "3.5.0"
@@ -196,6 +201,7 @@ class ServerConfig:
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     quota_backend_bytes: int = 0
     max_txn_ops: int = DEFAULT_MAX_TXN_OPS
+    wal_segment_bytes: int = DEFAULT_WAL_SEGMENT_BYTES
     listen_metrics_urls: list[str] = field(default_factory=list)
     # etcd's --listen-client-http-urls: the JSON gateway and HTTP endpoints there, and then
     # gRPC alone on --listen-client-urls (by default both share the client URLs).
@@ -226,6 +232,8 @@ class ServerConfig:
             raise ConfigError("--snapshot-count must be positive")
         if self.max_request_bytes <= 0:
             raise ConfigError("--max-request-bytes must be positive")
+        if self.wal_segment_bytes < MIN_WAL_SEGMENT_BYTES:
+            raise ConfigError(f"--wal-segment-size must be at least {MIN_WAL_SEGMENT_BYTES} bytes")
         for url in [
             *self.listen_client_urls,
             *self.advertise_client_urls,

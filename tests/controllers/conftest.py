@@ -8,6 +8,7 @@ import pytest
 
 from kvstore.local.cluster import KVCluster
 from kvstore.local.etcd import EtcdCluster
+from tests.scratch import SESSION_DIR_PREFIX
 
 
 @pytest.fixture(scope="session", params=["etcd", "kvstore"])
@@ -17,7 +18,9 @@ def etcd(
     """The store under test, shared by the session (tests isolate themselves by
     key prefix). Named like the top-level fixture it replaces for these tests."""
     kind = {"etcd": EtcdCluster, "kvstore": KVCluster}[request.param]
-    cluster = kind(root=tmp_path_factory.mktemp(f"controllers-{request.param}"), size=1)
+    cluster = kind(
+        root=tmp_path_factory.mktemp(f"{SESSION_DIR_PREFIX}controllers-{request.param}"), size=1
+    )
     cluster.start()
     yield cluster
     cluster.stop()

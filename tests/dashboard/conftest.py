@@ -15,6 +15,7 @@ from kvstore.client import Client
 from kvstore.local.cluster import KVCluster
 from kvstore.local.etcd import EtcdCluster
 from kvstore.ports import free_ports
+from tests.scratch import SESSION_DIR_PREFIX
 
 
 @pytest.fixture(scope="session", params=["etcd", "kvstore"])
@@ -23,7 +24,9 @@ def store(
 ) -> Iterator[EtcdCluster | KVCluster]:
     """One single-member store per kind, shared by the session's dashboard tests."""
     kind = {"etcd": EtcdCluster, "kvstore": KVCluster}[request.param]
-    cluster = kind(root=tmp_path_factory.mktemp(f"dashboard-{request.param}"), size=1)
+    cluster = kind(
+        root=tmp_path_factory.mktemp(f"{SESSION_DIR_PREFIX}dashboard-{request.param}"), size=1
+    )
     cluster.start()
     yield cluster
     cluster.stop()

@@ -54,6 +54,7 @@ def serve(tmp_path: Path, *flags: str) -> subprocess.CompletedProcess[str]:
         ),
         (("--heartbeat-interval", "500"), "at least 5 times --heartbeat-interval"),
         (("--snapshot-count", "0"), "--snapshot-count must be positive"),
+        (("--wal-segment-size", "4096"), "--wal-segment-size must be at least 1048576 bytes"),
         (("--initial-cluster", "other=http://127.0.0.1:1"), "no member named 'm'"),
         (("--quota-backend-bytes", "lots"), "invalid int value"),
         (("--experimental-watch-progress-notify-interval", "soon"), "soon"),
