@@ -83,7 +83,7 @@ class EventSink(Protocol):
         ...
 
     def notify(self, events: list[kv_pb2.Event], revision: int) -> None:
-        """One revision's events, in order."""
+        """One revision's events, in order (kept by the sink: never changed afterwards)."""
         ...
 
     def on_restore(self, synced_through: int) -> None:

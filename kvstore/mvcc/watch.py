@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -90,6 +90,9 @@ class WatchStream:
     hub: WatchHub
     queue_size: int
     watchers: dict[int, Watcher] = field(default_factory=dict)
+    # This stream's share of the hub's unsynced group: a stream that drains catches up
+    # its own watchers without looking at every other stream's.
+    unsynced: dict[Watcher, None] = field(default_factory=dict)
     _out: deque[_Data | rpc_pb2.WatchResponse] = field(default_factory=deque)
     _ready: deque[rpc_pb2.WatchResponse] = field(default_factory=deque)
     _data_pending: int = 0
@@ -361,7 +364,15 @@ class WatchHub:
         if synced:
             self._add_synced(w)
         else:
-            self._unsynced[w] = None
+            self._add_unsynced(w)
+
+    def _add_unsynced(self, w: Watcher) -> None:
+        self._unsynced[w] = None
+        w.stream.unsynced[w] = None
+
+    def _drop_unsynced(self, w: Watcher) -> None:
+        self._unsynced.pop(w, None)
+        w.stream.unsynced.pop(w, None)
 
     def _add_synced(self, w: Watcher) -> None:
         w.synced = True
@@ -385,11 +396,13 @@ class WatchHub:
         w.active = False
         if w.synced:
             self._remove_synced(w)
-        self._unsynced.pop(w, None)
+        self._drop_unsynced(w)
 
     # ----- delivery -----
 
-    def _events_for(self, w: Watcher, evs: Iterable[kv_pb2.Event]) -> list[kv_pb2.Event]:
+    def _events_for(self, w: Watcher, evs: list[kv_pb2.Event]) -> list[kv_pb2.Event]:
+        if not (w.no_put or w.no_delete or w.prev_kv):
+            return evs  # (shared between watchers: never changed once queued)
         out: list[kv_pb2.Event] = []
         for ev in evs:
             if ev.type == _PUT:
@@ -425,15 +438,23 @@ class WatchHub:
         per: dict[Watcher, list[kv_pb2.Event]] = {}
         kw = self._key_watchers
         rw = self._range_watchers
-        for ev in events:
-            key = ev.kv.key
-            group = kw.get(key)
-            if group:
-                for w in group:
-                    per.setdefault(w, []).append(ev)
-            for w in rw:
-                if w.contains(key):
-                    per.setdefault(w, []).append(ev)
+        if len(events) == 1:
+            # One event (a put or a single delete): every watcher that wants it gets the
+            # same list. Watcher.contains inlined: a range watcher's end is b"" (no end) or
+            # a key, never None.
+            key = events[0].kv.key
+            per = dict.fromkeys(kw.get(key, ()), events)
+            per.update((w, events) for w in rw if w.key <= key and (not w.end or key < w.end))
+        else:
+            for ev in events:
+                key = ev.kv.key
+                group = kw.get(key)
+                if group:
+                    for w in group:
+                        per.setdefault(w, []).append(ev)
+                for w in rw:
+                    if w.contains(key):
+                        per.setdefault(w, []).append(ev)
         for w, evs in per.items():
             if w.min_rev > revision:
                 continue  # starts in the future
@@ -442,7 +463,7 @@ class WatchHub:
             else:
                 self._remove_synced(w)
                 w.min_rev = revision
-                self._unsynced[w] = None
+                self._add_unsynced(w)
 
     def sync_unsynced(self, only: WatchStream | None = None) -> int:
         """Catch unsynced watchers up from the backend; returns how many became synced.
@@ -460,14 +481,12 @@ class WatchHub:
         cur = store.current_revision
         compact = store.compact_revision
         ready: list[Watcher] = []
-        for w in list(self._unsynced):
-            if only is not None and w.stream is not only:
-                continue
+        for w in list(self._unsynced if only is None else only.unsynced):
             if not w.stream.has_room():
                 continue
             if compact > 0 and w.min_rev < compact:
                 resp = rpc_pb2.WatchResponse(watch_id=w.id, compact_revision=compact, canceled=True)
-                del self._unsynced[w]
+                self._drop_unsynced(w)
                 w.active = False
                 w.stream.watchers.pop(w.id, None)
                 w.stream._control(resp, 0)  # etcd sends this with header revision 0
@@ -479,8 +498,15 @@ class WatchHub:
         hi = min(cur, lo + self.batch_max_revs - 1)
         by_rev: list[tuple[int, kv_pb2.Event]] = list(store.events_between(lo, hi))
         synced = 0
+        # Watchers of the same range from the same revision (a client that watched one
+        # prefix a thousand times) share one pass over what was read.
+        matching: dict[tuple[int, bytes, bytes | None], list[kv_pb2.Event]] = {}
         for w in ready:
-            evs = [ev for rev, ev in by_rev if rev >= w.min_rev and w.contains(ev.kv.key)]
+            wanted = (w.min_rev, w.key, w.end)
+            evs = matching.get(wanted)
+            if evs is None:
+                evs = [ev for rev, ev in by_rev if rev >= w.min_rev and w.contains(ev.kv.key)]
+                matching[wanted] = evs
             done = hi >= cur
             # Partial catch-up answers at the last revision read, so a client that
             # resumes from the header never skips events (etcd answers curRev).
@@ -489,7 +515,7 @@ class WatchHub:
             if w.min_rev <= hi:
                 w.min_rev = hi + 1
             if done:
-                del self._unsynced[w]
+                self._drop_unsynced(w)
                 self._add_synced(w)
                 synced += 1
         return synced
@@ -521,7 +547,7 @@ class WatchHub:
                 if w.synced:
                     self._remove_synced(w)
                     w.min_rev = max(w.min_rev, synced_through + 1)
-                    self._unsynced[w] = None
+                    self._add_unsynced(w)
         self.sync_unsynced()
 
     def close(self) -> None:

@@ -149,6 +149,64 @@ def test_filters_and_prev_kv(store: MVCCStore) -> None:
     assert evs[1].prev_kv.value == b"1" and evs[1].prev_kv.mod_revision == 2
 
 
+def test_range_watchers_of_one_prefix_each_get_what_they_asked_for(store: MVCCStore) -> None:
+    """Single-event writes are handed to every plain watcher as one shared list; the
+    watchers with filters or prev_kv get their own, and nobody sees another's."""
+    f = Feeder(store)
+    s = hub_of(store).new_stream()
+    plain = [s.watch(W(key=b"p/", range_end=b"p0")) for _ in range(3)]
+    everything = s.watch(W(key=b"p/", range_end=b"\0"))
+    noput = s.watch(W(key=b"p/", range_end=b"p0", filters=[W.NOPUT]))
+    prev = s.watch(W(key=b"p/", range_end=b"p0", prev_kv=True))
+    outside = s.watch(W(key=b"q/", range_end=b"q0"))
+    s.drain()
+    f.put(b"p/a", b"1")
+    f.put(b"p/a", b"2")
+    f.put(b"z", b"3")
+    f.delete(b"p/a")
+    resps = s.drain()
+    want = [(PUT, b"p/a", 2), (PUT, b"p/a", 3), (DELETE, b"p/a", 5)]
+    for wid in plain:
+        assert events(resps, wid) == want
+    assert events(resps, everything) == [*want[:2], (PUT, b"z", 4), want[2]]
+    assert events(resps, noput) == [(DELETE, b"p/a", 5)]
+    assert events(resps, outside) == []
+    with_prev = [ev for r in resps if r.watch_id == prev for ev in r.events]
+    assert [ev.prev_kv.value for ev in with_prev] == [b"", b"1", b"2"]
+    for wid in plain:
+        plain_evs = [ev for r in resps if r.watch_id == wid for ev in r.events]
+        assert not any(ev.HasField("prev_kv") for ev in plain_evs)
+
+
+def test_a_drained_stream_catches_up_its_own_watchers_only(store: MVCCStore) -> None:
+    f = Feeder(store)
+    hub = hub_of(store)
+    a, b = hub.new_stream(), hub.new_stream()  # queue_size 8
+    wa = [a.watch(W(key=b"k", range_end=b"l")) for _ in range(4)]
+    wb = [b.watch(W(key=b"k", range_end=b"l")) for _ in range(4)]
+    a.drain()
+    b.drain()
+    for i in range(40):
+        f.put(b"k%d" % (i % 5))
+    assert hub.unsynced_count == 8
+    got_a = a.drain()  # a's room back: a's watchers replay, b's stay behind
+    assert len(a.unsynced) < 4
+    assert len(b.unsynced) == 4
+    while a.unsynced:
+        hub.sync_unsynced(only=a)
+        got_a.extend(a.drain())
+    assert hub.unsynced_count == 4
+    want = [(PUT, b"k%d" % (i % 5), i + 2) for i in range(40)]
+    for wid in wa:
+        assert events(got_a, wid) == want
+    got_b = b.drain()
+    while hub.unsynced_count:
+        hub.sync_unsynced()
+        got_b.extend(b.drain())
+    for wid in wb:
+        assert events(got_b, wid) == want
+
+
 def test_slow_consumer_never_blocks_and_catches_up(store: MVCCStore) -> None:
     f = Feeder(store)
     slow = hub_of(store).new_stream()  # queue_size 8
