@@ -88,7 +88,7 @@ class Bench:
         proc = cluster.members[leader].process
         assert proc is not None
         self.pid = proc.pid
-        self.channel = grpc.aio.insecure_channel(self.endpoint)
+        self.channel = grpc.aio.insecure_channel(self.endpoint, options=[(_OWN_POOL, 1)])
         self.kv = rpc_pb2_grpc.KVStub(self.channel)  # type: ignore[no-untyped-call]
         self.peak = 0.0
 
@@ -97,7 +97,8 @@ class Bench:
 
     async def bystander(self, seconds: float) -> tuple[float, float]:
         """(p50, p99) ms of a read and a put, one after the other, for ``seconds``."""
-        own = grpc.aio.insecure_channel(self.endpoint)  # a client of its own
+        # A client of its own: its own connection (channels share one by default).
+        own = grpc.aio.insecure_channel(self.endpoint, options=[(_OWN_POOL, 1)])
         kv = rpc_pb2_grpc.KVStub(own)  # type: ignore[no-untyped-call]
         took: list[float] = []
         end = time.monotonic() + seconds
@@ -149,7 +150,9 @@ async def _with_writer(
 
 async def watch_fanout(bench: Bench, args: argparse.Namespace, result: Result) -> None:
     result.bystander_ms["load alone"] = await _with_writer(bench, args.rate, _nothing)
-    channels = [grpc.aio.insecure_channel(bench.endpoint) for _ in range(4)]
+    channels = [
+        grpc.aio.insecure_channel(bench.endpoint, options=[(_OWN_POOL, 1)]) for _ in range(4)
+    ]
     stubs = [rpc_pb2_grpc.WatchStub(c) for c in channels]  # type: ignore[no-untyped-call]
     create = pb.WatchRequest(create_request=pb.WatchCreateRequest(key=PREFIX, range_end=PREFIX_END))
     per_stream = max(1, args.watchers // args.streams)
