@@ -22,7 +22,7 @@ come with ratios (below). ``--kills N`` adds the failover gap: the median
 over N SIGKILLs of the leader, under a steady write load, of the time until a
 write through a client that knows every member is accepted again.
 
-``--mode watch-fanout|lease-storm|connections`` runs a misbehaving client instead
+``--mode watch-fanout|lease-storm|connections|big-requests`` runs a misbehaving client instead
 (:mod:`kvstore.cli.bench_hostile`).
 
 A target named ``kvstore+auth`` or ``etcd+auth`` is the same cluster with auth

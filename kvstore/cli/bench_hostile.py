@@ -1,5 +1,5 @@
-"""``kvstore bench --mode watch-fanout|lease-storm|connections``: clients that misbehave at
-scale, against our 3-member cluster and a real etcd's, side by side.
+"""``kvstore bench --mode watch-fanout|lease-storm|connections|big-requests``: clients that
+misbehave at scale, against our 3-member cluster and a real etcd's, side by side.
 
 Each mode measures, on the member the hostile client talks to (the leader): its
 resident memory (RSS, from ``/proc``) before, at the peak and after, and the
@@ -16,6 +16,9 @@ hostile clients added; and whether the leader changed.
   unread, their connections left open.
 * ``connections``: ``--connections`` client connections (default 1,000) opened at
   once, each making one read and then idling.
+* ``big-requests``: ``--count`` keys (default 100,000) under one prefix, read with and
+  without a limit; a transaction of 128 puts of 1 MiB in all, and ones past the limits
+  (129 ops, 1.8 and 2.5 MiB); ``--count`` leases. The bystander is measured meanwhile.
 """
 
 from __future__ import annotations
@@ -97,20 +100,25 @@ class Bench:
 
     async def bystander(self, seconds: float) -> tuple[float, float]:
         """(p50, p99) ms of a read and a put, one after the other, for ``seconds``."""
+        end = time.monotonic() + seconds
+        took = await self.bystander_samples(lambda: time.monotonic() >= end)
+        return _pct(took, 0.5), _pct(took, 0.99)
+
+    async def bystander_samples(self, done: Callable[[], bool]) -> list[float]:
+        """Seconds each read-and-put took, one after the other, until ``done()``."""
         # A client of its own: its own connection (channels share one by default).
         own = grpc.aio.insecure_channel(self.endpoint, options=[(_OWN_POOL, 1)])
         kv = rpc_pb2_grpc.KVStub(own)  # type: ignore[no-untyped-call]
         took: list[float] = []
-        end = time.monotonic() + seconds
         try:
-            while time.monotonic() < end:
+            while not done():
                 t0 = time.perf_counter()
                 await kv.Range(pb.RangeRequest(key=BYSTANDER_KEY), timeout=TIMEOUT)
                 await kv.Put(pb.PutRequest(key=BYSTANDER_KEY, value=b"x"), timeout=TIMEOUT)
                 took.append(time.perf_counter() - t0)
         finally:
             await own.close()
-        return _pct(took, 0.5), _pct(took, 0.99)
+        return took
 
     async def sample_rss(self) -> None:
         while True:
@@ -246,11 +254,122 @@ async def connections(bench: Bench, args: argparse.Namespace, result: Result) ->
         await ch.close()
 
 
+async def _outcome(call: Awaitable[object], describe: Callable[[object], str]) -> str:
+    """What one big request got: a description of the answer, or etcd's status and message."""
+    t0 = time.monotonic()
+    try:
+        resp = await call
+    except grpc.aio.AioRpcError as error:
+        return f"{error.code().name}: {error.details()} ({time.monotonic() - t0:.2f} s)"
+    return f"ok, {describe(resp)} ({time.monotonic() - t0:.2f} s)"
+
+
+async def big_requests(bench: Bench, args: argparse.Namespace, result: Result) -> None:
+    """The load limits: ``--count`` keys under one prefix read with and without a limit,
+    ``--count`` leases, a transaction of 128 puts of 1 MiB in all and ones past etcd's
+    limits; each must work or fail with etcd's error while the bystander is served."""
+    result.bystander_ms["load alone"] = await _with_writer(bench, args.rate, _nothing)
+    # A client that takes answers of any size (as etcdctl's does).
+    big = grpc.aio.insecure_channel(
+        bench.endpoint, options=[(_OWN_POOL, 1), ("grpc.max_receive_message_length", -1)]
+    )
+    kv = rpc_pb2_grpc.KVStub(big)  # type: ignore[no-untyped-call]
+    lease = rpc_pb2_grpc.LeaseStub(big)  # type: ignore[no-untyped-call]
+    notes = result.notes
+    prefix, prefix_end = b"/big/", b"/big0"
+
+    def puts(n: int, size: int, first: int = 0) -> pb.TxnRequest:
+        return pb.TxnRequest(
+            success=[
+                pb.RequestOp(request_put=pb.PutRequest(key=prefix + b"%08d" % i, value=b"v" * size))
+                for i in range(first, first + n)
+            ]
+        )
+
+    def described_kvs(resp: object) -> str:
+        assert isinstance(resp, pb.RangeResponse)
+        return f"{len(resp.kvs)} kvs of {resp.count}, {resp.ByteSize() / 2**20:.1f} MiB"
+
+    async def load() -> None:
+        t0 = time.monotonic()
+        sem = anyio.Semaphore(8)
+
+        async def batch(first: int) -> None:
+            async with sem:
+                await kv.Txn(puts(min(128, args.count - first), 64, first), timeout=60)
+
+        async with anyio.create_task_group() as tg:
+            for first in range(0, args.count, 128):
+                tg.start_soon(batch, first)
+        notes[f"{args.count} keys written in 128-put txns"] = f"{time.monotonic() - t0:.1f} s"
+        whole = pb.RangeRequest(key=prefix, range_end=prefix_end)
+        notes["range, no limit"] = await _outcome(kv.Range(whole, timeout=60), described_kvs)
+        limited = pb.RangeRequest(key=prefix, range_end=prefix_end, limit=1000)
+        notes["range, limit 1000"] = await _outcome(kv.Range(limited, timeout=60), described_kvs)
+        counted = pb.RangeRequest(key=prefix, range_end=prefix_end, count_only=True)
+        notes["range, count only"] = await _outcome(kv.Range(counted, timeout=60), described_kvs)
+        # 128 puts of 8 KiB less their keys' and framing's share: about 1 MiB in all.
+        one_mib = puts(128, 8 * 1024 - 40)
+        notes[f"txn, 128 puts, {one_mib.ByteSize() / 2**20:.2f} MiB"] = await _outcome(
+            kv.Txn(one_mib, timeout=60), lambda r: "applied"
+        )
+        notes["txn, 129 puts"] = await _outcome(kv.Txn(puts(129, 8), timeout=60), str)
+        for mib in (1.8, 2.5):
+            request = puts(128, int(mib * 2**20 / 128))
+            notes[f"txn, {request.ByteSize() / 2**20:.1f} MiB"] = await _outcome(
+                kv.Txn(request, timeout=60), str
+            )
+        t0 = time.monotonic()
+        todo = iter(range(args.count))
+
+        async def granter() -> None:
+            for _ in todo:
+                await lease.LeaseGrant(pb.LeaseGrantRequest(TTL=3600), timeout=60)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(64):
+                tg.start_soon(granter)
+        notes[f"{args.count} leases granted"] = f"{time.monotonic() - t0:.1f} s"
+        listed = await lease.LeaseLeases(pb.LeaseLeasesRequest(), timeout=60)
+        notes["leases listed"] = len(listed.leases)
+
+    try:
+        result.bystander_ms["load + hostile"] = await _while_measured(bench, args.rate, load)
+    finally:
+        await big.close()
+
+
+async def _while_measured(
+    bench: Bench, rate: float, body: Callable[[], Awaitable[None]]
+) -> tuple[float, float]:
+    """The bystander's latency while ``body`` runs (and the writer puts)."""
+    stop = anyio.Event()
+    took: list[float] = []
+    async with anyio.create_task_group() as tg:
+
+        async def write() -> None:
+            await bench.writer(rate, stop)
+
+        async def measure() -> None:
+            took.extend(await bench.bystander_samples(stop.is_set))
+
+        tg.start_soon(write)
+        tg.start_soon(measure)
+        await body()
+        stop.set()
+    return _pct(took, 0.5), _pct(took, 0.99)
+
+
 async def _nothing() -> None:
     return None
 
 
-MODES = {"watch-fanout": watch_fanout, "lease-storm": lease_storm, "connections": connections}
+MODES = {
+    "watch-fanout": watch_fanout,
+    "lease-storm": lease_storm,
+    "connections": connections,
+    "big-requests": big_requests,
+}
 
 
 async def _leader_of(cluster: Cluster) -> int:
@@ -315,6 +434,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--leases", type=int, default=10_000)
     parser.add_argument("--connections", type=int, default=1000)
     parser.add_argument("--rate", type=float, default=200, help="honest puts per second")
+    parser.add_argument(
+        "--count", type=int, default=100_000, help="keys and leases of --mode big-requests"
+    )
 
 
 def print_results(results: list[Result]) -> None:

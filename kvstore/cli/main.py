@@ -122,6 +122,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             election_ms=args.election_timeout,
             snapshot_count=args.snapshot_count,
             wal_segment_bytes=args.wal_segment_size,
+            max_txn_ops=args.max_txn_ops,
+            max_concurrent_streams=args.max_concurrent_streams,
             max_request_bytes=args.max_request_bytes,
             quota_backend_bytes=args.quota_backend_bytes,
             listen_metrics_urls=metrics,
@@ -340,6 +342,18 @@ def build_parser() -> argparse.ArgumentParser:
         f"${WAL_SEGMENT_SIZE_ENV}, else 64 MiB)",
     )
     srv.add_argument("--max-request-bytes", type=int, default=c.DEFAULT_MAX_REQUEST_BYTES)
+    srv.add_argument(
+        "--max-txn-ops",
+        type=int,
+        default=c.DEFAULT_MAX_TXN_OPS,
+        help="compares or operations one branch of a transaction may have",
+    )
+    srv.add_argument(
+        "--max-concurrent-streams",
+        type=int,
+        default=c.DEFAULT_MAX_CONCURRENT_STREAMS,
+        help="streams one client connection may have open (etcd's default: no limit)",
+    )
     srv.add_argument(
         "--quota-backend-bytes",
         type=int,

@@ -24,8 +24,7 @@ from kvstore.rpc.http2 import Http2Limits
 from kvstore.rpc.switch import ALPN_PROTOCOLS, ProtocolFactory, ProtocolSwitch
 
 DEFAULT_MAX_CONCURRENT_STREAMS = 10_000
-"""Streams one connection may have open (etcd's --max-concurrent-streams is unbounded;
-ours is finite so that one client cannot hold unbounded memory)."""
+"""Streams one connection may have open (a member sets its --max-concurrent-streams)."""
 RECEIVE_WINDOW_BYTES = 4 * 1024 * 1024
 """The smallest stream window we grant (at least one whole request of the largest size
 allowed: a unary call then never waits for a window)."""

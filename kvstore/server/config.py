@@ -21,6 +21,7 @@ GRPC_OVERHEAD_BYTES = 512 * 1024
 DEFAULT_QUOTA_BACKEND_BYTES = 2 * 1024 * 1024 * 1024
 """What --quota-backend-bytes=0 (the flag's default) means; a negative value disables it."""
 DEFAULT_MAX_TXN_OPS = 128
+DEFAULT_MAX_CONCURRENT_STREAMS = 10_000
 # etcd's WAL segments are 64 MiB, preallocated; smaller ones save disk where many members
 # share a small disk (tests, laptops). A segment must hold the largest entry's frame, or
 # it is cut after every write.
@@ -202,6 +203,8 @@ class ServerConfig:
     quota_backend_bytes: int = 0
     max_txn_ops: int = DEFAULT_MAX_TXN_OPS
     wal_segment_bytes: int = DEFAULT_WAL_SEGMENT_BYTES
+    # etcd's --max-concurrent-streams is unbounded; ours bounds what one connection holds.
+    max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS
     listen_metrics_urls: list[str] = field(default_factory=list)
     # etcd's --listen-client-http-urls: the JSON gateway and HTTP endpoints there, and then
     # gRPC alone on --listen-client-urls (by default both share the client URLs).
@@ -232,6 +235,10 @@ class ServerConfig:
             raise ConfigError("--snapshot-count must be positive")
         if self.max_request_bytes <= 0:
             raise ConfigError("--max-request-bytes must be positive")
+        if self.max_txn_ops <= 0:
+            raise ConfigError("--max-txn-ops must be positive")
+        if self.max_concurrent_streams <= 0:
+            raise ConfigError("--max-concurrent-streams must be positive")
         if self.wal_segment_bytes < MIN_WAL_SEGMENT_BYTES:
             raise ConfigError(f"--wal-segment-size must be at least {MIN_WAL_SEGMENT_BYTES} bytes")
         for url in [

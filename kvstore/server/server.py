@@ -91,6 +91,7 @@ class EtcdServer:
         self.clients = rpc.Server(
             method_table(self.core, self.self_client),
             max_receive_bytes=cfg.max_request_bytes + GRPC_OVERHEAD_BYTES,
+            max_concurrent_streams=cfg.max_concurrent_streams,
             error_mapper=to_status,
         )
         self.http = MemberHTTP(self.core, self.clients)

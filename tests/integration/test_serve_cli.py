@@ -55,6 +55,8 @@ def serve(tmp_path: Path, *flags: str) -> subprocess.CompletedProcess[str]:
         (("--heartbeat-interval", "500"), "at least 5 times --heartbeat-interval"),
         (("--snapshot-count", "0"), "--snapshot-count must be positive"),
         (("--wal-segment-size", "4096"), "--wal-segment-size must be at least 1048576 bytes"),
+        (("--max-txn-ops", "0"), "--max-txn-ops must be positive"),
+        (("--max-concurrent-streams", "0"), "--max-concurrent-streams must be positive"),
         (("--initial-cluster", "other=http://127.0.0.1:1"), "no member named 'm'"),
         (("--quota-backend-bytes", "lots"), "invalid int value"),
         (("--experimental-watch-progress-notify-interval", "soon"), "soon"),
