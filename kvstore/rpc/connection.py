@@ -112,7 +112,9 @@ class GrpcConnection(Http2Connection):
         limit = self.server.max_receive_bytes
         if len(stream.body) + len(data) > limit + _MESSAGE_PREFIX_BYTES and stream.inbox is None:
             self.consumed(len(data))
-            self._refuse_large(stream, len(stream.body) + len(data) - _MESSAGE_PREFIX_BYTES)
+            # The size the message's prefix declares, as gRPC reports it.
+            head = bytes(stream.body[:_MESSAGE_PREFIX_BYTES]) + data[:_MESSAGE_PREFIX_BYTES]
+            self._refuse_large(stream, int.from_bytes(head[1:_MESSAGE_PREFIX_BYTES], "big"))
             return
         stream.body += data
         if stream.inbox is not None:
