@@ -528,9 +528,8 @@ class Node:
             self._send(rd.messages)  # replication overlaps our own WAL write
         if must_sync:
             if self._fsync_avg < INLINE_FSYNC_SECONDS and rd.snapshot is None:
-                if rd.messages:
-                    # Let the peer streams write first, so followers persist alongside us.
-                    await asyncio.sleep(0)
+                # (the messages sent above are on the wire already: followers persist
+                # alongside us)
                 took = self._persist(None, rd.entries, hs)
             else:
                 took = await asyncio.to_thread(self._persist, rd.snapshot, rd.entries, hs)

@@ -230,6 +230,8 @@ class Peer:
         self.snapshot_task: asyncio.Task[None] | None = None
         self._calls: _Calls | None = None
         self._calls_lock = asyncio.Lock()
+        self._writer: asyncio.StreamWriter | None = None
+        """The messages connection while it is up: the raft loop writes to it directly."""
 
     def connected_since(self) -> float | None:
         """Since when this peer has been reachable without a break (None: it is not now)."""
@@ -241,6 +243,23 @@ class Peer:
         self.queue.append(m)
         self._queued.set()
         return True
+
+    def write_now(self) -> None:
+        """Write what is queued straight to the connection, when it is up and keeps up.
+
+        The raft loop calls this after each Ready: its appends and heartbeats reach
+        the socket without waiting for this peer's task to get a turn of the loop
+        (a busy loop would delay them by a turn each). What is left (the connection
+        is down or backed up) the peer's task writes.
+        """
+        writer = self._writer
+        if (
+            writer is not None
+            and self.queue
+            and not writer.is_closing()
+            and writer.transport.get_write_buffer_size() <= WRITE_BUFFER_HIGH_BYTES
+        ):
+            self._write_batch(writer)
 
     async def run(self) -> None:
         """Keep the messages connection up and write what is queued, many per frame."""
@@ -272,6 +291,7 @@ class Peer:
     async def _stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         pongs = asyncio.ensure_future(self._watch_pongs(reader))
         pongs.add_done_callback(_retrieved)  # whatever ends the connection ends it for both
+        self._writer = writer
         try:
             next_ping = 0.0
             while not pongs.done():
@@ -294,6 +314,7 @@ class Peer:
                 waiter.cancel()
             pongs.result()  # raises what ended the connection
         finally:
+            self._writer = None
             pongs.cancel()
 
     async def _watch_pongs(self, reader: asyncio.StreamReader) -> None:
@@ -453,16 +474,22 @@ class Transport:
         self._tasks: asyncio.TaskGroup | None = None
 
     def send(self, msgs: list[Message]) -> None:
-        """Queue messages (called by the raft loop; never blocks)."""
+        """Hand messages to their peers (called by the raft loop; never blocks): written at
+        once where the connection keeps up, else queued for the peer's task."""
         peers = self.peers
+        touched: dict[int, Peer] = {}
         for m in msgs:
             p = peers.get(m.to)
             if p is None:
                 continue
-            if not p.enqueue(m):
+            if p.enqueue(m):
+                touched[m.to] = p
+            else:
                 self.on_unreachable(m.to)
                 if m.type == MessageType.SNAP:
                     self.on_snapshot_sent(m.to, False)
+        for p in touched.values():
+            p.write_now()
 
     def spawn(self, work: Awaitable[None]) -> asyncio.Task[None]:
         """Run ``work`` in the transport's task group (it ends with the transport)."""
