@@ -896,9 +896,12 @@ class MVCCStore:
             raise FutureRevError()
         if rev == 0:
             rev = self._current_rev
+        h = google_crc32c.value(bk.KEY_DB)
+        if rev < 0:
+            # etcd hashes what lies at or below a negative revision: nothing.
+            return h, self._compact_rev, rev
         keep = {rev_key(m, s) for m, s in self._index.keep(rev)}
         below_compaction = rev_key(self._compact_rev + 1, 0)
-        h = google_crc32c.value(bk.KEY_DB)
         for k, v in self._backend.iter_revs(b"", rev_key(rev + 1, 0)):
             if self._is_stale(k):
                 continue  # what etcd hashes once its (background) compaction is done

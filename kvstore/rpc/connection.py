@@ -23,6 +23,7 @@ from kvstore.rpc import frames as fr
 from kvstore.rpc.call import CallContext, Cardinality, ErrorMapper, Method
 from kvstore.rpc.http2 import Http2Connection, Http2Limits, Stream
 from kvstore.rpc.status import RpcError, StatusCode
+from kvstore.rpc.wiretypes import decode_strictly
 
 REQUEST_QUEUE_MESSAGES = 1024
 """Decoded requests a streaming handler may leave unread: past it the client's window
@@ -34,7 +35,17 @@ _MESSAGE_PREFIX_BYTES = 5  # compressed flag, then the length (big endian)
 class Call(Stream):
     """One stream carrying one gRPC call."""
 
-    __slots__ = ("body", "ctx", "inbox", "inbox_sizes", "inbox_waiter", "method", "task", "timer")
+    __slots__ = (
+        "body",
+        "ctx",
+        "inbox",
+        "inbox_sizes",
+        "inbox_waiter",
+        "method",
+        "requests_failed",
+        "task",
+        "timer",
+    )
 
     def __init__(self, stream_id: int, send_window: int) -> None:
         super().__init__(stream_id, send_window)
@@ -42,8 +53,10 @@ class Call(Stream):
         self.ctx: CallContext | None = None
         self.body = bytearray()
         """Request bytes received but not yet cut into messages."""
-        self.inbox: collections.deque[Message] | None = None
-        """Streaming requests decoded, not yet read by the handler."""
+        self.inbox: collections.deque[Message | RpcError] | None = None
+        """Streaming requests decoded, not yet read by the handler (an error where one
+        would not decode: the handler meets it after the requests before it)."""
+        self.requests_failed = False
         self.inbox_sizes: collections.deque[int] = collections.deque()
         self.inbox_waiter: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
@@ -109,6 +122,9 @@ class GrpcConnection(Http2Connection):
 
     def stream_data(self, stream: Stream, data: bytes) -> None:
         assert isinstance(stream, Call)
+        if stream.requests_failed:
+            self.consumed(len(data))  # (nothing after a request that did not decode counts)
+            return
         limit = self.server.max_receive_bytes
         if len(stream.body) + len(data) > limit + _MESSAGE_PREFIX_BYTES and stream.inbox is None:
             self.consumed(len(data))
@@ -206,7 +222,7 @@ class GrpcConnection(Http2Connection):
     def _decode(self, call: Call, data: bytes) -> Message | None:
         assert call.method is not None
         try:
-            return call.method.request_type.FromString(data)
+            return decode_strictly(call.method.request_type, data)
         except DecodeError as exc:
             self.finish(call, StatusCode.INTERNAL, f"grpc: error unmarshalling request: {exc}")
             return None
@@ -218,12 +234,23 @@ class GrpcConnection(Http2Connection):
             data = self._next_message(call)
             if data is None:
                 break
-            message = self._decode(call, data)
-            if message is None:
-                return
-            inbox.append(message)
+            inbox.append(self._decode_in_stream(call, data))
             call.inbox_sizes.append(_MESSAGE_PREFIX_BYTES + len(data))
+            if call.requests_failed:
+                break
         self._wake_reader(call)
+
+    def _decode_in_stream(self, call: Call, data: bytes) -> Message | RpcError:
+        """A request of a stream, or the error its handler meets there (as gRPC's Recv
+        returns it after the requests before it, whose answers go out first)."""
+        assert call.method is not None
+        try:
+            return decode_strictly(call.method.request_type, data)
+        except DecodeError as exc:
+            call.requests_failed = True
+            self.consumed(len(call.body))
+            call.body.clear()
+            return RpcError(StatusCode.INTERNAL, f"grpc: error unmarshalling request: {exc}")
 
     async def _requests(self, call: Call) -> AsyncIterator[Message]:
         inbox = call.inbox
@@ -232,6 +259,8 @@ class GrpcConnection(Http2Connection):
             while inbox:
                 message = inbox.popleft()
                 self.consumed(call.inbox_sizes.popleft(), call)
+                if isinstance(message, RpcError):
+                    raise message
                 if call.body:
                     self._take_messages(call)
                 self.schedule_flush()

@@ -168,6 +168,14 @@ def _tame(m: MethodDescriptor, data: bytes) -> bytes:
         if leader_req is not None and leader_req.leader.lease == 0:
             leader_req.leader.lease = 7
             return leader_req.SerializeToString()
+    if m.name == "Alarm":
+        alarm = decoded(rpc_pb2.AlarmRequest, data)
+        known = (rpc_pb2.NONE, rpc_pb2.NOSPACE, rpc_pb2.CORRUPT)
+        if alarm is not None and alarm.action == alarm.ACTIVATE and alarm.alarm not in known:
+            # etcd 3.5 panics applying an alarm it does not know, and again each time it
+            # replays its WAL: the reference would be gone for the rest of the run.
+            alarm.alarm = rpc_pb2.NOSPACE
+            return alarm.SerializeToString()
     return data
 
 
@@ -323,7 +331,9 @@ def check_method(pair: Pair, m: MethodDescriptor, reqs: list[bytes]) -> None:
         pass  # whether a lock or an election was won in time depends on timing alone
     elif not (len(reqs) == 1 and _wire_strictness(ours, reqs[0])):
         assert _same(etcd, ours), f"{m.full_name}: etcd {etcd} / ours {ours}"
-        if m.name == "Watch":
+        # A stream that ends on a request that does not decode: whether etcd sends the
+        # answers to the requests before it first is a race in etcd (ours does).
+        if m.name == "Watch" and not etcd.message.startswith(UNMARSHAL_PREFIXES):
             assert _watch_summary(etcd) == _watch_summary(ours)
     if before is not None and not ours.ok and ours.code != grpc.StatusCode.DEADLINE_EXCEEDED:
         assert fingerprint(pair.ours) == before, f"refused {m.name} changed the state"
@@ -367,9 +377,13 @@ def test_hostile_requests(pair: Pair, method: MethodDescriptor) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 @pytest.mark.parametrize("method", METHODS, ids=[m.full_name for m in METHODS])
 def test_hostile_requests_soak(pair: Pair, method: MethodDescriptor) -> None:
-    run_fuzz(pair, method, int(os.environ.get("FUZZ_SOAK_EXAMPLES", "400")), derandomize=False)
+    examples = int(os.environ.get("FUZZ_SOAK_EXAMPLES", "400"))
+    if method.full_name in BLOCKING:
+        examples //= 4  # (each may wait out its whole deadline)
+    run_fuzz(pair, method, examples, derandomize=False)
 
 
 _BIG = b"k" * (MAX_REQUEST_BYTES + 1)
@@ -382,10 +396,33 @@ FOUND = [
     ("v3electionpb.Election.Proclaim", v3election_pb2.ProclaimRequest(leader={"lease": 7})),
     ("v3electionpb.Election.Resign", v3election_pb2.ResignRequest(leader={"lease": 7})),
     ("etcdserverpb.Maintenance.Alarm", rpc_pb2.AlarmRequest(action=9)),  # type: ignore[arg-type]
+    # Known fields of another wire type, which etcd's decoders refuse (the soak's finds).
+    ("etcdserverpb.KV.Range", b"\x08\x00"),
+    ("etcdserverpb.KV.DeleteRange", b"\x08\x00\x09" + bytes(8)),
+    ("etcdserverpb.Lease.LeaseTimeToLive", b"\x15\x00\x00\x00\x00"),
+    ("etcdserverpb.KV.Txn", b"\x0a\x04\x08\x00\x12\x00"),
+    ("etcdserverpb.Maintenance.HashKV", rpc_pb2.HashKVRequest(revision=-5)),
+]
+FOUND_STREAMS = [
+    # A watch created, then a request that does not decode: the created answer first.
+    (
+        "etcdserverpb.Watch.Watch",
+        [rpc_pb2.WatchRequest(create_request={"key": b"found"}).SerializeToString(), b"\x00\x00"],
+    ),
 ]
 
 
 @pytest.mark.parametrize(("name", "request_"), FOUND, ids=[f[0] for f in FOUND])
-def test_found_by_fuzzing(pair: Pair, name: str, request_: Message) -> None:
+def test_found_by_fuzzing(pair: Pair, name: str, request_: Message | bytes) -> None:
     method = next(m for m in METHODS if m.full_name == name)
-    check_method(pair, method, [request_.SerializeToString()])
+    data = request_ if isinstance(request_, bytes) else request_.SerializeToString()
+    check_method(pair, method, [data])
+
+
+@pytest.mark.parametrize(("name", "requests"), FOUND_STREAMS, ids=[f[0] for f in FOUND_STREAMS])
+def test_streams_found_by_fuzzing(pair: Pair, name: str, requests: list[bytes]) -> None:
+    method = next(m for m in METHODS if m.full_name == name)
+    check_method(pair, method, requests)
+    ours = _call(pair.ours, method, requests)
+    assert ours.message.startswith(UNMARSHAL_PREFIXES), ours
+    assert _watch_summary(ours) == [(True, False, "", 0)], ours

@@ -45,7 +45,12 @@ class WatchService:
             # A client that half-closes keeps receiving (as with etcd); the call's
             # cancellation ends the stream.
 
+        def requests_failed(task: asyncio.Task[None]) -> None:
+            if not task.cancelled() and task.exception() is not None:
+                stream.close()  # what is queued goes out, then the stream ends with the error
+
         reader = asyncio.create_task(read_requests())
+        reader.add_done_callback(requests_failed)
         try:
             while True:
                 resp = await stream.recv()
@@ -56,6 +61,9 @@ class WatchService:
                 h.member_id = node.id
                 h.raft_term = node.term
                 yield resp
+            failed = reader.exception() if reader.done() and not reader.cancelled() else None
+            if failed is not None:
+                raise failed
             if require_leader and not node.leader_id:
                 raise NoLeaderError()
         finally:
