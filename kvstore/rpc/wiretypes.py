@@ -1,4 +1,5 @@
-"""Known fields sent with the wrong wire type: refused, as etcd's generated decoders do.
+"""Known fields sent with the wrong wire type (and field number 0): refused, as etcd's
+generated decoders do.
 
 etcd's request types are decoded by gogo/protobuf's generated code, which fails a
 message whose known field arrives with another wire type than its type's
@@ -87,6 +88,8 @@ def _wrong_wire_type(desc: Any, data: memoryview) -> str | None:
     while pos < end:
         key, pos = _varint(data, pos)
         number, wire = key >> 3, key & 7
+        if number == 0:
+            return f"proto: {desc.name}: illegal tag 0 (wire type {wire})"
         field = desc.fields_by_number.get(number)
         if field is not None:
             want = _WIRE_TYPE[field.type]

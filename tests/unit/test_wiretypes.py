@@ -45,6 +45,11 @@ def test_go_field_names(proto: str, go: str) -> None:
         # Nested: the Compare inside a Txn, as etcd's decoder recurses into it.
         (rpc_pb2.TxnRequest, b"\x0a\x04\x08\x00\x12\x00", "wrong wireType = 2 for field Target"),
         (rpc_pb2.TxnRequest, b"\x12\x02\x08\x01", "wrong wireType = 0 for field RequestRange"),
+        (
+            rpc_pb2.StatusRequest,
+            b"\x00\x00",
+            r"proto: StatusRequest: illegal tag 0 \(wire type 0\)",
+        ),
     ],
 )
 def test_a_known_field_of_another_wire_type_is_refused(
