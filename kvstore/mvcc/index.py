@@ -8,6 +8,7 @@ It is rebuilt from the backend on open.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -26,6 +27,18 @@ class Generation:
 
     def is_empty(self) -> bool:
         return not self.revs
+
+
+_NEVER = 1 << 64
+"""Sorts after every revision: where an empty (current, deleted) generation begins."""
+
+
+def _first_main(g: Generation) -> int:
+    return g.revs[0][0] if g.revs else _NEVER
+
+
+def _main(rev: Revision) -> int:
+    return rev[0]
 
 
 class KeyIndex:
@@ -68,18 +81,23 @@ class KeyIndex:
         return len(self.generations) == 1 and self.generations[0].is_empty()
 
     def _find_generation(self, at_rev: int) -> Generation | None:
-        last = len(self.generations) - 1
-        for i in range(last, -1, -1):
-            g = self.generations[i]
-            if g.is_empty():
-                continue
-            # A generation that is not the last ends with its tombstone: if that is at or
-            # before at_rev, the key did not exist at at_rev.
-            if i != last and g.revs[-1][0] <= at_rev:
-                return None
-            if g.revs[0][0] <= at_rev:
-                return g
-        return None
+        """The generation the key was in at ``at_rev`` (None: it did not exist then).
+
+        Generations follow each other in revision order and only the last may be
+        empty, so a binary search finds the last one begun by ``at_rev``: a key with
+        a long history (a hot key, deleted and put again) is looked up in log time.
+        """
+        gens = self.generations
+        last = len(gens) - 1
+        i = bisect_right(gens, at_rev, key=_first_main) - 1
+        if i < 0:
+            return None
+        g = gens[i]
+        # A generation that is not the last ends with its tombstone: if that is at or
+        # before at_rev, the key did not exist at at_rev.
+        if i != last and g.revs[-1][0] <= at_rev:
+            return None
+        return g
 
     def get(self, at_rev: int) -> tuple[Revision, Revision, int] | None:
         """(modified, created, version) of the key as of ``at_rev``, or None if absent."""
@@ -87,11 +105,10 @@ class KeyIndex:
         if g is None:
             return None
         revs = g.revs
-        n = len(revs)
-        for j in range(n - 1, -1, -1):
-            if revs[j][0] <= at_rev:
-                return revs[j], g.created, g.ver - (n - 1 - j)
-        return None
+        j = bisect_right(revs, at_rev, key=_main) - 1
+        if j < 0:
+            return None
+        return revs[j], g.created, g.ver - (len(revs) - 1 - j)
 
     def latest(self) -> Generation | None:
         """The live generation, or None when the key is currently deleted."""
