@@ -12,10 +12,12 @@ both. Only a message that did not decode to exactly its own bytes is walked (see
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
+
+M = TypeVar("M", bound=Message)
 
 _VARINT, _FIXED64, _LENGTH, _START_GROUP, _END_GROUP, _FIXED32 = 0, 1, 2, 3, 4, 5
 _FD = FieldDescriptor
@@ -117,7 +119,7 @@ def _wrong_wire_type(desc: Any, data: memoryview) -> str | None:
     return None
 
 
-def decode_strictly(message_type: type[Message], data: bytes) -> Message:
+def decode_strictly(message_type: type[M], data: bytes) -> M:
     """Decode ``data``; DecodeError (with gogo's words) where etcd would refuse it."""
     message = message_type.FromString(data)
     message.DiscardUnknownFields()  # (what etcd's decoder skips, we drop too)

@@ -70,7 +70,8 @@ def test_what_etcd_takes_is_taken() -> None:
     )
     assert decode_strictly(rpc_pb2.RangeRequest, b"\x0a\x01a\x0a\x01b").key == b"b"
     # A repeated varint field may come packed (wire type 2) or not.
-    unpacked = rpc_pb2.WatchCreateRequest(filters=[0, 1])
+    create = rpc_pb2.WatchCreateRequest
+    unpacked = create(filters=[create.NOPUT, create.NODELETE])
     data = unpacked.SerializeToString()
     assert decode_strictly(rpc_pb2.WatchCreateRequest, data) == unpacked
     assert decode_strictly(rpc_pb2.WatchCreateRequest, b"\x28\x00\x28\x01") == unpacked
