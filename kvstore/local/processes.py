@@ -220,7 +220,9 @@ class ProcessCluster(Generic[M]):
                     "deadline exceeded",
                 )
             )
-            if retryable and self._listed_and(applied):
+            # Whatever the error (a retry of a removal that was applied says "member not
+            # found"), the member list tells whether the change is in.
+            if self._listed_and(applied):
                 return
             if time.monotonic() > deadline or not retryable:
                 raise MembershipError(f"etcdctl {' '.join(args)}: {proc.stderr.strip()}")
