@@ -118,6 +118,21 @@ def _lease_observations_from_watch(leases: list[LeaseLog], watch: WatchWorkload)
                     by_key[e.key].gone.append((batch.received, f"delete event ({wlog.name})"))
 
 
+async def _most_complete_history(endpoints: list[str], revision: int) -> list[Event]:
+    """The committed history through ``revision``, from the first member that gives all
+    of it in time, else the longest any gave (a member still replaying its log, or one
+    that lost writes, gives less; the checkers then report what is missing)."""
+    best: list[Event] = []
+    for first in range(len(endpoints)):
+        order = endpoints[first:] + endpoints[:first]
+        events = await read_history(order, PREFIX, 1, revision)
+        if events and events[-1].revision >= revision:
+            return events
+        if len(events) > len(best):
+            best = events
+    return best
+
+
 async def run_campaign(
     config: CampaignConfig,
     cluster_factory: Callable[[Path, int], ClusterUnderTest] | None = None,
@@ -198,7 +213,7 @@ async def run_campaign(
         keys = [kv.key(i) for i in range(config.keys)]
         revision, final, hashes = await _final_state(cluster, history, keys)
         current = [cluster.endpoints[i] for i in cluster.members]
-        reference = await read_history(current, PREFIX, 1, revision)
+        reference = await _most_complete_history(current, revision)
         lock_events = await lock_history(current, locks, reference, revision)
         resume_from = rng.randint(1, max(1, revision))
         replay = await read_history(list(reversed(current)), PREFIX, resume_from, revision)
