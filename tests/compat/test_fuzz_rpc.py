@@ -252,6 +252,10 @@ def _call(client: RawClient, m: MethodDescriptor, reqs: list[bytes]) -> Outcome:
     return client.unary(_path(m), reqs[0], timeout)
 
 
+def _without_compaction(summary: list[tuple[object, ...]]) -> list[tuple[object, ...]]:
+    return [s for s in summary if not s[3]]
+
+
 def _watch_summary(out: Outcome) -> list[tuple[object, ...]]:
     """What must match between the servers' answers to a watch's requests."""
     summary: list[tuple[object, ...]] = []
@@ -334,7 +338,11 @@ def check_method(pair: Pair, m: MethodDescriptor, reqs: list[bytes]) -> None:
         # A stream that ends on a request that does not decode: whether etcd sends the
         # answers to the requests before it first is a race in etcd (ours does).
         if m.name == "Watch" and not etcd.message.startswith(UNMARSHAL_PREFIXES):
-            assert _watch_summary(etcd) == _watch_summary(ours)
+            theirs, mine = _watch_summary(etcd), _watch_summary(ours)
+            # etcd cancels a watcher whose start was compacted from its background sync
+            # (every 100 ms): the cancel may come after the answers the test waits for.
+            assert _without_compaction(theirs) == _without_compaction(mine)
+            assert {s for s in theirs if s[3]} <= {s for s in mine if s[3]}
     if before is not None and not ours.ok and ours.code != grpc.StatusCode.DEADLINE_EXCEEDED:
         assert fingerprint(pair.ours) == before, f"refused {m.name} changed the state"
     if m.name == "Alarm":
