@@ -75,6 +75,15 @@ class ServerSide(Protocol):
     def unknown_method_message(self, path: str) -> str: ...
 
 
+def _decoded(call: Call, data: bytes) -> Message | RpcError:
+    """A request, or the status gRPC ends its call with when it does not decode."""
+    assert call.method is not None
+    try:
+        return decode_strictly(call.method.request_type, data)
+    except DecodeError as exc:
+        return RpcError(StatusCode.INTERNAL, f"grpc: error unmarshalling request: {exc}")
+
+
 class GrpcConnection(Http2Connection):
     def __init__(self, server: ServerSide) -> None:
         super().__init__(server.limits)
@@ -220,12 +229,11 @@ class GrpcConnection(Http2Connection):
         )
 
     def _decode(self, call: Call, data: bytes) -> Message | None:
-        assert call.method is not None
-        try:
-            return decode_strictly(call.method.request_type, data)
-        except DecodeError as exc:
-            self.finish(call, StatusCode.INTERNAL, f"grpc: error unmarshalling request: {exc}")
+        decoded = _decoded(call, data)
+        if isinstance(decoded, RpcError):
+            self.finish(call, decoded.code, decoded.message)
             return None
+        return decoded
 
     def _take_messages(self, call: Call) -> None:
         inbox = call.inbox
@@ -243,14 +251,12 @@ class GrpcConnection(Http2Connection):
     def _decode_in_stream(self, call: Call, data: bytes) -> Message | RpcError:
         """A request of a stream, or the error its handler meets there (as gRPC's Recv
         returns it after the requests before it, whose answers go out first)."""
-        assert call.method is not None
-        try:
-            return decode_strictly(call.method.request_type, data)
-        except DecodeError as exc:
+        decoded = _decoded(call, data)
+        if isinstance(decoded, RpcError):
             call.requests_failed = True
             self.consumed(len(call.body))
             call.body.clear()
-            return RpcError(StatusCode.INTERNAL, f"grpc: error unmarshalling request: {exc}")
+        return decoded
 
     async def _requests(self, call: Call) -> AsyncIterator[Message]:
         inbox = call.inbox
