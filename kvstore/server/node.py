@@ -710,14 +710,16 @@ class Node:
         if self._hold_timer is not None:
             self._hold_timer.cancel()
         # Half an entry applied: the batch is dropped (closing the backend without a
-        # commit), and the WAL replays it all after the restart.
-        half_applied = self._slices is not None
+        # commit), and the WAL replays it all after the restart. After a failed WAL
+        # write or sync nothing more is made durable: the disk may have dropped pages,
+        # and the failure reported must stay the WAL's.
+        keep_batch = self._slices is None and not self.wal.failed
         if self._slices is not None:
             self._slices[1].close()
             self._slices = None
         try:
             await self.snapshotter.close()
-            if not half_applied:
+            if keep_batch:
                 self.maybe_commit_backend(force=True)
             self.wal.close()
         finally:

@@ -821,6 +821,11 @@ class WAL:
         """Write offset in the current segment."""
         return self._offset
 
+    @property
+    def failed(self) -> bool:
+        """Whether a write or sync failed: what is on disk is unknown from then on."""
+        return self._failed is not None
+
     # ---------------------------------------------------------------- writing
 
     def _check(self) -> None:
