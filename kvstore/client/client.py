@@ -16,6 +16,7 @@ from google.protobuf.message import Message
 
 from kvstore._pb.etcdserverpb import rpc_pb2 as pb
 from kvstore.client.auth import AuthCalls
+from kvstore.client.calls import await_call
 from kvstore.client.endpoints import CallAuth, EndpointPool, TLSConfig
 from kvstore.client.errors import (
     RELOGIN_MESSAGES,
@@ -241,10 +242,15 @@ class Client(AuthCalls):
                 request_serializer=type(request).SerializeToString,
                 response_deserializer=response_type.FromString,
             )
+            rpc_error: grpc.aio.AioRpcError | None = None
+            pending = call(request, timeout=remaining, metadata=self._auth.metadata())
             try:
-                response: R = await call(request, timeout=remaining, metadata=self._auth.metadata())
+                response: R = await await_call(pending, f"{target}: {path}", pending.cancel)
                 return response
+            except UnavailableError as error:
+                last = error  # maybe sent and applied: only an idempotent call goes again
             except grpc.aio.AioRpcError as error:
+                rpc_error = error
                 last = from_rpc_error(error)
                 if can_relogin and last.message in RELOGIN_MESSAGES:
                     can_relogin = False
@@ -252,13 +258,14 @@ class Client(AuthCalls):
                     assert relogin_now is not None
                     await relogin_now()
                     continue
-                retry = isinstance(last, UnavailableError) and (idempotent or _never_sent(error))
-                if endpoint is not None or not retry:
-                    if isinstance(last, UnavailableError) and endpoint is None:
-                        self._pool.fail_over(target)
-                    raise last from error
-                await self._backoff(target, attempt)
-                attempt += 1
+            never_sent = rpc_error is not None and _never_sent(rpc_error)
+            retry = isinstance(last, UnavailableError) and (idempotent or never_sent)
+            if endpoint is not None or not retry:
+                if isinstance(last, UnavailableError) and endpoint is None:
+                    self._pool.fail_over(target)
+                raise last from rpc_error
+            await self._backoff(target, attempt)
+            attempt += 1
 
     @staticmethod
     async def _ready(channel: grpc.aio.Channel, timeout: float, *, fail_fast: bool) -> bool:
@@ -275,7 +282,10 @@ class Client(AuthCalls):
                     fail_fast and state == grpc.ChannelConnectivity.TRANSIENT_FAILURE
                 ):
                     return False
-                await channel.wait_for_state_change(state)
+                try:
+                    await await_call(channel.wait_for_state_change(state), "a connection wait")
+                except UnavailableError:
+                    return False
                 state = channel.get_state(try_to_connect=True)
             return True
         return False

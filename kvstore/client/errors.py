@@ -9,6 +9,8 @@ Our server sends the same codes and messages (``kvstore.rpctypes``).
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 
 from kvstore.rpctypes import (
@@ -189,3 +191,18 @@ def from_status(code: grpc.StatusCode, details: str) -> EtcdError:
 
 def from_rpc_error(error: grpc.aio.AioRpcError) -> EtcdError:
     return from_status(error.code(), error.details() or "")
+
+
+def cancelled_inside_grpc() -> bool:
+    """Whether the ``CancelledError`` being handled was raised by grpc.aio, not a cancellation
+    of the current task.
+
+    grpc.aio sometimes ends a call by cancelling the task it runs the call in
+    (seen when members stall and resume under a client's deadlines), and the
+    caller awaiting that call then gets a bare ``CancelledError``. Nobody
+    cancelled the caller, so no cancel scope owns it: propagated, it would end
+    the caller's task group as if asked to stop (a controller would exit with
+    status 0). It is a failed call, not a cancellation.
+    """
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() == 0

@@ -20,6 +20,7 @@ from kvstore.client.errors import (
     EtcdError,
     LeaseNotFoundError,
     UnavailableError,
+    cancelled_inside_grpc,
     from_rpc_error,
 )
 from kvstore.client.watch import REQUIRE_LEADER
@@ -65,11 +66,16 @@ async def _renew_within(call: grpc.aio.StreamStreamCall, lease_id: int, seconds:
     try:
         with anyio.move_on_after(seconds):
             await asyncio.shield(exchange)
+    except asyncio.CancelledError:
+        if not cancelled_inside_grpc():
+            raise
     finally:
         if not exchange.done():
             call.cancel()
     if not exchange.done():
         raise TimeoutError
+    if exchange.cancelled():
+        raise UnavailableError("lease keepalive was cancelled inside gRPC")
     return exchange.result()
 
 

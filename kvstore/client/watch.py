@@ -29,6 +29,7 @@ from kvstore.client.errors import (
     CompactedError,
     EtcdError,
     WatchCanceledError,
+    cancelled_inside_grpc,
     from_rpc_error,
 )
 from kvstore.rpctypes import ERR_COMPACTED
@@ -183,6 +184,10 @@ class WatchHub:
                     self._fail_all(from_rpc_error(error))
                     continue
                 log.info("watch stream to %s broke (%s); resuming", target, error.code())
+            except asyncio.CancelledError:
+                if not cancelled_inside_grpc():
+                    raise
+                log.info("watch stream to %s was cancelled inside gRPC; resuming", target)
             self._call = None
             # Every live watch is re-created on the next stream from its resume point.
             self._unsent = [*self._pending, *self._watches.values(), *self._unsent]

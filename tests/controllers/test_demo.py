@@ -7,6 +7,7 @@ and a plain-text view, and reads one command per line.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -151,8 +152,18 @@ def descendants(root: int) -> set[int]:
 
 
 def gone_report(demo: DemoProcess, gone: set[int], data_dir: Path) -> str:
-    """What the demo said of the processes that are gone, and the end of each child's log."""
-    lines = [line for line in demo.lines if any(f"pid {pid})" in line for pid in gone)]
+    """What the demo said of the processes that are gone, and the end of each child's log.
+
+    A child that died on its own is reported by the demo once it has read the
+    child's last output, which may come a moment after the test saw it gone.
+    """
+    with contextlib.suppress(pytest.fail.Exception):  # it may never come: report anyway
+        demo.wait_for(r"exited with status")
+    lines = [
+        line
+        for line in demo.lines
+        if any(f"pid {pid})" in line for pid in gone) or "exited with status" in line
+    ]
     logs = sorted((data_dir / "demo-logs").glob("*.log"))
     tails = [f"--- {log.name}\n" + "\n".join(log.read_text().splitlines()[-8:]) for log in logs]
     return "\n".join(["gone:", *lines, *tails, demo.output()])

@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from kvstore._pb.etcdserverpb import rpc_pb2, rpc_pb2_grpc
-from kvstore.client import Client, DeadlineExceededError
+from kvstore.client import Client, DeadlineExceededError, UnavailableError
 from kvstore.ports import free_ports
 
 
@@ -29,10 +29,36 @@ class SilentLease(rpc_pb2_grpc.LeaseServicer):
         yield rpc_pb2.LeaseKeepAliveResponse()  # never reached
 
 
+class SilentKV(rpc_pb2_grpc.KVServicer):
+    """Takes reads and writes and never answers them (a stalled member)."""
+
+    def __init__(self) -> None:
+        self.called = asyncio.Event()
+
+    async def Range(
+        self, request: rpc_pb2.RangeRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.RangeResponse:
+        self.called.set()
+        await asyncio.Event().wait()
+        raise AssertionError("never reached")
+
+    async def Put(
+        self, request: rpc_pb2.PutRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.PutResponse:
+        self.called.set()
+        await asyncio.Event().wait()
+        raise AssertionError("never reached")
+
+
+SILENT_KV = SilentKV()
+
+
 @pytest.fixture
 async def silent_endpoint() -> AsyncIterator[str]:
     server = grpc.aio.server()
+    SILENT_KV.called = asyncio.Event()  # (bound to this test's loop)
     rpc_pb2_grpc.add_LeaseServicer_to_server(SilentLease(), server)  # type: ignore[no-untyped-call]
+    rpc_pb2_grpc.add_KVServicer_to_server(SILENT_KV, server)  # type: ignore[no-untyped-call]
     port = free_ports(1)[0]
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
@@ -63,3 +89,42 @@ async def test_keepalive_once_times_out_with_an_error_not_a_stray_cancellation(
         await (
             anyio.lowlevel.checkpoint()
         )  # a checkpoint: no cancellation is left pending on this task
+
+
+async def test_a_cancel_scope_that_times_out_a_call_catches_its_own_cancellation(
+    silent_endpoint: str,
+) -> None:
+    """grpc.aio re-raises a cancellation of its call without anyio's message; unshielded,
+    it escaped ``move_on_after`` and ended the caller's task group (a controller exited
+    with status 0 when a revoke under a deadline met a stalled store)."""
+    async with Client([silent_endpoint]) as client:
+        with anyio.fail_after(30):
+            for _ in range(3):
+                with anyio.move_on_after(0.3) as scope:
+                    await client.get("key", timeout=10)
+                assert scope.cancelled_caught
+            # Nothing is left pending on this task, and the client still works on.
+            await anyio.lowlevel.checkpoint()
+            with pytest.raises(DeadlineExceededError):
+                await client.get("key", timeout=0.3)
+
+
+async def test_a_write_in_flight_when_its_client_closes_fails_with_an_error(
+    silent_endpoint: str,
+) -> None:
+    """Closing the connections cancels the calls on them inside grpc.aio; their callers,
+    whom nobody cancelled, get an error rather than a stray cancellation."""
+    outcomes: list[str] = []
+
+    async def write(client: Client) -> None:
+        try:
+            await client.put("key", "value", timeout=30)
+        except UnavailableError:
+            outcomes.append("unavailable")
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg, Client([silent_endpoint]) as client:
+            tg.start_soon(write, client)
+            await SILENT_KV.called.wait()
+            # The client closed with the write still in flight on its connection.
+    assert outcomes == ["unavailable"]

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from kvstore._pb.etcdserverpb import rpc_pb2
+from kvstore.failpoints import FailpointError
 from kvstore.raft.types import Role
 from kvstore.server import node as node_module
 from kvstore.server.bootstrap import bootstrap
 from kvstore.server.node import Node
-from kvstore.failpoints import FailpointError
 from kvstore.storage import wal as wal_module
 from kvstore.storage.errors import StorageError
 from tests.integration.inprocess import single_member_config
