@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -105,8 +106,20 @@ def prepare(ops: Iterable[Op]) -> list[Op]:
 def check_key(ops: Sequence[Op], initial: Value = None, max_steps: int = 2_000_000) -> str | None:
     """Check one key's history. Returns ``None`` if linearizable, else a reason.
 
+    The search first remembers visited configurations by a 64-bit hash of the
+    set of linearized operations (Zobrist hashing: constant time and memory per
+    step; a set of bits costs both in proportion to the history). A collision
+    could only prune a branch, never accept a history that has no
+    linearization, so a failure is confirmed by the exact search.
+
     Raises :class:`TimeoutError` when the search exceeds ``max_steps``.
     """
+    if _search(ops, initial, max_steps, hashed=True) is None:
+        return None
+    return _search(ops, initial, max_steps, hashed=False)
+
+
+def _search(ops: Sequence[Op], initial: Value, max_steps: int, *, hashed: bool) -> str | None:
     n = len(ops)
     if n == 0:
         return None
@@ -142,11 +155,16 @@ def check_key(ops: Sequence[Op], initial: Value = None, max_steps: int = 2_000_0
         nxt[prv[e]] = e
         prv[nxt[e]] = e
 
+    # Each operation's mark in the set of linearized ones: a bit, or a random 64-bit
+    # word XORed into the set's hash.
+    rng = random.Random(n)
+    marks = [rng.getrandbits(64) if hashed else 1 << i for i in range(n)]
     state: Value = initial
     done = 0
     cache: set[tuple[int, Value]] = {(0, initial)}
     stack: list[tuple[int, Value, int]] = []  # (op index, state before, its call event)
     best: list[int] = []
+    best_len, deepest = 0, False
     entry = nxt[head]
     steps = 0
     while True:
@@ -159,7 +177,7 @@ def check_key(ops: Sequence[Op], initial: Value = None, max_steps: int = 2_000_0
             i = events[entry][2]
             legal, new_state = step(state, ops[i])
             if legal:
-                new_done = done | (1 << i)
+                new_done = done ^ marks[i]
                 if (new_done, new_state) not in cache:
                     cache.add((new_done, new_state))
                     stack.append((i, state, entry))
@@ -168,8 +186,8 @@ def check_key(ops: Sequence[Op], initial: Value = None, max_steps: int = 2_000_0
                     if ret_of[i] >= 0:
                         unlink(ret_of[i])
                         remaining -= 1
-                    if len(stack) > len(best):
-                        best = [s[0] for s in stack]
+                    if len(stack) > best_len:
+                        best_len, deepest = len(stack), True
                     entry = nxt[head]
                     continue
             entry = nxt[entry]
@@ -185,8 +203,12 @@ def check_key(ops: Sequence[Op], initial: Value = None, max_steps: int = 2_000_0
                 f"op {stuck.id} ({_describe(stuck)}) after op "
                 f"{last.id if last else '-'} ({_describe(last) if last else 'start'})"
             )
+        if deepest:
+            # Leaving the longest prefix found so far: kept for the failure's report
+            # (copied here rather than at each step deeper, which costs the square).
+            best, deepest = [s[0] for s in stack], False
         i, state, entry = stack.pop()
-        done &= ~(1 << i)
+        done ^= marks[i]
         if ret_of[i] >= 0:
             relink(ret_of[i])
             remaining += 1
