@@ -333,11 +333,12 @@ class GrpcConnection(Http2Connection):
             async for response in responses:
                 if call.closed:
                     break
-                self._send_message(call, response.SerializeToString())
+                data = response.SerializeToString()
+                self._send_message(call, data)
                 self.schedule_flush()
                 await self.writable(call)
                 # Behind requests: a stream with much to send takes the loop in slices.
-                await self.server.stream_turns.turn()
+                await self.server.stream_turns.turn(len(data))
         except asyncio.CancelledError:
             self.finish(call, StatusCode.CANCELLED, "call cancelled")
             raise
