@@ -306,7 +306,12 @@ class WatchWorkload:
 
 
 async def read_history(
-    endpoints: list[str], prefix: str, start_revision: int, upto: int, timeout: float = 60.0
+    endpoints: list[str],
+    prefix: str,
+    start_revision: int,
+    upto: int,
+    stall: float = 60.0,
+    limit: float = 3600.0,
 ) -> list[Event]:
     """Read the committed events under ``prefix`` from ``start_revision`` through ``upto``.
 
@@ -315,14 +320,17 @@ async def read_history(
     periodically once caught up; a member restarted just before may still be
     applying), or the stream went quiet for two seconds after reporting a
     revision >= ``upto`` (the last revisions may hold no event under ``prefix``).
-    After ``timeout`` seconds it returns what it has: a member that lost
-    acknowledged writes may never reach ``upto``, and the checkers report the
-    events missing from its history rather than the campaign failing.
+    It reads for as long as events keep coming (a 1000-round campaign's history
+    takes minutes on a busy machine), and returns what it has once nothing came
+    for ``stall`` seconds, or after ``limit``: a member that lost acknowledged
+    writes may never reach ``upto``, and the checkers report the events missing
+    from its history rather than the campaign failing.
     """
     events: list[Event] = []
     if upto < start_revision:
         return events
-    with anyio.move_on_after(timeout) as deadline:
+    stalled = False
+    with anyio.move_on_after(limit) as deadline:
         async with (
             Client(endpoints) as client,
             client.watch(
@@ -337,22 +345,23 @@ async def read_history(
             header = 0
             while not events or events[-1].revision < upto:
                 batch = None
-                with anyio.move_on_after(2.0 if header >= upto else timeout):
+                with anyio.move_on_after(2.0 if header >= upto else stall):
                     batch = await iterator.__anext__()
                 if batch is None:
+                    stalled = header < upto
                     break
                 header = max(header, int(batch.revision))
                 if batch.is_progress_notify and header >= upto:
                     break
                 events.extend(event_from_pb(e) for e in batch.events)
-    if deadline.cancelled_caught:
+    if deadline.cancelled_caught or stalled:
         log.warning(
-            "history under %s from %s: revision %d of %d after %.0fs; reading no further",
+            "history under %s from %s: revision %d of %d, %s; reading no further",
             prefix,
             endpoints[0],
             events[-1].revision if events else 0,
             upto,
-            timeout,
+            f"nothing for {stall:.0f}s" if stalled else f"still reading after {limit:.0f}s",
         )
     return [e for e in events if e.revision <= upto]
 
