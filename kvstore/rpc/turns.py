@@ -18,11 +18,9 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
-SLICE_UNITS = 64
-"""What streams may send per turn of the loop, all together: 64 small messages (tens of
-µs each), or fewer larger ones. Measured: 16 kept a bystander faster beside 10,000
-fanned-out watchers but cost ordinary watch traffic (100 watchers, 200 puts/s) a
-turn of the loop every 16 events; 64 leaves that as it was."""
+SLICE_UNITS = 16
+"""What streams may send per turn of the loop, all together: 16 small messages (tens
+of µs each), or fewer larger ones."""
 UNIT_BYTES = 1024
 
 
@@ -40,15 +38,14 @@ class StreamTurns:
         """Account for a message of ``sent_bytes`` just sent; return when the caller may
         send its next one (at once while the slice lasts)."""
         cost = 1 + sent_bytes // UNIT_BYTES
-        loop = asyncio.get_running_loop()
-        if self._reopen is None:
-            # The slice this message is counted in ends with this turn of the loop.
-            self._reopen = loop.call_soon(self._open_slice)
         if self._left > 0 and not self._waiting:
             self._left -= cost
             return
+        loop = asyncio.get_running_loop()
         waiter = loop.create_future()
         self._waiting.append((waiter, cost))
+        if self._reopen is None:
+            self._reopen = loop.call_soon(self._open_slice)
         try:
             await waiter
         except asyncio.CancelledError:
