@@ -333,12 +333,11 @@ class GrpcConnection(Http2Connection):
             async for response in responses:
                 if call.closed:
                     break
-                data = response.SerializeToString()
-                self._send_message(call, data)
+                self._send_message(call, response.SerializeToString())
                 self.schedule_flush()
                 await self.writable(call)
                 # Behind requests: a stream with much to send takes the loop in slices.
-                await self.server.stream_turns.turn(len(data))
+                await self.server.stream_turns.turn()
         except asyncio.CancelledError:
             self.finish(call, StatusCode.CANCELLED, "call cancelled")
             raise

@@ -8,7 +8,7 @@ from kvstore.rpc.turns import StreamTurns
 
 
 async def test_streams_send_in_slices_and_requests_get_a_turn_between() -> None:
-    turns = StreamTurns(slice_units=4)
+    turns = StreamTurns(slice_messages=4)
     sent: list[str] = []
 
     async def stream(name: str) -> None:
@@ -36,7 +36,7 @@ async def test_streams_send_in_slices_and_requests_get_a_turn_between() -> None:
 
 
 async def test_a_cancelled_waiter_gives_its_turn_back() -> None:
-    turns = StreamTurns(slice_units=1)
+    turns = StreamTurns(slice_messages=1)
     await turns.turn()  # the slice is used up
     waiting = asyncio.ensure_future(turns.turn())
     await asyncio.sleep(0)
