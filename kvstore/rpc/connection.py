@@ -23,7 +23,6 @@ from kvstore.rpc import frames as fr
 from kvstore.rpc.call import CallContext, Cardinality, ErrorMapper, Method
 from kvstore.rpc.http2 import Http2Connection, Http2Limits, Stream
 from kvstore.rpc.status import RpcError, StatusCode
-from kvstore.rpc.turns import StreamTurns
 from kvstore.rpc.wiretypes import decode_strictly
 
 REQUEST_QUEUE_MESSAGES = 1024
@@ -72,7 +71,6 @@ class ServerSide(Protocol):
     max_receive_bytes: int
     error_mapper: ErrorMapper
     connections: set[GrpcConnection]
-    stream_turns: StreamTurns
 
     def unknown_method_message(self, path: str) -> str: ...
 
@@ -336,8 +334,6 @@ class GrpcConnection(Http2Connection):
                 self._send_message(call, response.SerializeToString())
                 self.schedule_flush()
                 await self.writable(call)
-                # Behind requests: a stream with much to send takes the loop in slices.
-                await self.server.stream_turns.turn()
         except asyncio.CancelledError:
             self.finish(call, StatusCode.CANCELLED, "call cancelled")
             raise
