@@ -87,6 +87,10 @@ SHORT_NAMES = {"controller_manager": "cm", "scheduler": "sched", "node_agent": "
 DEPLOYMENT = "web"
 # How long a kill command waits for a leader to kill when there is none at the moment.
 LEADER_WAIT = 30.0
+# A component that exits on its own is started again after this long, as kubelet
+# restarts a crashed static pod; one that keeps crashing is left down after this many.
+RESTART_DELAY = 1.0
+MAX_RESTARTS = 5
 # Written after a store leader is killed, to measure when writes go through again.
 WRITE_PROBE_KEY = "/kvstore-demo/write-probe"
 KEYS_HELP = [
@@ -108,6 +112,7 @@ class Child:
     identity: str = ""
     leading: bool = False
     killed: bool = False
+    restarts: int = 0
 
 
 @dataclass
@@ -132,6 +137,7 @@ class Demo:
         self.log_dir = Path(".")
         self.tasks: anyio.abc.TaskGroup | None = None
         self.children: dict[str, Child] = {}
+        self.stopping = False  # set once the demo stops its components: no restarts then
         self.names: dict[str, str] = {}  # lock identity -> child name, kept after a kill
         self.counters: dict[str, int] = {}
         self.notes: deque[str] = deque(maxlen=10)
@@ -434,8 +440,16 @@ class Demo:
                 self._event(child, event)
         code = await process.wait()
         child.leading = False
-        if not child.killed:
-            self.note(f"{child.name} exited with status {code}; see {self.log_dir}")
+        if child.killed or self.stopping:
+            return
+        self.note(f"{child.name} exited with status {code}; see {self.log_dir}")
+        if child.restarts >= MAX_RESTARTS:
+            self.note(f"{child.name} exited {MAX_RESTARTS + 1} times; left down")
+            return
+        await anyio.sleep(RESTART_DELAY)  # (crash-loop pacing, as kubelet's back-off)
+        if not self.stopping and self.children.get(child.name) is child:
+            again = Child(child.name, child.module, child.args, restarts=child.restarts + 1)
+            await self.spawn(again)
 
     def _event(self, child: Child, event: dict[str, Any]) -> None:
         self.children_changed.set()
@@ -779,6 +793,7 @@ class Demo:
 
     async def stop(self) -> None:
         """Components first (they release their locks while the store is up), then the store."""
+        self.stopping = True
         for child in self.children.values():
             if child.process is not None and child.process.returncode is None:
                 child.process.terminate()

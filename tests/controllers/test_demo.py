@@ -237,6 +237,15 @@ def test_demo_fails_over_and_stops_cleanly(tmp_path: Path) -> None:
             index,
         )
 
+        # A component that dies on its own (here: SIGKILLed behind the demo's back, as a
+        # crash would end it) is started again, as kubelet restarts a crashed static pod.
+        started = re.findall(r"started (sched-\d+) \(scheduler, pid (\d+)\)", "\n".join(demo.lines))
+        crashed_name, crashed_pid = started[-1]
+        os.kill(int(crashed_pid), signal.SIGKILL)
+        index, _ = demo.wait_for(rf"{crashed_name} exited with status -9", index)
+        index, again = demo.wait_for(rf"started {crashed_name} \(scheduler, pid (\d+)\)", index)
+        assert int(again[1]) != int(crashed_pid)
+
         # Every process the demo started (and says it started) stops with it.
         living = descendants(demo.process.pid)
         reported = {int(pid) for pid in re.findall(r"pid (\d+)\)", "\n".join(demo.lines))}
