@@ -239,8 +239,10 @@ def test_demo_fails_over_and_stops_cleanly(tmp_path: Path) -> None:
 
         # A component that dies on its own (here: SIGKILLed behind the demo's back, as a
         # crash would end it) is started again, as kubelet restarts a crashed static pod.
-        started = re.findall(r"started (sched-\d+) \(scheduler, pid (\d+)\)", "\n".join(demo.lines))
-        crashed_name, crashed_pid = started[-1]
+        schedulers = re.findall(
+            r"started (sched-\d+) \(scheduler, pid (\d+)\)", "\n".join(demo.lines)
+        )
+        crashed_name, crashed_pid = schedulers[-1]
         os.kill(int(crashed_pid), signal.SIGKILL)
         index, _ = demo.wait_for(rf"{crashed_name} exited with status -9", index)
         index, again = demo.wait_for(rf"started {crashed_name} \(scheduler, pid (\d+)\)", index)
