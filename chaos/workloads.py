@@ -320,9 +320,9 @@ async def read_history(
     periodically once caught up; a member restarted just before may still be
     applying), or the stream went quiet for two seconds after reporting a
     revision >= ``upto`` (the last revisions may hold no event under ``prefix``).
-    It reads for as long as events keep coming (a 1000-round campaign's history
-    takes minutes on a busy machine), and returns what it has once nothing came
-    for ``stall`` seconds, or after ``limit``: a member that lost acknowledged
+    It reads for as long as the revision keeps advancing (a 1000-round campaign's
+    history takes minutes on a busy machine), and returns what it has once it
+    did not for ``stall`` seconds, or after ``limit``: a member that lost acknowledged
     writes may never reach ``upto``, and the checkers report the events missing
     from its history rather than the campaign failing.
     """
@@ -343,13 +343,20 @@ async def read_history(
         ):
             iterator = watch.__aiter__()
             header = 0
+            # Progress notifications at the same revision (a member that lost writes
+            # stays behind ``upto`` for good) are no progress: only a later revision is.
+            give_up = time.monotonic() + stall
             while not events or events[-1].revision < upto:
+                wait = 2.0 if header >= upto else give_up - time.monotonic()
                 batch = None
-                with anyio.move_on_after(2.0 if header >= upto else stall):
-                    batch = await iterator.__anext__()
+                if wait > 0:
+                    with anyio.move_on_after(wait):
+                        batch = await iterator.__anext__()
                 if batch is None:
                     stalled = header < upto
                     break
+                if int(batch.revision) > header or batch.events:
+                    give_up = time.monotonic() + stall
                 header = max(header, int(batch.revision))
                 if batch.is_progress_notify and header >= upto:
                     break
