@@ -13,6 +13,7 @@ import grpc
 import grpc.aio
 
 from kvstore._pb.etcdserverpb import rpc_pb2 as pb
+from kvstore.client.calls import await_call
 from kvstore.client.endpoints import CallAuth, EndpointPool
 from kvstore.client.errors import (
     RELOGIN_MESSAGES,
@@ -20,7 +21,6 @@ from kvstore.client.errors import (
     EtcdError,
     LeaseNotFoundError,
     UnavailableError,
-    cancelled_inside_grpc,
     from_rpc_error,
 )
 from kvstore.client.watch import REQUIRE_LEADER
@@ -56,32 +56,13 @@ async def _renew(call: grpc.aio.StreamStreamCall, lease_id: int) -> int:
 async def _renew_within(call: grpc.aio.StreamStreamCall, lease_id: int, seconds: float) -> int:
     """``_renew`` with a deadline: ``TimeoutError`` when it passes, and the call is cancelled.
 
-    The exchange runs in a task of its own and is awaited through a shield, so
-    a deadline (or an outer cancellation) never cancels grpc's awaitables
-    directly: a cancelled grpc call can raise a bare ``CancelledError`` that no
-    cancel scope owns, which would escape every timeout and kill the caller.
+    The exchange is awaited through :func:`await_call`, so the deadline's
+    cancellation stays the deadline's (grpc.aio re-raises it without anyio's
+    mark) and an exchange grpc.aio cancels by itself is an ``UnavailableError``.
     """
-    exchange = asyncio.ensure_future(_renew(call, lease_id))
-    exchange.add_done_callback(_consume_outcome)
-    try:
-        with anyio.move_on_after(seconds):
-            await asyncio.shield(exchange)
-    except asyncio.CancelledError:
-        if not cancelled_inside_grpc():
-            raise
-    finally:
-        if not exchange.done():
-            call.cancel()
-    if not exchange.done():
-        raise TimeoutError
-    if exchange.cancelled():
-        raise UnavailableError("lease keepalive was cancelled inside gRPC")
-    return exchange.result()
-
-
-def _consume_outcome(task: asyncio.Future[int]) -> None:
-    if not task.cancelled():
-        task.exception()  # retrieved here, so an abandoned exchange logs nothing
+    with anyio.move_on_after(seconds):
+        return await await_call(_renew(call, lease_id), "lease keepalive", call.cancel)
+    raise TimeoutError
 
 
 class LeaseKeepAlive:

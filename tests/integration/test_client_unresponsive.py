@@ -35,18 +35,20 @@ class SilentKV(rpc_pb2_grpc.KVServicer):
     def __init__(self) -> None:
         self.called = asyncio.Event()
 
+    async def _never_answer(self) -> None:
+        self.called.set()
+        await asyncio.Event().wait()
+
     async def Range(
         self, request: rpc_pb2.RangeRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.RangeResponse:
-        self.called.set()
-        await asyncio.Event().wait()
+        await self._never_answer()
         raise AssertionError("never reached")
 
     async def Put(
         self, request: rpc_pb2.PutRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.PutResponse:
-        self.called.set()
-        await asyncio.Event().wait()
+        await self._never_answer()
         raise AssertionError("never reached")
 
 
