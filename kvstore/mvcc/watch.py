@@ -239,12 +239,13 @@ class WatchStream:
             self._control_pending -= 1
             return item
         self._data_pending -= 1
-        was_full = self._data_pending + 1 >= self.queue_size
         resps = _build(item)
         first = resps[0]
         self._ready.extend(resps[1:])
-        if was_full or self._data_pending == 0:
-            # Room again: this stream's unsynced watchers can catch up now.
+        if self.unsynced and self._data_pending == self.queue_size // 2:
+            # Half drained: this stream's watchers left behind catch up now, half an
+            # outbox at a time (catching up at every freed slot read the backend once
+            # per message sent). The hub's periodic round covers the rest.
             self.hub.sync_unsynced(only=self)
         return first
 

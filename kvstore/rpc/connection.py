@@ -21,8 +21,9 @@ from google.protobuf.message import DecodeError, Message
 
 from kvstore.rpc import frames as fr
 from kvstore.rpc.call import CallContext, Cardinality, ErrorMapper, Method
-from kvstore.rpc.http2 import Http2Connection, Http2Limits, Stream
+from kvstore.rpc.http2 import STREAM_SEND_HIGH_WATER_BYTES, Http2Connection, Http2Limits, Stream
 from kvstore.rpc.status import RpcError, StatusCode
+from kvstore.rpc.turns import StreamTurns
 from kvstore.rpc.wiretypes import decode_strictly
 
 REQUEST_QUEUE_MESSAGES = 1024
@@ -71,6 +72,7 @@ class ServerSide(Protocol):
     max_receive_bytes: int
     error_mapper: ErrorMapper
     connections: set[GrpcConnection]
+    stream_turns: StreamTurns
 
     def unknown_method_message(self, path: str) -> str: ...
 
@@ -327,13 +329,19 @@ class GrpcConnection(Http2Connection):
             responses = method.handler(self._requests(call), call.ctx)
         else:
             responses = method.handler(request, call.ctx)
+        turns = self.server.stream_turns
         try:
             async for response in responses:
                 if call.closed:
                     break
-                self._send_message(call, response.SerializeToString())
+                data = response.SerializeToString()
+                self._send_message(call, data)
                 self.schedule_flush()
-                await self.writable(call)
+                if call.out_bytes > STREAM_SEND_HIGH_WATER_BYTES or self._paused:
+                    await self.writable(call)
+                # Behind requests: streams with much to send take the loop in slices.
+                if turns.spend(len(data)):
+                    await turns.next_slice()
         except asyncio.CancelledError:
             self.finish(call, StatusCode.CANCELLED, "call cancelled")
             raise

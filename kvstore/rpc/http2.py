@@ -32,8 +32,10 @@ MAX_FRAME_BYTES = 1024 * 1024
 MAX_HEADER_LIST_BYTES = 64 * 1024
 MAX_HEADER_BLOCKS_SEEN = 64
 """Distinct header blocks a connection remembers decoded (a client has a few call shapes)."""
-STREAM_SEND_HIGH_WATER_BYTES = 1024 * 1024
-"""Bytes a stream may have queued (flow control permitting) before its writer waits."""
+STREAM_SEND_HIGH_WATER_BYTES = 64 * 1024
+"""Bytes a stream may have queued behind the client's flow-control window before its
+writer waits (grpc-go's per-stream write quota is the same 64 KiB): a client that opens
+many streams and reads none holds at most this much of the member's memory per stream."""
 
 
 @dataclasses.dataclass(frozen=True)

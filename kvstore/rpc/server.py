@@ -22,6 +22,7 @@ from kvstore.rpc.call import ErrorMapper, Method, default_error_mapper
 from kvstore.rpc.connection import GrpcConnection
 from kvstore.rpc.http2 import Http2Limits
 from kvstore.rpc.switch import ALPN_PROTOCOLS, ProtocolFactory, ProtocolSwitch
+from kvstore.rpc.turns import StreamTurns
 
 DEFAULT_MAX_CONCURRENT_STREAMS = 10_000
 """Streams one connection may have open (a member sets its --max-concurrent-streams)."""
@@ -53,6 +54,7 @@ class Server:
             connection_window=min(fr.MAX_WINDOW, CONNECTION_WINDOW_FACTOR * stream_window),
         )
         self.connections: set[GrpcConnection] = set()
+        self.stream_turns = StreamTurns()
         self._undecided: set[ProtocolSwitch] = set()
         self._services = {path.lstrip("/").partition("/")[0] for path in methods}
         self._listeners: list[asyncio.Server] = []

@@ -207,6 +207,38 @@ def test_a_drained_stream_catches_up_its_own_watchers_only(store: MVCCStore) -> 
         assert events(got_b, wid) == want
 
 
+def test_a_draining_stream_catches_up_half_an_outbox_at_a_time(
+    store: MVCCStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Watchers left behind are caught up from the backend when their stream's outbox is
+    half empty, not at every freed slot (with many watchers on one stream, a backend read
+    for each message sent took a leader's whole loop)."""
+    f = Feeder(store)
+    hub = hub_of(store)
+    s = hub.new_stream()  # queue_size 8
+    wids = [s.watch(W(key=b"k", range_end=b"l")) for _ in range(40)]
+    s.drain()
+    for i in range(10):
+        f.put(b"k%d" % (i % 3), b"%d" % i)
+    assert hub.unsynced_count == 40
+    reads: list[tuple[int, int]] = []
+    events_between = store.events_between
+
+    def counted(start: int, end: int) -> Iterator[tuple[int, kv_pb2.Event]]:
+        reads.append((start, end))
+        return events_between(start, end)
+
+    monkeypatch.setattr(store, "events_between", counted)
+    got = s.drain()
+    while hub.unsynced_count:
+        hub.sync_unsynced()  # the periodic round, as the server runs it
+        got.extend(s.drain())
+    for wid in wids:
+        assert [e[2] for e in events(got, wid)] == list(range(2, 12))
+    # 40 catch-up responses through an outbox of 8: a read per 4 freed slots, not per slot.
+    assert len(reads) <= 40 // 4 + 2, len(reads)
+
+
 def test_slow_consumer_never_blocks_and_catches_up(store: MVCCStore) -> None:
     f = Feeder(store)
     slow = hub_of(store).new_stream()  # queue_size 8
