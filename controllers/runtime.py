@@ -184,17 +184,29 @@ async def run_leader_elected(client: Client, args: argparse.Namespace, lead: Lea
             emit("standby", identity=config.identity)
 
 
+BODY_ENDED_STATUS = 1
+"""Exit status of a component whose loop returned by itself (it must run until signalled)."""
+
+
 async def serve(args: argparse.Namespace, body: Callable[[Client], Awaitable[None]]) -> None:
-    """Connect, run ``body`` until SIGTERM/SIGINT, then exit cleanly."""
+    """Connect, run ``body`` until SIGTERM/SIGINT, then exit cleanly.
+
+    ``body`` never returns on its own: if it does, something ended it that should not
+    have (a stray cancellation), and the process exits with ``BODY_ENDED_STATUS`` so
+    that its supervisor sees a failure and restarts it, rather than a clean stop.
+    """
     endpoints = [e.strip() for e in args.endpoints.split(",") if e.strip()]
     user, password = store_credentials(args)
+    body_ended = False
     async with (
         Client(endpoints, tls=store_tls(args), user=user, password=password) as client,
         anyio.create_task_group() as tasks,
     ):
 
         async def run_body() -> None:
+            nonlocal body_ended
             await body(client)
+            body_ended = True
             tasks.cancel_scope.cancel()
 
         tasks.start_soon(run_body)
@@ -203,6 +215,10 @@ async def serve(args: argparse.Namespace, body: Callable[[Client], Awaitable[Non
             async for _ in signals:
                 tasks.cancel_scope.cancel()
                 break
+    if body_ended:
+        log.error("the component's loop returned without being stopped; exiting with a failure")
+        emit("exit", status=BODY_ENDED_STATUS)
+        raise SystemExit(BODY_ENDED_STATUS)
     emit("exit")
 
 
