@@ -36,7 +36,7 @@ from kvstore.gateway import gojson, jsonpb
 from kvstore.gateway.errors import error_body, http_status, stream_error_chunk
 from kvstore.gateway.gojson import GoJSONError
 from kvstore.gateway.routes import PREFIXES, ROUTES
-from kvstore.rpc import CallContext, Cardinality, Method, RpcError, StatusCode
+from kvstore.rpc import CallContext, Cardinality, Method, PreEncoded, RpcError, StatusCode
 
 if TYPE_CHECKING:
     from kvstore.rpc import Server
@@ -223,14 +223,18 @@ class Gateway:
         return await self._stream(request, method.handler(requests(), ctx), ctx)
 
     async def _stream(
-        self, request: web.BaseRequest, responses: AsyncIterator[Message], ctx: CallContext
+        self,
+        request: web.BaseRequest,
+        responses: AsyncIterator[Message | PreEncoded],
+        ctx: CallContext,
     ) -> web.StreamResponse:
         """Forward responses one chunk each, as grpc-gateway's ForwardResponseStream does."""
         response: web.StreamResponse | None = None
         deadline = asyncio.timeout_at(ctx.deadline)
         try:
             async with deadline:
-                async for message in responses:
+                async for reply in responses:
+                    message = reply if isinstance(reply, Message) else reply.to_message()
                     if response is None:
                         response = await self._start_stream(request, 200, with_grpc_headers=True)
                     data = b'{"result":' + jsonpb.encode(message).encode() + b"}\n"

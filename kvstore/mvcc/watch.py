@@ -73,13 +73,80 @@ class Watcher:
         return self.key <= key < end
 
 
+_EVENTS_TAG = b"\x5a"
+"""WatchResponse.events: field 11, length-delimited (the response's last field)."""
+
+
+class EventBatch:
+    """Events that go to watchers as they are: encoded once for all of them.
+
+    One put fans out to every watcher of its key, and a catch-up read to every
+    watcher of the same range from the same revision: their responses differ only
+    in the watch ID and share these bytes.
+    """
+
+    __slots__ = ("_wire", "events")
+
+    def __init__(self, events: list[kv_pb2.Event]) -> None:
+        self.events = events
+        self._wire: bytes | None = None
+
+    def wire(self) -> bytes:
+        """The events as the repeated ``events`` field of a WatchResponse."""
+        if self._wire is None:
+            parts = []
+            for ev in self.events:
+                data = ev.SerializeToString()
+                parts.append(_EVENTS_TAG + _varint(len(data)) + data)
+            self._wire = b"".join(parts)
+        return self._wire
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+class EncodedWatchResponse:
+    """A WatchResponse whose events are already encoded: ``head`` holds every other field
+    (the server fills in its header) and the events follow it on the wire."""
+
+    __slots__ = ("batch", "head")
+
+    def __init__(self, head: rpc_pb2.WatchResponse, batch: EventBatch) -> None:
+        self.head = head
+        self.batch = batch
+
+    @property
+    def header(self) -> rpc_pb2.ResponseHeader:
+        return self.head.header
+
+    def SerializeToString(self) -> bytes:
+        # The events field is the message's last: appending it keeps the field order.
+        return self.head.SerializeToString() + self.batch.wire()
+
+    def to_message(self) -> rpc_pb2.WatchResponse:
+        resp = rpc_pb2.WatchResponse()
+        resp.CopyFrom(self.head)
+        resp.events.extend(self.batch.events)
+        return resp
+
+
+WatchReply = rpc_pb2.WatchResponse | EncodedWatchResponse
+"""What a stream hands its consumer: a response, or one with its events encoded."""
+
+
 @dataclass(slots=True)
 class _Data:
     """A queued data response; the protobuf is built when the consumer takes it."""
 
     watch_id: int
     revision: int
-    events: list[kv_pb2.Event]
+    batch: EventBatch
     fragment: bool
 
 
@@ -94,7 +161,7 @@ class WatchStream:
     # its own watchers without looking at every other stream's.
     unsynced: dict[Watcher, None] = field(default_factory=dict)
     _out: deque[_Data | rpc_pb2.WatchResponse] = field(default_factory=deque)
-    _ready: deque[rpc_pb2.WatchResponse] = field(default_factory=deque)
+    _ready: deque[WatchReply] = field(default_factory=deque)
     _data_pending: int = 0
     _control_pending: int = 0
     _next_id: int = 0
@@ -229,7 +296,14 @@ class WatchStream:
         return True
 
     def get_nowait(self) -> rpc_pb2.WatchResponse | None:
-        """The next response, or None if nothing is queued."""
+        """The next response as a protobuf message, or None if nothing is queued."""
+        reply = self.reply_nowait()
+        if isinstance(reply, EncodedWatchResponse):
+            return reply.to_message()
+        return reply
+
+    def reply_nowait(self) -> WatchReply | None:
+        """The next response, its events maybe already encoded; None if nothing is queued."""
         if self._ready:
             return self._ready.popleft()
         if not self._out:
@@ -256,10 +330,10 @@ class WatchStream:
             out.append(r)
         return out
 
-    async def recv(self) -> rpc_pb2.WatchResponse | None:
+    async def recv(self) -> WatchReply | None:
         """Await the next response; None when the stream is closed and drained."""
         while True:
-            r = self.get_nowait()
+            r = self.reply_nowait()
             if r is not None:
                 return r
             if self._closed:
@@ -275,19 +349,18 @@ def _event_size(ev: kv_pb2.Event) -> int:
     return n + 1 + (1 if n < 128 else 2 if n < 16384 else 3 if n < 2097152 else 4)
 
 
-def _build(item: _Data) -> list[rpc_pb2.WatchResponse]:
+def _build(item: _Data) -> list[WatchReply]:
     resp = rpc_pb2.WatchResponse(watch_id=item.watch_id)
     resp.header.revision = item.revision
-    evs = item.events
+    evs = item.batch.events
     if not item.fragment or len(evs) < 2:
-        resp.events.extend(evs)
-        return [resp]
+        return [EncodedWatchResponse(resp, item.batch)]
     base = resp.ByteSize() + 2  # + the fragment flag
     total = base + sum(_event_size(e) for e in evs)
     if total < MAX_RESPONSE_BYTES:
         resp.events.extend(evs)
         return [resp]
-    out: list[rpc_pb2.WatchResponse] = []
+    out: list[WatchReply] = []
     i = 0
     while i < len(evs):
         part = rpc_pb2.WatchResponse(watch_id=item.watch_id, fragment=True)
@@ -302,7 +375,9 @@ def _build(item: _Data) -> list[rpc_pb2.WatchResponse]:
             i += 1
         part.events.extend(evs[start:i])
         out.append(part)
-    out[-1].fragment = False
+    last = out[-1]
+    assert isinstance(last, rpc_pb2.WatchResponse)
+    last.fragment = False
     return out
 
 
@@ -401,11 +476,11 @@ class WatchHub:
 
     # ----- delivery -----
 
-    def _events_for(self, w: Watcher, evs: list[kv_pb2.Event]) -> list[kv_pb2.Event]:
+    def _events_for(self, w: Watcher, batch: EventBatch) -> EventBatch:
         if not (w.no_put or w.no_delete or w.prev_kv):
-            return evs  # (shared between watchers: never changed once queued)
+            return batch  # (shared between watchers: never changed once queued)
         out: list[kv_pb2.Event] = []
-        for ev in evs:
+        for ev in batch.events:
             if ev.type == _PUT:
                 if w.no_put:
                     continue
@@ -416,14 +491,14 @@ class WatchHub:
                 if prev is not None:
                     ev = kv_pb2.Event(type=ev.type, kv=ev.kv, prev_kv=prev)
             out.append(ev)
-        return out
+        return EventBatch(out)
 
-    def _send(self, w: Watcher, evs: list[kv_pb2.Event], revision: int) -> bool:
+    def _send(self, w: Watcher, batch: EventBatch, revision: int) -> bool:
         """Queue the (filtered) events; False when the stream has no room."""
         if not w.stream.has_room():
             return False
-        out = self._events_for(w, evs)
-        if not out:
+        out = self._events_for(w, batch)
+        if not out.events:
             return True  # everything filtered out: nothing to send, and nothing missed
         w.quiet = False
         ok = w.stream._push(_Data(w.id, revision, out, w.fragment))
@@ -436,7 +511,7 @@ class WatchHub:
         A watcher whose stream is full moves to the unsynced group and will
         replay from ``revision`` out of the backend.
         """
-        per: dict[Watcher, list[kv_pb2.Event]] = {}
+        per: dict[Watcher, EventBatch] = {}
         kw = self._key_watchers
         rw = self._range_watchers
         if len(events) == 1:
@@ -444,22 +519,25 @@ class WatchHub:
             # same list. Watcher.contains inlined: a range watcher's end is b"" (no end) or
             # a key, never None.
             key = events[0].kv.key
-            per = dict.fromkeys(kw.get(key, ()), events)
-            per.update((w, events) for w in rw if w.key <= key and (not w.end or key < w.end))
+            batch = EventBatch(events)
+            per = dict.fromkeys(kw.get(key, ()), batch)
+            per.update((w, batch) for w in rw if w.key <= key and (not w.end or key < w.end))
         else:
+            lists: dict[Watcher, list[kv_pb2.Event]] = {}
             for ev in events:
                 key = ev.kv.key
                 group = kw.get(key)
                 if group:
                     for w in group:
-                        per.setdefault(w, []).append(ev)
+                        lists.setdefault(w, []).append(ev)
                 for w in rw:
                     if w.contains(key):
-                        per.setdefault(w, []).append(ev)
-        for w, evs in per.items():
+                        lists.setdefault(w, []).append(ev)
+            per = {w: EventBatch(evs) for w, evs in lists.items()}
+        for w, batch in per.items():
             if w.min_rev > revision:
                 continue  # starts in the future
-            if self._send(w, evs, revision):
+            if self._send(w, batch, revision):
                 w.min_rev = revision + 1
             else:
                 self._remove_synced(w)
@@ -501,17 +579,19 @@ class WatchHub:
         synced = 0
         # Watchers of the same range from the same revision (a client that watched one
         # prefix a thousand times) share one pass over what was read.
-        matching: dict[tuple[int, bytes, bytes | None], list[kv_pb2.Event]] = {}
+        matching: dict[tuple[int, bytes, bytes | None], EventBatch] = {}
         for w in ready:
             wanted = (w.min_rev, w.key, w.end)
-            evs = matching.get(wanted)
-            if evs is None:
-                evs = [ev for rev, ev in by_rev if rev >= w.min_rev and w.contains(ev.kv.key)]
-                matching[wanted] = evs
+            batch = matching.get(wanted)
+            if batch is None:
+                batch = EventBatch(
+                    [ev for rev, ev in by_rev if rev >= w.min_rev and w.contains(ev.kv.key)]
+                )
+                matching[wanted] = batch
             done = hi >= cur
             # Partial catch-up answers at the last revision read, so a client that
             # resumes from the header never skips events (etcd answers curRev).
-            if evs and not self._send(w, evs, cur if done else hi):
+            if batch.events and not self._send(w, batch, cur if done else hi):
                 continue
             if w.min_rev <= hi:
                 w.min_rev = hi + 1
@@ -534,7 +614,7 @@ class WatchHub:
                 # reached yet (it lags the member it came from) must not be told
                 # "nothing up to cur" below what it has already seen.
                 if w.quiet and w.synced and w.min_rev <= cur + 1 and s.has_room():
-                    s._push(_Data(w.id, cur, [], False))
+                    s._push(_Data(w.id, cur, EventBatch([]), False))
                 w.quiet = True
 
     def on_restore(self, synced_through: int) -> None:

@@ -3,7 +3,7 @@
 See :mod:`kvstore.rpc.server` for why and how it is layered.
 """
 
-from kvstore.rpc.call import CallContext, Cardinality, Method, methods_of
+from kvstore.rpc.call import CallContext, Cardinality, Method, PreEncoded, methods_of
 from kvstore.rpc.connection import peer_common_name
 from kvstore.rpc.server import Server
 from kvstore.rpc.status import RpcError, StatusCode
@@ -12,6 +12,7 @@ __all__ = [
     "CallContext",
     "Cardinality",
     "Method",
+    "PreEncoded",
     "RpcError",
     "Server",
     "StatusCode",

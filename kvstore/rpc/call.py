@@ -7,13 +7,22 @@ import enum
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from google.protobuf.message import Message
 
 from kvstore.rpc.status import StatusCode
 
 log = logging.getLogger(__name__)
+
+
+class PreEncoded(Protocol):
+    """A streamed response already (partly) encoded: the connection sends its bytes;
+    a consumer that needs the message (the JSON gateway) asks for it."""
+
+    def SerializeToString(self) -> bytes: ...
+
+    def to_message(self) -> Message: ...
 
 
 class Cardinality(enum.Enum):

@@ -363,7 +363,7 @@ async def test_async_consumer(store: MVCCStore) -> None:
 
     async def consume() -> None:
         while (r := await s.recv()) is not None:
-            received.append(r)
+            received.append(r if isinstance(r, rpc_pb2.WatchResponse) else r.to_message())
 
     task = asyncio.create_task(consume())
     await asyncio.sleep(0)  # let the consumer block on an empty stream
@@ -437,3 +437,29 @@ def test_restore_to_a_newer_state_replays_only_what_is_new(
     ahead.close()
     store.restore(snap)
     assert [e[2] for e in events(s.drain(), wid)] == [4]
+
+
+def test_a_reply_with_encoded_events_is_the_response_byte_for_byte(store: MVCCStore) -> None:
+    """The events one put fans out are encoded once; each watcher's reply is its header
+    and watch ID followed by those bytes, exactly the response protobuf would encode."""
+    f = Feeder(store)
+    hub = hub_of(store)
+    s = hub.new_stream()
+    wids = [s.watch(W(key=b"k", range_end=b"l")) for _ in range(3)]
+    s.drain()
+    f.put(b"k1", b"x" * 300)  # an event longer than 127 bytes: a two-byte length
+    replies = []
+    while (r := s.reply_nowait()) is not None:
+        replies.append(r)
+    assert sorted(
+        r.head.watch_id for r in replies if isinstance(r, watch_mod.EncodedWatchResponse)
+    ) == sorted(wids)
+    batches = {id(r.batch) for r in replies if isinstance(r, watch_mod.EncodedWatchResponse)}
+    assert len(batches) == 1, "one encoding shared by every watcher"
+    for r in replies:
+        r.header.cluster_id = 7  # as the server fills in its header
+        r.header.raft_term = 3
+        full = r.to_message() if isinstance(r, watch_mod.EncodedWatchResponse) else r
+        assert full.events[0].kv.value == b"x" * 300
+        assert r.SerializeToString() == full.SerializeToString()
+        assert rpc_pb2.WatchResponse.FromString(r.SerializeToString()) == full

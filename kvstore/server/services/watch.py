@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 from kvstore._pb.etcdserverpb import rpc_pb2
 from kvstore.errors import NoLeaderError
+from kvstore.mvcc.watch import WatchReply
 from kvstore.rpc import CallContext, Cardinality, Method
 from kvstore.server.services.core import Core, requires_leader
 
@@ -19,7 +20,7 @@ class WatchService:
 
     async def watch(
         self, requests: AsyncIterator[rpc_pb2.WatchRequest], ctx: CallContext
-    ) -> AsyncIterator[rpc_pb2.WatchResponse]:
+    ) -> AsyncIterator[WatchReply]:
         core = self.core
         node = core.node
         require_leader = requires_leader(ctx)
