@@ -24,6 +24,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Generator
+from pathlib import Path
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message as PbMessage
@@ -40,7 +41,7 @@ from kvstore.errors import (
 from kvstore.failpoints import failpoint
 from kvstore.raft import EntryType, HardState, Message, Ready
 from kvstore.raft.confchange import decode_conf_change
-from kvstore.raft.types import ConfChange, Entry, Role, Snapshot
+from kvstore.raft.types import ConfChange, Entry, Role, Snapshot, SnapshotMetadata
 from kvstore.server.applier import Applier, encode_proposal
 from kvstore.server.bootstrap import Storage
 from kvstore.server.config import ServerConfig
@@ -202,6 +203,22 @@ class Node:
     def report_snapshot(self, peer: int, ok: bool) -> None:
         self._snap_reports.append((peer, ok))
         self._wake.set()
+
+    async def snapshot_image(self, dest_dir: Path) -> tuple[SnapshotMetadata, Path] | None:
+        """The applied state for a follower that needs a snapshot: where it stands in Raft
+        (index, term, membership) and a copy of the backend written into ``dest_dir`` by a
+        worker thread from a view pinned now. Like etcd's merged snapshot, it stands at
+        the last applied entry, at or past Raft's snapshot. None while a large entry is
+        applied in slices (the state is half changed): the send fails and Raft retries."""
+        if self._slices is not None:
+            return None
+        index = self.applied_index
+        term = self.raft.log.term(index)
+        assert term is not None, "the applied entry is in the log or its snapshot"
+        meta = SnapshotMetadata(index, term, self.raft.conf_state)
+        view = self.store.open_view()  # (commits the batch: the view is the applied state)
+        path = await asyncio.to_thread(self.store.copy_view, view, dest_dir)
+        return meta, path
 
     def report_unreachable(self, peer: int) -> None:
         self.unreachable.add(peer)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from kvstore import rpc
 from kvstore._pb.etcdserverpb import rpc_pb2
-from kvstore.raft.types import Message
+from kvstore.raft.types import Message, SnapshotMetadata
 from kvstore.server import corruption
 from kvstore.server.bootstrap import bootstrap
 from kvstore.server.config import GRPC_OVERHEAD_BYTES, ServerConfig, host_port, is_https
@@ -26,7 +26,7 @@ from kvstore.server.peerwire import PeerMethod
 from kvstore.server.services import Core, SelfClient, method_table
 from kvstore.server.status import to_status
 from kvstore.server.tls import http_ssl_context
-from kvstore.server.transport import Transport
+from kvstore.server.transport import SnapshotUnavailable, Transport
 from kvstore.storage import WAL
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,7 @@ class EtcdServer:
             self.node.report_unreachable,
             self.node.report_snapshot,
             cfg.peer_tls,
+            self._snapshot_image,
         )
         self.listener = PeerListener(cfg.cluster_id, self.node.receive)
         self.membership.connect(self.transport, self.listener)
@@ -99,6 +100,14 @@ class EtcdServer:
 
     def _send(self, msgs: list[Message]) -> None:
         self.transport.send(msgs)
+
+    async def _snapshot_image(self, peer: int) -> tuple[SnapshotMetadata, Path]:
+        """The state for a peer that needs a snapshot, copied into a directory of its own."""
+        dest = Path(self.node.snapshotter.snapshots.dir) / f"outgoing-{peer:x}"
+        image = await self.node.snapshot_image(dest)
+        if image is None:
+            raise SnapshotUnavailable("a large entry is being applied; Raft sends it again")
+        return image
 
     async def _member_list(self, request: rpc_pb2.MemberListRequest) -> rpc_pb2.MemberListResponse:
         """For a member joining with --initial-cluster-state existing: who is in the cluster."""

@@ -1,24 +1,27 @@
 """Raft snapshots of the applied state: taken every ``--snapshot-count`` entries, installed
 when the leader sends one.
 
-Copying the backend and writing the snapshot file happen in a worker thread
-from a pinned view of the applied state, so the raft loop keeps serving;
-only recording it in Raft and the WAL (small) and compacting the log happen on
-the loop, between two Readys. Shutdown waits for a copy in flight.
+As etcd's, a snapshot taken here holds no data: the backend, committed first, is the
+state up to its index, and the snapshot file records only where that is (index, term,
+membership) so that the WAL before it can go. Copying a backend of gigabytes at every
+snapshot flooded the disk and held every member's loop up for seconds under load. A
+follower that needs the state gets a copy of the leader's backend made when it is sent
+(``Node.snapshot_image``). Writing the file happens in a worker thread; recording it in
+Raft and the WAL and compacting the log happen on the loop, between two Readys.
+Shutdown waits for a write in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from kvstore.failpoints import failpoint
-from kvstore.mvcc.store import MVCCStore, StoreView
+from kvstore.mvcc.store import MVCCStore
 from kvstore.raft import RaftNode
 from kvstore.raft.types import Snapshot, SnapshotMetadata
 from kvstore.storage import WAL, SnapshotStore
@@ -60,22 +63,19 @@ class Snapshotter:
         term = self.raft.log.term(applied_index)
         assert term is not None, "an applied entry is in the log"
         meta = SnapshotMetadata(applied_index, term, self.raft.conf_state)
-        view = self.store.open_view()  # commits the batch
+        # The backend now holds everything up to the snapshot durably: the WAL before it
+        # may be released once the snapshot is recorded.
+        self.store.commit()
         self._last_index = applied_index  # no second one while this one is on its way
-        fut = asyncio.ensure_future(asyncio.to_thread(self._write, meta, view))
+        fut = asyncio.ensure_future(asyncio.to_thread(self._write, meta))
         fut.add_done_callback(lambda _: wake())
         self._writing = fut
         return True
 
-    def _write(self, meta: SnapshotMetadata, view: StoreView) -> tuple[Snapshot, float]:
-        """Worker thread: copy the pinned state and write the snapshot file."""
+    def _write(self, meta: SnapshotMetadata) -> tuple[Snapshot, float]:
+        """Worker thread: write the snapshot file (its metadata: the backend is the data)."""
         t0 = time.monotonic()
-        tmpdir = Path(self.snapshots.dir) / "tmp"
-        if tmpdir.exists():
-            shutil.rmtree(tmpdir)
-        path = self.store.copy_view(view, tmpdir)
-        snap = Snapshot(meta, path.read_bytes())
-        shutil.rmtree(tmpdir)
+        snap = Snapshot(meta, b"")
         with self.files_lock:
             self.snapshots.save(snap)
         return snap, time.monotonic() - t0

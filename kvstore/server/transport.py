@@ -25,9 +25,11 @@ import contextlib
 import dataclasses
 import itertools
 import logging
+import shutil
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from google.protobuf.message import DecodeError
@@ -35,7 +37,7 @@ from google.protobuf.message import Message as PbMessage
 
 from kvstore._pb.peerpb import peer_pb2
 from kvstore.errors import RemoteError
-from kvstore.raft.types import Message, MessageType, Snapshot
+from kvstore.raft.types import Message, MessageType, Snapshot, SnapshotMetadata
 from kvstore.rpc.status import StatusCode
 from kvstore.server.codec import message_to_pb
 from kvstore.server.config import TLSFiles, host_port, is_https
@@ -59,6 +61,15 @@ from kvstore.server.tls import peer_client_ssl_context
 log = logging.getLogger(__name__)
 
 R = TypeVar("R", bound=PbMessage)
+
+SnapshotImage = Callable[[int], Awaitable[tuple[SnapshotMetadata, Path]]]
+"""Makes a copy of the state for a peer: its Raft metadata and the file it is in (raises
+:class:`SnapshotUnavailable` when there is none to make now)."""
+
+
+class SnapshotUnavailable(Exception):
+    """No snapshot can be made for a peer just now (Raft retries the send later)."""
+
 
 QUEUE_MESSAGES = 4096
 """Messages queued per peer before new ones are dropped."""
@@ -89,6 +100,22 @@ class RefusedError(PeerUnreachableError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+async def _chunks(data: bytes, image: Path | None) -> AsyncIterator[bytes]:
+    """A snapshot's data in chunks: from memory, or read from its file by a worker thread
+    (a backend of gigabytes is never held in memory whole)."""
+    if image is None:
+        view = memoryview(data)
+        for offset in range(0, len(data), SNAPSHOT_CHUNK_BYTES):
+            yield bytes(view[offset : offset + SNAPSHOT_CHUNK_BYTES])
+        return
+    f = await asyncio.to_thread(image.open, "rb")
+    try:
+        while chunk := await asyncio.to_thread(f.read, SNAPSHOT_CHUNK_BYTES):
+            yield chunk
+    finally:
+        f.close()
 
 
 async def _dial(
@@ -372,12 +399,19 @@ class Peer:
     async def _send_snapshot(self, m: Message) -> None:
         t = self.transport
         assert m.snapshot is not None
-        data = m.snapshot.data
-        head = message_to_pb(dataclasses.replace(m, snapshot=Snapshot(m.snapshot.metadata, b"")))
+        meta, data = m.snapshot.metadata, m.snapshot.data
+        image: Path | None = None
         ok = False
         started = time.monotonic()
-        timeout = SNAPSHOT_TIMEOUT_MIN_SECONDS + len(data) / SNAPSHOT_MIN_RATE_BYTES
         try:
+            if not data and t.snapshot_image is not None:
+                # Raft's snapshots hold no data: the state goes as a copy made now.
+                meta, image = await t.snapshot_image(self.id)
+                size = image.stat().st_size
+            else:
+                size = len(data)
+            head = message_to_pb(dataclasses.replace(m, snapshot=Snapshot(meta, b"")))
+            timeout = SNAPSHOT_TIMEOUT_MIN_SECONDS + size / SNAPSHOT_MIN_RATE_BYTES
             reader, writer = await _dial(
                 self.url, t.tls, t.cluster_id, t.self_id, StreamKind.SNAPSHOT
             )
@@ -387,18 +421,11 @@ class Peer:
                         writer,
                         frame(
                             FrameKind.SNAP_HEAD,
-                            SNAP_HEAD.pack(len(data)) + head.SerializeToString(),
+                            SNAP_HEAD.pack(size) + head.SerializeToString(),
                         ),
                     )
-                    view = memoryview(data)
-                    for offset in range(0, len(data), SNAPSHOT_CHUNK_BYTES):
-                        send(
-                            writer,
-                            frame(
-                                FrameKind.SNAP_DATA,
-                                bytes(view[offset : offset + SNAPSHOT_CHUNK_BYTES]),
-                            ),
-                        )
+                    async for chunk in _chunks(data, image):
+                        send(writer, frame(FrameKind.SNAP_DATA, chunk))
                         await writer.drain()
                     kind, payload = await read_frame(reader)
                     if kind == FrameKind.ACCEPT:
@@ -412,14 +439,23 @@ class Peer:
                 writer.close()
             log.info(
                 "sent a %d-byte snapshot at index %d to %x in %.2f s",
-                len(data),
-                m.snapshot.metadata.index,
+                size,
+                meta.index,
                 self.id,
                 time.monotonic() - started,
             )
-        except (PeerUnreachableError, OSError, WireError, TimeoutError, ssl.SSLError) as exc:
+        except (
+            PeerUnreachableError,
+            OSError,
+            WireError,
+            TimeoutError,
+            ssl.SSLError,
+            SnapshotUnavailable,
+        ) as exc:
             log.warning("sending a snapshot to %x failed: %s", self.id, exc)
         finally:
+            if image is not None:
+                shutil.rmtree(image.parent, ignore_errors=True)
             counts = t.metrics.snapshot_send_success if ok else t.metrics.snapshot_send_failures
             counts[f"{self.id:x}"] = counts.get(f"{self.id:x}", 0) + 1
             t.on_snapshot_sent(self.id, ok)
@@ -460,9 +496,12 @@ class Transport:
         on_unreachable: Callable[[int], None],
         on_snapshot: Callable[[int, bool], None],
         tls: TLSFiles | None = None,
+        snapshot_image: SnapshotImage | None = None,
     ) -> None:
-        """``tls``: the peer certificate, key and CA used to dial https peers."""
+        """``tls``: the peer certificate, key and CA used to dial https peers.
+        ``snapshot_image``: makes the state a MsgSnap without data carries (for the peer)."""
         self.self_id = self_id
+        self.snapshot_image = snapshot_image
         self.cluster_id = cluster_id
         self.tls = tls or TLSFiles(prefix="peer-")
         self.metrics = metrics
