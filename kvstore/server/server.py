@@ -17,6 +17,7 @@ from kvstore.raft.types import Message, SnapshotMetadata
 from kvstore.server import corruption
 from kvstore.server.bootstrap import bootstrap
 from kvstore.server.config import GRPC_OVERHEAD_BYTES, ServerConfig, host_port, is_https
+from kvstore.server.gcpauses import PauseKeeper
 from kvstore.server.http import MemberHTTP
 from kvstore.server.leases import LeaseForwarder, expire_leases
 from kvstore.server.membership import ClusterMembership, Member, discover_existing
@@ -226,10 +227,16 @@ async def serve(cfg: ServerConfig) -> None:
     server = EtcdServer(cfg, joined)
     # Everything alive now (modules, the opened store, the restored key index) lives as
     # long as the member: out of the collector's sight, a full collection scans only what
-    # came since, which keeps its pauses (tens of ms otherwise) short for Raft heartbeats.
+    # came since, which keeps its pauses short for Raft heartbeats; what outlives a full
+    # collection later is frozen in turn (gcpauses).
     gc.collect()
     gc.freeze()
+    pauses = PauseKeeper()
+    pauses.install()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, server.stop)
-    await server.run()
+    try:
+        await server.run()
+    finally:
+        pauses.uninstall()

@@ -1,0 +1,71 @@
+"""What outlives a full collection is frozen; garbage cycles are still collected."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from collections.abc import Iterator
+
+import pytest
+
+from kvstore.server import gcpauses
+from kvstore.server.gcpauses import PauseKeeper
+
+
+class Node:
+    def __init__(self) -> None:
+        self.other: Node | None = None
+
+
+def _cycle() -> weakref.ref[Node]:
+    a, b = Node(), Node()
+    a.other, b.other = b, a
+    return weakref.ref(a)
+
+
+@pytest.fixture
+def keeper() -> Iterator[PauseKeeper]:
+    # As a member starts: what is alive is frozen, then the keeper takes over.
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+    k = PauseKeeper()
+    k.install()
+    try:
+        yield k
+    finally:
+        k.uninstall()
+        gc.unfreeze()
+
+
+def test_survivors_of_a_full_collection_are_frozen_and_new_cycles_still_collected(
+    keeper: PauseKeeper,
+) -> None:
+    long_lived = [[i] for i in range(50_000)]  # lists: tracked by the collector
+    before = gc.get_freeze_count()
+    gc.collect()
+    assert keeper.freezes == 1
+    assert gc.get_freeze_count() >= before + len(long_lived)
+    # A cycle made afterwards is garbage the next full collection finds.
+    dead = _cycle()
+    gc.collect()
+    assert dead() is None
+
+
+def test_frozen_cycles_are_collected_once_the_frozen_set_grew_enough(
+    keeper: PauseKeeper, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gcpauses, "THAW_GROWTH", 2)
+    a, b = Node(), Node()
+    a.other, b.other = b, a
+    dead = weakref.ref(a)
+    gc.collect()  # the cycle is alive: frozen
+    del a, b
+    gc.collect()  # frozen: not seen
+    assert dead() is not None
+    grown = [[i] for i in range(2 * gc.get_freeze_count())]
+    gc.collect()  # frozen set doubled: thawed
+    assert keeper.thaws == 1
+    gc.collect()  # this one sees everything
+    assert dead() is None
+    assert len(grown) > 0
