@@ -11,10 +11,11 @@ somewhere bounded.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -126,31 +127,51 @@ class StalledClient:
         self.sock.close()
 
 
-def test_watchers_that_never_read_hold_bounded_memory_and_end_as_etcd_says(
-    tmp_path: Path,
-) -> None:
+@contextlib.contextmanager
+def _one_member(tmp_path: Path) -> Iterator[tuple[int, str, int, rpc_pb2_grpc.KVStub]]:
+    """A one-member cluster with a key under /busy/: its pid, host, port and a KV stub."""
     with KVCluster(root=tmp_path / "kv1", size=1) as c:  # (started by the with)
         member = c.members[0]
         assert member.process is not None
         host, port = member.endpoint.split(":")
-        channel = grpc.insecure_channel(member.endpoint)
-        kv = rpc_pb2_grpc.KVStub(channel)  # type: ignore[no-untyped-call]
-        kv.Put(rpc_pb2.PutRequest(key=b"/busy/0", value=VALUE), timeout=10)
-        before = rss_mib(member.process.pid)
-        client = StalledClient(host, int(port))
-        stream_ids = [1 + 2 * i for i in range(STREAMS)]
-        for sid in stream_ids:
-            client.open_watch(sid, WATCHERS_PER_STREAM, b"/busy/", b"/busy0")
-        with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            list(
-                pool.map(
-                    lambda i: kv.Put(
-                        rpc_pb2.PutRequest(key=b"/busy/%d" % (i % 100), value=VALUE), timeout=30
-                    ),
-                    range(PUTS),
-                )
+        with grpc.insecure_channel(member.endpoint) as channel:
+            kv = rpc_pb2_grpc.KVStub(channel)  # type: ignore[no-untyped-call]
+            kv.Put(rpc_pb2.PutRequest(key=b"/busy/0", value=VALUE), timeout=10)
+            yield member.process.pid, host, int(port), kv
+
+
+def _stalled_watchers(
+    host: str, port: int, streams: int, per_stream: int
+) -> tuple[StalledClient, list[int]]:
+    """``streams`` Watch streams of ``per_stream`` watchers on /busy/, never read."""
+    client = StalledClient(host, port)
+    stream_ids = [1 + 2 * i for i in range(streams)]
+    for sid in stream_ids:
+        client.open_watch(sid, per_stream, b"/busy/", b"/busy0")
+    return client, stream_ids
+
+
+def _put_busy(kv: rpc_pb2_grpc.KVStub, count: int) -> None:
+    """``count`` puts on 100 keys under /busy/, 8 at a time."""
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(
+            pool.map(
+                lambda i: kv.Put(
+                    rpc_pb2.PutRequest(key=b"/busy/%d" % (i % 100), value=VALUE), timeout=30
+                ),
+                range(count),
             )
-        grown = rss_mib(member.process.pid) - before
+        )
+
+
+def test_watchers_that_never_read_hold_bounded_memory_and_end_as_etcd_says(
+    tmp_path: Path,
+) -> None:
+    with _one_member(tmp_path) as (pid, host, port, kv):
+        before = rss_mib(pid)
+        client, stream_ids = _stalled_watchers(host, port, STREAMS, WATCHERS_PER_STREAM)
+        _put_busy(kv, PUTS)
+        grown = rss_mib(pid) - before
         assert grown < MAX_RSS_GROWTH_MIB, f"the member grew {grown:.0f} MiB"
         last = kv.Range(rpc_pb2.RangeRequest(key=b"/busy/0"), timeout=10).header.revision
         kv.Compact(rpc_pb2.CompactionRequest(revision=last), timeout=10)
@@ -176,7 +197,6 @@ def test_watchers_that_never_read_hold_bounded_memory_and_end_as_etcd_says(
             timeout=60,
         )
         client.close()
-        channel.close()
         # Every watcher of every stream was created, then either caught up to the last
         # revision (its events in order, none lost) or cancelled with the compaction.
         cancelled = caught_up = 0
@@ -210,33 +230,15 @@ before) it grew 655 MiB."""
 def test_many_streams_that_never_read_hold_a_bounded_queue_each(tmp_path: Path) -> None:
     """A client that opens hundreds of watch streams and reads none: each stream holds
     at most its write quota of the member's memory, whatever its window allows."""
-    with KVCluster(root=tmp_path / "kv1", size=1) as c:
-        member = c.members[0]
-        assert member.process is not None
-        host, port = member.endpoint.split(":")
-        channel = grpc.insecure_channel(member.endpoint)
-        kv = rpc_pb2_grpc.KVStub(channel)  # type: ignore[no-untyped-call]
-        kv.Put(rpc_pb2.PutRequest(key=b"/busy/0", value=VALUE), timeout=10)
-        client = StalledClient(host, int(port))
-        stream_ids = [1 + 2 * i for i in range(MANY_STREAMS)]
-        for sid in stream_ids:
-            client.open_watch(sid, WATCHERS_PER_MANY, b"/busy/", b"/busy0")
+    with _one_member(tmp_path) as (pid, host, port, kv):
+        client, _ = _stalled_watchers(host, port, MANY_STREAMS, WATCHERS_PER_MANY)
         # Every watcher is created before the writes: a created response per watcher.
         kv.Put(rpc_pb2.PutRequest(key=b"/busy/0", value=VALUE), timeout=10)
-        before = rss_mib(member.process.pid)
-        with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            list(
-                pool.map(
-                    lambda i: kv.Put(
-                        rpc_pb2.PutRequest(key=b"/busy/%d" % (i % 100), value=VALUE), timeout=30
-                    ),
-                    range(MANY_PUTS),
-                )
-            )
+        before = rss_mib(pid)
+        _put_busy(kv, MANY_PUTS)
         # The member has queued all it may once a read behind the writes is answered
         # (its loop went through every stream's sending).
         kv.Range(rpc_pb2.RangeRequest(key=b"/busy/0"), timeout=30)
-        grown = rss_mib(member.process.pid) - before
+        grown = rss_mib(pid) - before
         client.close()
-        channel.close()
         assert grown < MAX_MANY_GROWTH_MIB, f"the member grew {grown:.0f} MiB"
