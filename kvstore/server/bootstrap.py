@@ -22,6 +22,7 @@ from kvstore.mvcc import MVCCStore, WatchHub, open_store
 from kvstore.mvcc.backend import DEFAULT_MAP_SIZE
 from kvstore.raft import Config, HardState, RaftNode, initial_snapshot
 from kvstore.server.config import ServerConfig
+from kvstore.server.snapshotter import restore_store
 from kvstore.storage import WAL, SnapshotStore, valid_snapshot_markers
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,15 @@ def bootstrap(cfg: ServerConfig) -> Storage:
             if (mid, cid) != (member_id, cluster_id):
                 log.info("member %x of cluster %x (from the WAL)", mid, cid)
             member_id, cluster_id = mid, cid
+        if snap is not None and snap.data and store.consistent_index < snap.metadata.index:
+            # The snapshot from the leader was saved (and the WAL before it released) but
+            # the member stopped before installing it: install it now.
+            log.info(
+                "backend at index %d is behind the saved snapshot at %d: restoring it",
+                store.consistent_index,
+                snap.metadata.index,
+            )
+            restore_store(store, member_dir / "snap", snap.data)
         raft = RaftNode(
             _raft_config(cfg, member_id),
             rng,

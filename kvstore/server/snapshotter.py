@@ -32,6 +32,14 @@ SNAPSHOT_CATCH_UP_ENTRIES = 5000
 """Entries kept behind a snapshot for slow followers (etcd's SnapshotCatchUpEntries)."""
 
 
+def restore_store(store: MVCCStore, snap_dir: Path, data: bytes) -> None:
+    """Replace the store's state by a backend image the leader sent."""
+    tmp = snap_dir / "incoming.db"
+    tmp.write_bytes(data)
+    store.restore(tmp)
+    tmp.unlink()
+
+
 class Snapshotter:
     def __init__(
         self,
@@ -110,10 +118,7 @@ class Snapshotter:
     def install(self, snap: Snapshot) -> None:
         """Replace the applied state with the leader's snapshot."""
         if snap.data:  # (the bootstrap snapshot at index 1 is the empty state)
-            tmp = Path(self.snapshots.dir) / "incoming.db"
-            tmp.write_bytes(snap.data)
-            self.store.restore(tmp)
-            tmp.unlink()
+            restore_store(self.store, Path(self.snapshots.dir), snap.data)
         self._last_index = snap.metadata.index
         log.info("restored snapshot at index %d", snap.metadata.index)
 

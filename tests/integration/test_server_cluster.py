@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from kvstore.client import Client, EtcdError, LeaseNotFoundError, txn
-from kvstore.local.cluster import KVCluster
+from kvstore.local.cluster import KVCluster, KVStartError
 from kvstore.server.transport import SNAPSHOT_CHUNK_BYTES
 
 
@@ -209,6 +209,34 @@ async def test_far_behind_member_catches_up_through_a_snapshot(tmp_path: Path) -
         async with Client(c.endpoints, default_timeout=15) as client:
             got = await client.get("/snap/", prefix=True)
             assert got.count == 20 and got.header.revision == rev
+    finally:
+        c.stop()
+
+
+async def test_a_member_that_crashed_before_installing_a_snapshot_restarts_from_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The snapshot from the leader is on disk (and the WAL before it released) but the
+    backend is still the old one: the member restarts from the saved snapshot."""
+    c = KVCluster(root=tmp_path / "snap", size=3, extra_args=["--snapshot-count=50"])
+    c.start()
+    try:
+        async with Client(c.endpoints, default_timeout=15) as client:
+            leader = await _leader_index(client, c)
+            behind = max(i for i in range(3) if i != leader)
+            assert client.current_endpoint != c.endpoints[behind]
+            c.kill(behind)
+            rev = 0
+            for i in range(200):
+                rev = (await client.put(f"/snap/{i % 20}", f"{i}:" + "x" * 2000)).header.revision
+            monkeypatch.setenv("KVSTORE_FAILPOINTS", "raftBeforeApplySnap=panic")
+            with pytest.raises(KVStartError, match="exited"):
+                c.restart(behind)  # it saved the leader's snapshot, then crashed
+            monkeypatch.delenv("KVSTORE_FAILPOINTS")
+            c.restart(behind)
+            await _wait_same_hash(client, c, rev)
+            got = await client.get("/snap/", prefix=True)
+            assert got.count == 20
     finally:
         c.stop()
 
