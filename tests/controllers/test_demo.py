@@ -248,11 +248,25 @@ def test_demo_fails_over_and_stops_cleanly(tmp_path: Path) -> None:
         index, again = demo.wait_for(rf"started {crashed_name} \(scheduler, pid (\d+)\)", index)
         assert int(again[1]) != int(crashed_pid)
 
-        # Every process the demo started (and says it started) stops with it.
-        living = descendants(demo.process.pid)
+        # Every process the demo started (and says it started) stops with it: 2 store
+        # members left, 3 node agents, 3 controller-managers, 2 schedulers, the dashboard.
+        # A component may crash meanwhile and be started again by the demo: grpcio 1.85's
+        # segfault in its event_engine thread (status -11) hits a freshly started client
+        # now and then; any other exit is a failure.
+        deadline = time.monotonic() + 60
+        while len(living := descendants(demo.process.pid)) != 11:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.2)  # polling /proc: there is no event for a process to await
         reported = {int(pid) for pid in re.findall(r"pid (\d+)\)", "\n".join(demo.lines))}
-        # 2 store members left, 3 node agents, 3 controller-managers, 2 schedulers, the dashboard.
         assert len(living) == 11, gone_report(demo, reported - living, tmp_path / "data")
+        exits = re.findall(r"(\S+) exited with status (-?\d+)", "\n".join(demo.lines))
+        unexpected = [
+            (name, int(code))
+            for name, code in exits
+            if int(code) != -11 and (name, int(code)) != (crashed_name, -9)
+        ]
+        assert unexpected == [], demo.output()
         assert living <= reported, (living - reported, demo.output())
         started = {pid: start_time(pid) for pid in living}
         demo.process.send_signal(signal.SIGTERM)
