@@ -168,22 +168,30 @@ async def _wait_same_hash(client: Client, c: KVCluster, rev: int) -> None:
             await anyio.sleep(0.2)  # polling another process's progress
 
 
+async def _writes_a_member_misses(
+    client: Client, c: KVCluster, puts: int, size: int
+) -> tuple[int, int]:
+    """Kill a follower, then put ``puts`` values of ``size`` bytes over 20 keys under
+    /snap/: (the killed member, the last revision)."""
+    leader = await _leader_index(client, c)
+    # A follower other than the client's first endpoint: a write on the
+    # connection of a member just killed is ambiguous and is not resent.
+    behind = max(i for i in range(3) if i != leader)
+    assert client.current_endpoint != c.endpoints[behind]
+    c.kill(behind)
+    rev = 0
+    for i in range(puts):
+        rev = (await client.put(f"/snap/{i % 20}", f"{i}:" + "x" * size)).header.revision
+    return behind, rev
+
+
 async def test_far_behind_member_catches_up_through_a_snapshot(tmp_path: Path) -> None:
     c = KVCluster(root=tmp_path / "snap", size=3, extra_args=["--snapshot-count=50"])
     c.start()
     try:
         async with Client(c.endpoints, default_timeout=15) as client:
-            leader = await _leader_index(client, c)
-            # A follower other than the client's first endpoint: a write on the
-            # connection of a member just killed is ambiguous and is not resent.
-            behind = max(i for i in range(3) if i != leader)
-            assert client.current_endpoint != c.endpoints[behind]
-            c.kill(behind)
-            rev = 0
-            for i in range(300):
-                # Large values make the snapshot span several transfer chunks.
-                value = f"{i}:" + "x" * 20_000
-                rev = (await client.put(f"/snap/{i % 20}", value)).header.revision
+            # Large values make the snapshot span several transfer chunks.
+            behind, rev = await _writes_a_member_misses(client, c, 300, 20_000)
             c.restart(behind)
             await _wait_same_hash(client, c, rev)
             assert "restored snapshot" in c.members[behind].log_path.read_text()
@@ -222,13 +230,7 @@ async def test_a_member_that_crashed_before_installing_a_snapshot_restarts_from_
     c.start()
     try:
         async with Client(c.endpoints, default_timeout=15) as client:
-            leader = await _leader_index(client, c)
-            behind = max(i for i in range(3) if i != leader)
-            assert client.current_endpoint != c.endpoints[behind]
-            c.kill(behind)
-            rev = 0
-            for i in range(200):
-                rev = (await client.put(f"/snap/{i % 20}", f"{i}:" + "x" * 2000)).header.revision
+            behind, rev = await _writes_a_member_misses(client, c, 200, 2000)
             monkeypatch.setenv("KVSTORE_FAILPOINTS", "raftBeforeApplySnap=panic")
             with pytest.raises(KVStartError, match="exited"):
                 c.restart(behind)  # it saved the leader's snapshot, then crashed
