@@ -23,6 +23,7 @@ from typing import Protocol
 
 from kvstore._pb.etcdserverpb import rpc_pb2
 from kvstore._pb.mvccpb import kv_pb2
+from kvstore._pb.wire import varint
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +74,12 @@ class Watcher:
         return self.key <= key < end
 
 
-_EVENTS_TAG = b"\x5a"
-"""WatchResponse.events: field 11, length-delimited (the response's last field)."""
+_EVENTS_FIELD = rpc_pb2.WatchResponse.DESCRIPTOR.fields_by_name["events"].number
+assert max(f.number for f in rpc_pb2.WatchResponse.DESCRIPTOR.fields) == _EVENTS_FIELD, (
+    "events must be WatchResponse's last field: its bytes are appended to the rest"
+)
+_EVENTS_TAG = varint(_EVENTS_FIELD << 3 | 2)
+"""WatchResponse.events, length-delimited."""
 
 
 class EventBatch:
@@ -97,18 +102,9 @@ class EventBatch:
             parts = []
             for ev in self.events:
                 data = ev.SerializeToString()
-                parts.append(_EVENTS_TAG + _varint(len(data)) + data)
+                parts.append(_EVENTS_TAG + varint(len(data)) + data)
             self._wire = b"".join(parts)
         return self._wire
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 class EncodedWatchResponse:

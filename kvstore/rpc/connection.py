@@ -21,7 +21,7 @@ from google.protobuf.message import DecodeError, Message
 
 from kvstore.rpc import frames as fr
 from kvstore.rpc.call import CallContext, Cardinality, ErrorMapper, Method
-from kvstore.rpc.http2 import STREAM_SEND_HIGH_WATER_BYTES, Http2Connection, Http2Limits, Stream
+from kvstore.rpc.http2 import Http2Connection, Http2Limits, Stream
 from kvstore.rpc.status import RpcError, StatusCode
 from kvstore.rpc.turns import StreamTurns
 from kvstore.rpc.wiretypes import decode_strictly
@@ -337,7 +337,7 @@ class GrpcConnection(Http2Connection):
                 data = response.SerializeToString()
                 self._send_message(call, data)
                 self.schedule_flush()
-                if call.out_bytes > STREAM_SEND_HIGH_WATER_BYTES or self._paused:
+                if self.backed_up(call):
                     await self.writable(call)
                 # Behind requests: streams with much to send take the loop in slices.
                 if turns.spend(len(data)):

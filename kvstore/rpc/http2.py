@@ -477,11 +477,13 @@ class Http2Connection(asyncio.Protocol):
             trailers, stream.trailers = stream.trailers, None
             self._send_end(stream, trailers)
 
+    def backed_up(self, stream: Stream) -> bool:
+        """Whether ``stream`` has too much queued or the socket is backed up."""
+        return stream.out_bytes > STREAM_SEND_HIGH_WATER_BYTES or self._paused
+
     async def writable(self, stream: Stream) -> None:
-        """Wait while ``stream`` has too much queued or the socket is backed up."""
-        while (stream.out_bytes > STREAM_SEND_HIGH_WATER_BYTES or self._paused) and not (
-            stream.closed or self.closed
-        ):
+        """Wait while ``stream`` is backed up (see ``backed_up``)."""
+        while self.backed_up(stream) and not (stream.closed or self.closed):
             if stream.writable is None:
                 stream.writable = asyncio.Event()
             stream.writable.clear()

@@ -23,6 +23,7 @@ from google.protobuf.message import Message
 
 from kvstore._pb.etcdserverpb import rpc_pb2
 from kvstore._pb.peerpb import peer_pb2
+from kvstore._pb.wire import varint
 from kvstore.auth.requests import check_request
 from kvstore.auth.store import AUTH_REQUESTS, NOBODY, AuthInfo, AuthStore
 from kvstore.errors import NoSpaceError, RequestError
@@ -74,31 +75,22 @@ guard (:mod:`kvstore.server.services.access`), so its proposals carry it. Unset 
 own proposals (lease expiry, alarms), which apply unchecked."""
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-_DELETE_RANGE_TAG = _varint(_FIELD_TAGS[rpc_pb2.DeleteRangeRequest])
+_DELETE_RANGE_TAG = varint(_FIELD_TAGS[rpc_pb2.DeleteRangeRequest])
 
 
 def encode_proposal(request_id: int, request: Message) -> bytes:
     """The entry data for ``request``: a ``peerpb.Request``, encoded without copying it."""
     body = request.SerializeToString()
-    head = _varint(_FIELD_TAGS[type(request)]) + _varint(len(body))
+    head = varint(_FIELD_TAGS[type(request)]) + varint(len(body))
     if request_id:
-        head = bytes((_ID_TAG,)) + _varint(request_id) + head
+        head = bytes((_ID_TAG,)) + varint(request_id) + head
     proposer = PROPOSER.get()
     if proposer is None:
         return head + body
     return head + body + _proposer_field(proposer)
 
 
-_NOBODY_FIELD = _varint(_PROPOSER_TAG) + b"\x00"
+_NOBODY_FIELD = varint(_PROPOSER_TAG) + b"\x00"
 
 
 def _proposer_field(info: AuthInfo) -> bytes:
@@ -106,7 +98,7 @@ def _proposer_field(info: AuthInfo) -> bytes:
         return _NOBODY_FIELD
     raw = peer_pb2.Proposer(username=info.username, auth_revision=info.revision)
     body = raw.SerializeToString()
-    return _varint(_PROPOSER_TAG) + _varint(len(body)) + body
+    return varint(_PROPOSER_TAG) + varint(len(body)) + body
 
 
 def nospace_alarm(member_id: int) -> rpc_pb2.AlarmRequest:
