@@ -26,6 +26,7 @@ from google.protobuf.message import Message
 
 from kvstore._pb.etcdserverpb import rpc_pb2
 from kvstore._pb.mvccpb import kv_pb2
+from kvstore._pb.wire import varint
 from kvstore.errors import (
     CompactedError,
     CorruptError,
@@ -64,6 +65,16 @@ _SORT_FIELD: dict[int, Callable[[kv_pb2.KeyValue], object]] = {
     RangeRequest.MOD: lambda kv: kv.mod_revision,
     RangeRequest.VALUE: lambda kv: kv.value,
 }
+
+
+_KEY_TAG = bytes([KeyValue.DESCRIPTOR.fields_by_name["key"].number << 3 | 2])
+
+
+def tombstone_value(key: bytes) -> bytes:
+    """What a deletion stores: ``KeyValue{key}`` alone, as etcd does (HashKV and backups
+    see these bytes; the event carries the revision). Encoded by hand: building the
+    message took a fifth of a large delete's time."""
+    return _KEY_TAG + varint(len(key)) + key if key else b""
 
 
 def gte_end(range_end: bytes) -> bytes | None:
@@ -503,10 +514,7 @@ class MVCCStore:
         main = self._current_rev + 1
         for k in keys:
             rev: Revision = (main, self._sub)
-            # etcd stores a tombstone as KeyValue{key} alone (HashKV and backups see these
-            # bytes); the event carries the revision of the deletion.
-            tombstone = KeyValue(key=k).SerializeToString()
-            self._backend.put_rev(rev_key(main, self._sub, True), tombstone)
+            self._backend.put_rev(rev_key(main, self._sub, True), tombstone_value(k))
             kv = KeyValue(key=k, mod_revision=main)
             self._index.tombstone(k, rev)
             self._sub += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import weakref
 from collections.abc import Iterator
@@ -22,19 +23,26 @@ def _cycle() -> weakref.ref[Node]:
     return weakref.ref(a)
 
 
-@pytest.fixture
-def keeper() -> Iterator[PauseKeeper]:
+@contextlib.contextmanager
+def _installed(count_interval: float) -> Iterator[PauseKeeper]:
     # As a member starts: what is alive is frozen, then the keeper takes over.
     gc.unfreeze()
     gc.collect()
     gc.freeze()
-    k = PauseKeeper()
+    k = PauseKeeper(count_interval)
     k.install()
     try:
         yield k
     finally:
         k.uninstall()
         gc.unfreeze()
+
+
+@pytest.fixture
+def keeper() -> Iterator[PauseKeeper]:
+    """A keeper that counts the frozen set after every full collection."""
+    with _installed(count_interval=0.0) as k:
+        yield k
 
 
 def test_survivors_of_a_full_collection_are_frozen_and_new_cycles_still_collected(
@@ -66,3 +74,15 @@ def test_frozen_cycles_are_collected_once_the_frozen_set_shrank(keeper: PauseKee
     assert keeper.thaws == 1
     gc.collect()  # this one sees everything
     assert dead() is None
+
+
+def test_the_frozen_set_is_counted_at_most_once_an_interval() -> None:
+    with _installed(count_interval=3600.0) as keeper:
+        history = [[i] for i in range(2 * gc.get_freeze_count())]
+        for _ in range(5):
+            gc.collect()
+        assert keeper.freezes >= 5  # (and any the allocations above started)
+        assert keeper.counts == 0  # (each count walks every frozen object)
+        history.clear()
+        gc.collect()
+        assert keeper.thaws == 0  # shrunk, but not counted before the interval ends

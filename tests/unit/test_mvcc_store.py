@@ -10,9 +10,11 @@ from typing import Any
 import pytest
 
 from kvstore._pb.etcdserverpb import rpc_pb2
+from kvstore._pb.mvccpb import kv_pb2
 from kvstore.errors import CompactedError, DuplicateKeyError, FutureRevError, RequestError
 from kvstore.mvcc import MVCCStore, open_store, validate_request
 from kvstore.mvcc.gosort import go_sort
+from kvstore.mvcc.store import tombstone_value
 from kvstore.rpc.status import StatusCode
 from kvstore.server.status import code_of
 
@@ -273,3 +275,10 @@ def test_unknown_sort_order_or_target_is_refused_like_etcd() -> None:
             "etcdserver: invalid sort option",
         )
     validate_request(rpc_pb2.RangeRequest(key=b"k", sort_target=rpc_pb2.RangeRequest.VALUE))
+
+
+@pytest.mark.parametrize("length", [1, 127, 128, 16_383, 16_384, 1_500_000])
+def test_a_tombstone_holds_the_bytes_of_a_key_value_with_the_key_alone(length: int) -> None:
+    key = bytes(random.randrange(256) for _ in range(min(length, 64))) * (length // 64 + 1)
+    key = key[:length]
+    assert tombstone_value(key) == kv_pb2.KeyValue(key=key).SerializeToString()
