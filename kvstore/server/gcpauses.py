@@ -16,10 +16,9 @@ thawed for one full collection that sees everything, at a moment it is cheap. Th
 as it grows would bring back the very pause: 0.8-1.1 s at 1.9 million objects.
 
 Counting the frozen set walks it (``gc.get_freeze_count``: 15 ms at 2 million objects),
-and with little left unfrozen full collections come often (every few seconds under
-load, many times a second in a 150,000-key delete, where the count took a sixth of
-the members' CPU). So it is counted at most once per ``COUNT_INTERVAL_SECONDS``: a
-thaw waits that long at most.
+and with little left unfrozen full collections come often (many times a second in a
+150,000-key delete, where the count took a sixth of the members' CPU). So it is
+counted at most once per ``COUNT_INTERVAL_SECONDS``: a thaw waits that long at most.
 """
 
 from __future__ import annotations
