@@ -64,6 +64,12 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         help="comma-separated fault kinds to keep from the mix (default: all available)",
     )
+    p.add_argument(
+        "--member-flag",
+        action="append",
+        default=[],
+        help="an extra flag of every member process, e.g. --member-flag=--snapshot-count=50",
+    )
     p.add_argument("--keep", action="store_true", help="save history and logs even when OK")
     p.add_argument(
         "--target", choices=["etcd", "kvstore"], default="etcd", help="which store to test"
@@ -102,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         failpoints=args.failpoints,
         fault_kinds=tuple(k for k in args.faults.split(",") if k) or None,
         member_env={k: v for k, v in os.environ.items() if k == "KVSTORE_FAILPOINTS"},
+        member_flags=tuple(args.member_flag),
     )
 
     def on_term(signum: int, frame: object) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,8 @@ class CampaignConfig:
     fault_kinds: tuple[str, ...] | None = None
     # Extra environment of every member process (tests plant mutants with failpoints).
     member_env: dict[str, str] = field(default_factory=dict)
+    # Extra flags of every member process (tests widen windows, e.g. the backend batch).
+    member_flags: tuple[str, ...] = ()
 
     def repro(self) -> str:
         extra = f" --target {self.target}"
@@ -65,6 +68,7 @@ class CampaignConfig:
         extra += " --power" if self.power else ""
         extra += " --failpoints" if self.failpoints else ""
         extra += f" --faults {','.join(self.fault_kinds)}" if self.fault_kinds else ""
+        extra += "".join(f" --member-flag={shlex.quote(f)}" for f in self.member_flags)
         env = " ".join(f"{k}={v!r}" for k, v in sorted(self.member_env.items()))
         return (
             f"{env + ' ' if env else ''}"

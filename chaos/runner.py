@@ -65,6 +65,7 @@ def member_args(config: CampaignConfig) -> list[str]:
     args = list(MEMBER_EXTRA_ARGS)
     if config.failpoints and config.target == "kvstore":
         args.append(f"--snapshot-count={FAILPOINT_SNAPSHOT_COUNT}")
+    args.extend(config.member_flags)
     return args
 
 

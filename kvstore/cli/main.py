@@ -121,6 +121,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             heartbeat_ms=args.heartbeat_interval,
             election_ms=args.election_timeout,
             snapshot_count=args.snapshot_count,
+            backend_batch_interval=_duration_flag(
+                "--backend-batch-interval", args.backend_batch_interval
+            ),
+            backend_batch_limit=args.backend_batch_limit,
             wal_segment_bytes=args.wal_segment_size,
             max_txn_ops=args.max_txn_ops,
             max_concurrent_streams=args.max_concurrent_streams,
@@ -334,6 +338,17 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--heartbeat-interval", type=int, default=c.DEFAULT_HEARTBEAT_MS, help="ms")
     srv.add_argument("--election-timeout", type=int, default=c.DEFAULT_ELECTION_MS, help="ms")
     srv.add_argument("--snapshot-count", type=int, default=c.DEFAULT_SNAPSHOT_COUNT)
+    srv.add_argument(
+        "--backend-batch-interval",
+        default=f"{c.DEFAULT_BACKEND_BATCH_INTERVAL_SECONDS * 1000:g}ms",
+        help="longest time between backend commits (Go duration; etcd's default: 100ms)",
+    )
+    srv.add_argument(
+        "--backend-batch-limit",
+        type=int,
+        default=c.DEFAULT_BACKEND_BATCH_LIMIT,
+        help="applied entries that force a backend commit",
+    )
     srv.add_argument(
         "--wal-segment-size",
         type=int,

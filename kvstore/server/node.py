@@ -79,10 +79,6 @@ BATCH_HOLD_SECONDS = 0.005
 for it, at most this long, and then go together: every batch costs a round of peer
 messages, far more than its entries do, so under load batches grow with the load.
 A request that finds nothing in flight goes at once."""
-BACKEND_BATCH_INTERVAL_SECONDS = 0.05
-"""Seconds between MVCC backend commits (etcd: 100 ms)."""
-BACKEND_BATCH_ENTRIES = 10_000
-"""Applied entries that force a backend commit (etcd: 10,000)."""
 INLINE_FSYNC_SECONDS = 0.002
 """A WAL write whose recent average is faster than this runs on the loop thread: handing
 it to a worker costs more CPU and latency than it saves. Slower disks get a worker
@@ -698,7 +694,7 @@ class Node:
             self.on_member_attributes(index, attrs)
 
     def maybe_commit_backend(self, force: bool = False) -> None:
-        """Commit the MVCC batch every BACKEND_BATCH_INTERVAL_SECONDS (etcd's batching).
+        """Commit the MVCC batch every --backend-batch-interval or -limit entries (etcd's).
 
         Safe because the WAL is durable first: after a crash the store reopens at its
         last committed consistent index and the WAL replays the rest.
@@ -708,8 +704,8 @@ class Node:
         now = time.monotonic()
         if (
             force
-            or now - self._last_backend_commit >= BACKEND_BATCH_INTERVAL_SECONDS
-            or self._uncommitted_applies >= BACKEND_BATCH_ENTRIES
+            or now - self._last_backend_commit >= self.cfg.backend_batch_interval
+            or self._uncommitted_applies >= self.cfg.backend_batch_limit
         ):
             self.store.commit()
             self._last_backend_commit = time.monotonic()

@@ -4,6 +4,10 @@ The power-loss disks must be able to catch a planted durability bug: with the
 WAL's fdatasync skipped (the ``walFsync=skip`` failpoint, a test-only mutant),
 cutting the power of every member loses acknowledged writes, and the
 durability checker says so; the same round on the real code loses nothing.
+Both run with the backend batch held open for longer than the campaign, so every
+write acknowledged before the cut is in the WAL alone (with etcd's short batch
+interval a cut that follows the last commit by less than the interval would lose
+nothing even from the mutant, and the test would depend on that timing).
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ from kvstore.failpoints import ENV
 from kvstore.local.cluster import KVCluster
 
 pytestmark = pytest.mark.skipif(fuse_available() is not None, reason=str(fuse_available()))
+
+
+BACKEND_BATCH_HELD_OPEN = "1h"
 
 
 def _seed_cutting_every_member() -> int:
@@ -46,6 +53,7 @@ async def _whole_cluster_power_cut(tmp_path: Path, member_env: dict[str, str]) -
         membership=False,
         fault_kinds=("power_loss",),
         member_env=member_env,
+        member_flags=(f"--backend-batch-interval={BACKEND_BATCH_HELD_OPEN}",),
         lockers=0,
         lease_workers=1,
     )

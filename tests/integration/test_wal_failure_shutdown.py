@@ -11,7 +11,6 @@ import pytest
 from kvstore._pb.etcdserverpb import rpc_pb2
 from kvstore.failpoints import FailpointError
 from kvstore.raft.types import Role
-from kvstore.server import node as node_module
 from kvstore.server.bootstrap import bootstrap
 from kvstore.server.node import Node
 from kvstore.storage import wal as wal_module
@@ -31,8 +30,9 @@ async def test_a_failed_wal_fsync_commits_no_more_of_the_backend(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Applied writes stay in the backend's open batch until the member stops.
-    monkeypatch.setattr(node_module, "BACKEND_BATCH_INTERVAL_SECONDS", 3600.0)
-    cfg = single_member_config(tmp_path, heartbeat_ms=20, election_ms=200)
+    cfg = single_member_config(
+        tmp_path, heartbeat_ms=20, election_ms=200, backend_batch_interval=3600.0
+    )
     node = Node(cfg, bootstrap(cfg), lambda msgs: None)
     run, ticker = await _leading(node)
     await node.propose(rpc_pb2.PutRequest(key=b"acknowledged", value=b"1"))
