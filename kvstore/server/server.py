@@ -21,10 +21,11 @@ from kvstore.server.gcpauses import PauseKeeper
 from kvstore.server.http import MemberHTTP
 from kvstore.server.leases import LeaseForwarder, expire_leases
 from kvstore.server.membership import ClusterMembership, Member, discover_existing
-from kvstore.server.node import Node
+from kvstore.server.node import HELD_UP_WARN_TICKS, Node
 from kvstore.server.peerlistener import CallSpec, PeerListener
 from kvstore.server.peerwire import PeerMethod
 from kvstore.server.services import Core, SelfClient, method_table
+from kvstore.server.stallwatch import StallWatch
 from kvstore.server.status import to_status
 from kvstore.server.tls import http_ssl_context
 from kvstore.server.transport import SnapshotUnavailable, Transport
@@ -177,9 +178,13 @@ class EtcdServer:
                 ",".join(cfg.listen_metrics_urls) or "-",
             )
             await corruption.check_initial(self.core)  # before serving clients, as etcd does
+            stalls = StallWatch(
+                HELD_UP_WARN_TICKS * cfg.heartbeat_ms / 1000, f"member {self.member_id:x}"
+            )
             async with asyncio.TaskGroup() as tg:
                 raft_task = tg.create_task(self.node.run())
                 others = [
+                    tg.create_task(stalls.run_beats()),
                     tg.create_task(self.node.run_ticker()),
                     tg.create_task(expire_leases(self.node)),
                     tg.create_task(self.node.run_watch_sync()),
