@@ -145,7 +145,9 @@ class MVCCStore:
         self._current_rev = 1
         self._compact_rev = -1
         self._consistent_index = 0
-        self._changes: list[kv_pb2.KeyValue] | None = None  # not None inside a write
+        # Not None inside a write: what it put (KeyValue) and deleted (the key alone: an
+        # event for it is built only if a watcher is there to receive it).
+        self._changes: list[kv_pb2.KeyValue | bytes] | None = None
         self._sub = 0
         self._suspended_write = False
         self._closed = False
@@ -457,12 +459,12 @@ class MVCCStore:
         rev = self._current_rev
         if not self.watchers.has_synced_watchers():
             return  # unsynced watchers replay from the backend; nothing to hand over
-        events = []
-        for kv in changes:
-            if kv.create_revision == 0:
-                events.append(Event(type=_DELETE, kv=kv))
-            else:
-                events.append(Event(type=_PUT, kv=kv))
+        events = [
+            Event(type=_DELETE, kv=KeyValue(key=change, mod_revision=rev))
+            if isinstance(change, bytes)
+            else Event(type=_PUT, kv=change)
+            for change in changes
+        ]
         self.watchers.notify(events, rev)
 
     def _read_rev(self) -> int:
@@ -515,10 +517,9 @@ class MVCCStore:
         for k in keys:
             rev: Revision = (main, self._sub)
             self._backend.put_rev(rev_key(main, self._sub, True), tombstone_value(k))
-            kv = KeyValue(key=k, mod_revision=main)
             self._index.tombstone(k, rev)
             self._sub += 1
-            changes.append(kv)
+            changes.append(k)
             old = self.lessor.lease_of(k)
             if old != NO_LEASE:
                 self.lessor.detach(old, k)
