@@ -11,8 +11,9 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 
-from sortedcontainers import SortedDict
+from sortedcontainers import SortedDict, SortedList
 
 from kvstore.mvcc.revision import Revision
 
@@ -169,11 +170,26 @@ class KeyIndex:
             available.discard(g.revs[ri])
 
 
+LIVE_CHUNK_KEYS = 256
+"""Keys taken from the live set at a time: the caller may delete those it was given
+before asking for more (a DeleteRange applied in slices)."""
+
+
 class TreeIndex:
-    """Sorted map of key -> KeyIndex."""
+    """Sorted map of key -> KeyIndex, and the sorted set of keys live at the newest
+    revision recorded.
+
+    Until a compaction, deleted keys stay in the map with their history; a read of the
+    current state walks only the live set (a prefix where 800,000 keys were deleted and
+    none is left is read at once, and counted by two binary searches).
+    """
 
     def __init__(self) -> None:
         self._keys: SortedDict = SortedDict()
+        self._live: SortedList | None = SortedList()
+        """None after a restore, until ``_live_keys`` rebuilds it."""
+        self._newest = 0
+        """Main revision of the newest put or tombstone recorded."""
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -187,9 +203,14 @@ class TreeIndex:
         if ki is None:
             ki = KeyIndex(key)
             self._keys[key] = ki
+        if self._live is not None and ki.latest() is None:
+            self._live.add(key)
         ki.put(rev)
+        self._newest = rev[0]
 
     def restore(self, key: bytes, created: Revision, rev: Revision, ver: int) -> None:
+        """Rebuilding from the backend, in revision order (the live set is built after)."""
+        self._live = None
         ki = self._keys.get(key)
         if ki is None:
             ki = KeyIndex(key)
@@ -197,11 +218,27 @@ class TreeIndex:
             self._keys[key] = ki
         else:
             ki.put(rev)
+        self._newest = max(self._newest, rev[0])
 
     def tombstone(self, key: bytes, rev: Revision) -> None:
         ki = self._keys.get(key)
         assert ki is not None, key
         ki.tombstone(rev)
+        if self._live is not None:
+            self._live.remove(key)
+        self._newest = max(self._newest, rev[0])
+
+    def finish_restore(self) -> None:
+        """Build the live set now that the rebuild is done (else the first read would)."""
+        self._live_keys()
+
+    def _live_keys(self) -> SortedList:
+        live = self._live
+        if live is None:
+            live = self._live = SortedList(
+                k for k, ki in self._keys.items() if ki.latest() is not None
+            )
+        return live
 
     def _candidates(self, key: bytes, end: bytes | None) -> Iterator[KeyIndex]:
         if end is None:
@@ -219,15 +256,47 @@ class TreeIndex:
         for k in it:
             yield keys[k]
 
+    def _live_range(self, key: bytes, end: bytes) -> Iterator[tuple[bytes, Revision]]:
+        """The live set's keys in [key, end), a chunk at a time (see LIVE_CHUNK_KEYS)."""
+        live, keys = self._live_keys(), self._keys
+        maximum = end or None
+        low, inclusive = key, True
+        while chunk := list(
+            islice(live.irange(low, maximum, inclusive=(inclusive, False)), LIVE_CHUNK_KEYS)
+        ):
+            for k in chunk:
+                yield k, keys[k].modified
+            low, inclusive = chunk[-1], False
+
     def range(self, key: bytes, end: bytes | None, at_rev: int) -> Iterator[tuple[bytes, Revision]]:
         """(key, modified revision) of each key in [key, end) live at ``at_rev``, in key order.
 
         ``end`` None means the single key, ``b""`` means every key >= ``key``.
         """
+        if end is not None and at_rev >= self._newest:
+            if end and end <= key:
+                return iter(())
+            return self._live_range(key, end)
+        return self._range_at(key, end, at_rev)
+
+    def _range_at(
+        self, key: bytes, end: bytes | None, at_rev: int
+    ) -> Iterator[tuple[bytes, Revision]]:
         for ki in self._candidates(key, end):
             got = ki.get(at_rev)
             if got is not None:
                 yield ki.key, got[0]
+
+    def count(self, key: bytes, end: bytes | None, at_rev: int) -> int:
+        """How many keys ``range`` yields."""
+        if end is not None and at_rev >= self._newest:
+            if end and end <= key:
+                return 0
+            live = self._live_keys()
+            below_end: int = live.bisect_left(end) if end else len(live)
+            below_key: int = live.bisect_left(key)
+            return below_end - below_key
+        return sum(1 for _ in self._range_at(key, end, at_rev))
 
     def watch_candidates(self, key: bytes, end: bytes | None) -> Iterator[KeyIndex]:
         """Key indexes in the range, whatever their liveness."""

@@ -182,6 +182,7 @@ class MVCCStore:
             else:
                 self._index.restore(kv.key, (kv.create_revision, 0), (main, sub), kv.version)
                 live_lease[kv.key] = kv.lease
+        self._index.finish_restore()
         self._current_rev = max(cur, self._compact_rev)
         if scheduled != finished:
             # Crashed (or snapshotted) mid-compaction: the backend still holds revisions the
@@ -541,15 +542,14 @@ class MVCCStore:
             rev = cur
         if rev < self._compact_rev:
             raise CompactedError()
-        found = self._index.range(key, end, rev)
         if count_only:
-            return [], sum(1 for _ in found), cur
-        revs: list[Revision] = []
-        total = 0
-        for _, r in found:
-            if limit <= 0 or len(revs) < limit:
-                revs.append(r)
-            total += 1
+            return [], self._index.count(key, end, rev), cur
+        found = (r for _, r in self._index.range(key, end, rev))
+        if limit <= 0:
+            revs = list(found)
+            return [self._kv_at(r) for r in revs], len(revs), cur
+        revs = list(itertools.islice(found, limit))
+        total = len(revs) if len(revs) < limit else self._index.count(key, end, rev)
         return [self._kv_at(r) for r in revs], total, cur
 
     def range(self, r: rpc_pb2.RangeRequest) -> rpc_pb2.RangeResponse:
