@@ -343,12 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=f"{c.DEFAULT_BACKEND_BATCH_INTERVAL_SECONDS * 1000:g}ms",
         help="longest time between backend commits (Go duration; etcd's default: 100ms)",
     )
-    srv.add_argument(
-        "--backend-batch-limit",
-        type=int,
-        default=c.DEFAULT_BACKEND_BATCH_LIMIT,
-        help="applied entries that force a backend commit",
-    )
+    srv.add_argument("--backend-batch-limit", type=int, default=c.DEFAULT_BACKEND_BATCH_LIMIT)
     srv.add_argument(
         "--wal-segment-size",
         type=int,
