@@ -8,7 +8,9 @@ snapshot flooded the disk and held every member's loop up for seconds under load
 follower that needs the state gets a copy of the leader's backend made when it is sent
 (``Node.snapshot_image``). Writing the file happens in a worker thread; recording it in
 Raft and the WAL and compacting the log happen on the loop, between two Readys.
-Shutdown waits for a write in flight.
+Deleting the WAL segments the snapshot covers happens in a worker thread too, as
+etcd's purge runs beside its raft loop: unlinking 64 MiB segments took 75-85 ms each
+under ``check perf``, on every member at the same moment. Shutdown waits for both.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class Snapshotter:
         """The snapshot directory: the raft loop against its worker threads."""
         self._last_index = applied_index
         self._writing: asyncio.Future[tuple[Snapshot, float]] | None = None
+        self._releasing: asyncio.Future[int] | None = None
 
     def maybe_take(self, applied_index: int, wake: Callable[[], None]) -> bool:
         """Start a snapshot if ``snapshot_count`` entries were applied since the last one.
@@ -104,11 +107,24 @@ class Snapshotter:
         keep = min(SNAPSHOT_CATCH_UP_ENTRIES, self.snapshot_count)
         if index > keep:
             self.raft.compact(index - keep)
-        self.wal.release_to(index)
+        self._release_wal(index)
         with self.files_lock:
             self.snapshots.purge()
         log.info("snapshot at index %d (%d bytes) in %.3fs", index, len(snap.data), took)
         failpoint("raftAfterSaveSnapshot")
+
+    def _release_wal(self, index: int) -> None:
+        """Delete the segments snapshot ``index`` covers, in a worker thread.
+
+        One release at a time: while one is in flight, the next snapshot's release
+        covers what this one would have. A disk fault marks the WAL failed, and its
+        next write stops the member.
+        """
+        if self._releasing is not None and not self._releasing.done():
+            return
+        fut = asyncio.ensure_future(asyncio.to_thread(self.wal.release_to, index))
+        fut.add_done_callback(_log_release_failure)
+        self._releasing = fut
 
     def save_received(self, snap: Snapshot) -> None:
         """Persist a snapshot from the leader (before its WAL record; any thread)."""
@@ -122,8 +138,18 @@ class Snapshotter:
         self._last_index = snap.metadata.index
         log.info("restored snapshot at index %d", snap.metadata.index)
 
+    async def wait_idle(self) -> None:
+        """Wait for the snapshot file being written and the WAL segments being released."""
+        pending = [f for f in (self._writing, self._releasing) if f is not None]
+        if pending:
+            await asyncio.wait(pending)
+
     async def close(self) -> None:
-        """Wait for a copy in flight (it reads a pinned view of the backend)."""
-        writing = self._writing
-        if writing is not None:
-            await asyncio.wait([writing])
+        """Wait for a copy in flight (it reads a pinned view of the backend) and for a
+        release of WAL segments (before the WAL closes)."""
+        await self.wait_idle()
+
+
+def _log_release_failure(fut: asyncio.Future[int]) -> None:
+    if not fut.cancelled() and (error := fut.exception()) is not None:
+        log.error("releasing WAL segments failed: %s", error)
