@@ -180,8 +180,8 @@ class TreeIndex:
     revision recorded.
 
     Until a compaction, deleted keys stay in the map with their history; a read of the
-    current state walks only the live set (a prefix where 800,000 keys were deleted and
-    none is left is read at once, and counted by two binary searches).
+    current state walks only the live set (a prefix whose keys were all deleted is read
+    at once, however many there were, and a count is two binary searches).
     """
 
     def __init__(self) -> None:

@@ -4,10 +4,11 @@ The ticker can only say afterwards that the loop was held up, and for how long; 
 nothing shows what ran. This thread looks during the stall: when the loop has not come
 round for ``threshold`` seconds it logs the loop thread's Python stack, once a stall.
 That stack is the code holding the loop, or the call into C that blocks it (an fsync,
-an LMDB commit: both release the GIL, so the watchdog can run and look).
+an LMDB commit: both release the GIL, so the watchdog can run and look). C code that
+keeps the GIL is seen only as it lets go: the stack then shows the line just after it.
 
-Cost: one wake-up of a sleeping thread every ``threshold / 2`` seconds and one clock
-read per heartbeat on the loop.
+Cost: one wake-up of a sleeping thread every ``threshold / 2`` seconds, and a task on
+the loop that beats every ``threshold / 4``.
 """
 
 from __future__ import annotations
