@@ -57,7 +57,8 @@ Durability protocol
   the directory fsync'ed. Hence every non-final segment is complete, and any
   damage in it is corruption.
 * :meth:`WAL.release_to` deletes segments wholly covered by a snapshot, oldest
-  first, then fsyncs the directory, so a crash leaves a contiguous suffix.
+  first, then fsyncs the directory, so a crash leaves a contiguous suffix; then
+  frees their blocks a little at a time.
 
 The WAL object is not thread-safe: one owner (the node's raft loop) drives it.
 """
@@ -111,6 +112,13 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SEGMENT_SIZE: Final = 64 * 1024 * 1024
 """Segment rollover size in bytes (etcd's default)."""
+
+RELEASE_STEP_BYTES: Final = 2 * 1024 * 1024
+"""A released segment is unlinked, then shrunk this much at a time before it is closed.
+Freeing a written 64 MiB segment at once made the next journal commit carry all its
+extents: the appending fdatasync waited 8-13 ms on an idle disk and a put ~80 ms under
+``check perf``; freed 2 MiB at a time, the slowest fdatasync beside it took ~1 ms.
+(RocksDB's delete scheduler truncates files in chunks for the same reason.)"""
 
 SLOW_SYNC_SECONDS: Final = 1.0
 """An fdatasync slower than this is logged as a warning."""
@@ -427,6 +435,18 @@ def _preallocate(fd: int, size: int) -> None:
         os.posix_fallocate(fd, 0, size)
     except OSError as exc:  # e.g. EOPNOTSUPP on exotic filesystems: just grow on write
         log.debug("wal: posix_fallocate unsupported (%s); not preallocating", exc)
+
+
+def _free_gradually(fd: int) -> None:
+    """Shrink an unlinked file to nothing, RELEASE_STEP_BYTES at a time (see there).
+
+    It is out of the directory already: a crash part-way leaves no short segment, and the
+    filesystem frees the orphan's rest.
+    """
+    size = os.fstat(fd).st_size
+    while size > 0:
+        size = max(0, size - RELEASE_STEP_BYTES)
+        os.ftruncate(fd, size)
 
 
 def _write_all(fd: int, data: bytes, offset: int) -> int:
@@ -1013,14 +1033,21 @@ class WAL:
             if s.first_index <= index and s.seq <= self._seq:
                 keep = i
         doomed = segs[:keep]
+        unlinked: list[int] = []
         try:
             for s in doomed:  # oldest first: a crash leaves a contiguous suffix
+                unlinked.append(os.open(s.path, os.O_WRONLY | os.O_CLOEXEC))
                 os.unlink(s.path)
             if doomed:
                 fsync_dir(self._dir)
+            for fd in unlinked:
+                _free_gradually(fd)
         except OSError as exc:
             self._failed = exc
             raise disk_fault("releasing WAL segments in", self._dir, exc) from exc
+        finally:
+            for fd in unlinked:
+                os.close(fd)
         if doomed:
             log.info(
                 "wal: released %d segment(s) up to seq %d for snapshot index %d",

@@ -453,3 +453,39 @@ def test_crash_midway_through_release(tmp_path: Path) -> None:
     assert w.release_to(250) == len(doomed) - 2
     w.close()
     assert list_segments(tmp_path)[0][1] <= 250
+
+
+def test_released_segments_leave_the_directory_whole_then_shrink_step_by_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each released segment is unlinked before any of its blocks is freed (a crash never
+    leaves a short segment to replay), then freed RELEASE_STEP_BYTES at a time."""
+    step = 1024
+    monkeypatch.setattr(wal_mod, "RELEASE_STEP_BYTES", step)
+    with WAL.create(tmp_path, segment_size=SEG) as w:
+        for i in range(1, 300, 10):
+            w.save(HardState(1, 1, i + 9), ents(i, i + 9))
+        w.save_snapshot(SnapshotMetadata(index=250, term=1))
+        sizes = {path: os.path.getsize(path) for _, _, path in list_segments(tmp_path)}
+        doomed = [s for s in list_segments(tmp_path) if s[1] <= 250][:-1]
+        assert len(doomed) >= 3
+        shrinks: list[tuple[int, int]] = []
+        real_ftruncate = os.ftruncate
+
+        def recording_ftruncate(fd: int, length: int) -> None:
+            for _, _, path in list_segments(tmp_path):  # what a crash now would leave
+                assert os.path.getsize(path) == sizes[path], path
+            shrinks.append((os.fstat(fd).st_size, length))
+            real_ftruncate(fd, length)
+
+        monkeypatch.setattr(os, "ftruncate", recording_ftruncate)
+        assert w.release_to(250) == len(doomed)
+        monkeypatch.setattr(os, "ftruncate", real_ftruncate)
+    assert shrinks, "the released segments were freed in steps"
+    assert all(0 < before - after <= step for before, after in shrinks)
+    assert sum(before - after for before, after in shrinks) == sum(
+        sizes[path] for _, _, path in doomed
+    )
+    assert [s[2] for s in list_segments(tmp_path)] == [
+        p for p in sizes if p not in {d[2] for d in doomed}
+    ]
