@@ -14,7 +14,7 @@ import asyncio
 import collections
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Coroutine
 from typing import Any, Protocol
 
 from google.protobuf.message import DecodeError, Message
@@ -128,7 +128,7 @@ class GrpcConnection(Http2Connection):
             call.timer = self.loop.call_at(deadline, self._deadline_passed, call)
         if method.cardinality is Cardinality.BIDI_STREAM:
             call.inbox = collections.deque()
-            call.task = self.loop.create_task(self._run_stream(call))
+            self._start(call, self._run_stream(call))
         return call
 
     def stream_data(self, stream: Stream, data: bytes) -> None:
@@ -168,7 +168,7 @@ class GrpcConnection(Http2Connection):
             return
         assert stream.ctx is not None
         if method.cardinality is Cardinality.SERVER_STREAM:
-            stream.task = self.loop.create_task(self._run_stream(stream, request))
+            self._start(stream, self._run_stream(stream, request))
             return
         try:
             result = method.handler(request, stream.ctx)
@@ -180,7 +180,7 @@ class GrpcConnection(Http2Connection):
         elif isinstance(result, asyncio.Future):
             result.add_done_callback(lambda fut: self._future_done(stream, fut))
         else:
-            stream.task = self.loop.create_task(self._run_unary(stream, result))
+            self._start(stream, self._run_unary(stream, result))
 
     def stream_reset(self, stream: Stream) -> None:
         assert isinstance(stream, Call)
@@ -297,6 +297,10 @@ class GrpcConnection(Http2Connection):
 
     # ----- running handlers
 
+    def _start(self, call: Call, handler: Coroutine[Any, Any, None]) -> None:
+        call.task = task = self.loop.create_task(handler)
+        task.add_done_callback(lambda _: _forget_task(call))
+
     def _future_done(self, call: Call, fut: asyncio.Future[Any]) -> None:
         if call.closed:
             if not fut.cancelled():
@@ -386,6 +390,13 @@ class GrpcConnection(Http2Connection):
             trailers = fr.RESPONSE_HEADERS + trailers  # trailers-only: one HEADERS frame
         self.end_stream(call, trailers)
         self._wake_reader(call)
+
+
+def _forget_task(call: Call) -> None:
+    """A cancelled handler's traceback holds its frames, and they the call: were the call to
+    hold the task still, every cancelled stream would be a reference cycle left for the
+    collector."""
+    call.task = None
 
 
 def peer_common_name(transport: asyncio.BaseTransport) -> str:

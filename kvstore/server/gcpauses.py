@@ -9,10 +9,11 @@ leader. Go's collector runs beside the program; CPython 3.11's stops it.
 What survives a slow full collection (``FREEZE_AFTER_SECONDS`` or more) is long-lived:
 it is frozen (``gc.freeze``: out of the collector's sight, still freed by reference
 counting), so the next full collection scans only what came since. The price: garbage
-cycles among objects frozen earlier are never collected. A closed watch stream leaves
-~55 objects in cycles (its tasks' CancelledError, their tracebacks and frames): freezing
-after every full collection froze the streams open at that moment, and 30,000 watch
-connections opened and closed in turn grew a member by 4 MB, without end. Freezing only
+cycles among objects frozen earlier are never collected. A closed watch stream used to
+leave ~55 objects in cycles (its tasks' CancelledError, their tracebacks and frames; now
+none, see ``kvstore.rpc.connection._forget_task``): freezing after every full collection
+froze the cycles of whatever was open at that moment, and 30,000 watch connections opened
+and closed in turn grew a member by 4 MB, without end. Freezing only
 after a slow collection freezes when the tracked heap has grown (the key index), so
 under churn alone nothing is frozen and the cycles are collected. When the heap has
 shrunk to half its peak (a compaction dropped history), the frozen set is thawed for
