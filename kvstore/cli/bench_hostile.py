@@ -72,8 +72,14 @@ def rss_mib(pid: int) -> float:
 
 def _sockets(pid: int) -> int:
     """Open sockets of process ``pid``."""
-    fds = Path(f"/proc/{pid}/fd")
-    return sum(1 for fd in fds.iterdir() if os.readlink(fd).startswith("socket:"))
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except FileNotFoundError:  # closed since the directory was listed
+            continue
+        count += target.startswith("socket:")
+    return count
 
 
 def _pct(values: list[float], q: float) -> float:
