@@ -1066,11 +1066,8 @@ def _changes_keys(request: Message) -> bool:
 
 
 def txn_readonly(t: rpc_pb2.TxnRequest) -> bool:
-    """Whether the txn only reads, whichever branch it takes."""
-    for op in (*t.success, *t.failure):
-        kind = op.WhichOneof("request")
-        if kind in ("request_put", "request_delete_range"):
-            return False
-        if kind == "request_txn" and not txn_readonly(op.request_txn):
-            return False
-    return True
+    """Whether every op of both branches is a range: etcd's test. A nested txn (even one
+    that only reads) or an empty op makes it a write, proposed through Raft, and so held
+    to the request size limit (the fuzz soak found a 1.5 MiB nested compare key that etcd
+    refused as too large and we answered)."""
+    return all(op.WhichOneof("request") == "request_range" for op in (*t.success, *t.failure))

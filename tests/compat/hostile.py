@@ -103,6 +103,17 @@ def _scalar(field: FieldDescriptor, depth: int) -> st.SearchStrategy[Any]:
     return _int_strategy(field)
 
 
+def _size(value: Any) -> int:
+    return len(value) if isinstance(value, (bytes, str)) else 8
+
+
+def _copies(size: int, wanted: int) -> int:
+    """``wanted`` copies (past max-txn-ops), unless together they would pass what may be
+    sent: nested txns of 129 copies of 129 copies of a 1 MiB key once made a request of
+    gigabytes, and the soak's test process ran out of memory building it."""
+    return wanted if size * wanted <= MAX_SEND_BYTES else max(1, MAX_SEND_BYTES // max(size, 1))
+
+
 @st.composite
 def _message(draw: st.DrawFn, desc: Descriptor, depth: int) -> Message:
     from google.protobuf import message_factory
@@ -116,10 +127,11 @@ def _message(draw: st.DrawFn, desc: Descriptor, depth: int) -> Message:
         values = _scalar(field, depth)
         if field.is_repeated:
             if field.type != FieldDescriptor.TYPE_MESSAGE and draw(st.integers(0, 9)) == 0:
-                items = [draw(values)] * draw(st.sampled_from([129, 1000]))  # past max-txn-ops
+                one = draw(values)
+                items = [one] * _copies(_size(one), draw(st.sampled_from([129, 1000])))
             elif field.type == FieldDescriptor.TYPE_MESSAGE and draw(st.integers(0, 9)) == 0:
                 one = draw(values)
-                items = [one] * draw(st.sampled_from([128, 129]))
+                items = [one] * _copies(one.ByteSize(), draw(st.sampled_from([128, 129])))
             else:
                 items = draw(st.lists(values, max_size=3))
             target = getattr(msg, field.name)

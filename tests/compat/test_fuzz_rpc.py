@@ -438,6 +438,12 @@ FOUND = [
     ("etcdserverpb.KV.Txn", b"\x0a\x04\x08\x00\x12\x00"),
     ("etcdserverpb.Maintenance.HashKV", rpc_pb2.HashKVRequest(revision=-5)),
     ("etcdserverpb.Maintenance.Status", b"\x00\x00\x00\x00"),  # field number 0
+    # A nested txn makes a write, held to the size limit (it was answered as a read).
+    (
+        "etcdserverpb.KV.Txn",
+        rpc_pb2.TxnRequest(success=[{"request_txn": {"compare": [{"key": _BIG}]}}]),
+    ),
+    ("etcdserverpb.KV.Txn", rpc_pb2.TxnRequest(success=[{}], failure=[{}])),  # empty ops
 ]
 FOUND_STREAMS = [
     # A watch created, then a request that does not decode: the created answer first.
