@@ -547,7 +547,8 @@ class WatchHub:
         stream is full are skipped until it drains. A watcher whose start is
         compacted gets a compacted response and is cancelled. ``only`` limits
         the work to one stream's watchers (a consumer that just drained its
-        outbox). The driver should call this periodically (etcd: every 100 ms)
+        outbox, a watch just created); such a round leaves compacted watchers to the
+        periodic one. The driver should call this periodically (etcd: every 100 ms)
         so that watchers of every stream eventually catch up.
         """
         if not self._unsynced:
@@ -560,6 +561,11 @@ class WatchHub:
             if not w.stream.has_room():
                 continue
             if compact > 0 and w.min_rev < compact:
+                if only is not None:
+                    # As etcd: only the periodic round cancels it, so for up to one
+                    # interval the watch is there to be cancelled or to clash with a
+                    # duplicate ID, as a client of etcd sees it.
+                    continue
                 resp = rpc_pb2.WatchResponse(watch_id=w.id, compact_revision=compact, canceled=True)
                 self._drop_unsynced(w)
                 w.active = False

@@ -121,11 +121,16 @@ def test_compacted_start_revision_cancels(store: MVCCStore) -> None:
     for _ in range(5):
         f.put(b"a")
     f(rpc_pb2.CompactionRequest(revision=4))
-    s = hub_of(store).new_stream()
+    hub = hub_of(store)
+    s = hub.new_stream()
     wid = s.watch(W(key=b"a", start_revision=2))
-    resps = s.drain()
-    assert resps[0].created
-    assert resps[1].watch_id == wid and resps[1].canceled and resps[1].compact_revision == 4
+    [created] = s.drain()
+    assert created.created
+    # As etcd's: the periodic round cancels it; until then the watch is there.
+    assert wid in s.watchers
+    hub.sync_unsynced()
+    [cancelled] = s.drain()
+    assert cancelled.watch_id == wid and cancelled.canceled and cancelled.compact_revision == 4
     assert wid not in s.watchers
     # At the compacted revision itself it works.
     wid2 = s.watch(W(key=b"a", start_revision=4))
@@ -402,6 +407,9 @@ def test_compaction_while_unsynced_cancels_with_compact_revision(store: MVCCStor
     while (r := s.get_nowait()) is not None:
         got.append(r)
     assert [e[2] for e in events(got, wid)] == list(range(2, 10))
+    assert not got[-1].canceled  # draining leaves the compacted watcher to the periodic round
+    hub_of(store).sync_unsynced()
+    got.extend(s.drain())
     assert got[-1].canceled and got[-1].compact_revision == 15
     assert hub_of(store).unsynced_count == 0 and wid not in s.watchers
 
